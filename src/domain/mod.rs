@@ -1,0 +1,39 @@
+//! Validated types. Each is built from untrusted input once, at the edge, and
+//! is valid for as long as it lives: code that holds one never re-checks it.
+
+mod batch;
+mod batch_id;
+mod json;
+mod list;
+mod text;
+
+pub use batch::{Batch, BatchError, Finish, ModelSwitch, NewBatch, Progress, State, TerminalState};
+pub use batch_id::BatchId;
+pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};
+pub use list::{BatchFilter, Cursor, ListQuery, Order, Page, PageSize};
+pub use text::{Label, Prose};
+
+/// Why a value was rejected, before it is known which request field held it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+impl InvalidValue {
+    /// Names the request field that held the value.
+    pub fn at(self, field: impl Into<String>) -> FieldViolation {
+        FieldViolation {
+            field: field.into(),
+            description: self.0,
+        }
+    }
+}
+
+/// A request field that breaks the contract, and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {description}")]
+pub struct FieldViolation {
+    /// Path of the field in the request, e.g. `batch.metadata` or `errors[2].message`.
+    pub field: String,
+    /// What is wrong with it, in words a caller can act on.
+    pub description: String,
+}
