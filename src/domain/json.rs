@@ -42,6 +42,30 @@ impl JsonObject {
     pub fn into_map(self) -> Map<String, Value> {
         self.0
     }
+
+    /// Equality as JSON values, where `1` and `1.0` are the same number:
+    /// protobuf's Struct carries every number as a double, while `jsonb` hands
+    /// back integers as integers.
+    pub fn same_as(&self, other: &Map<String, Value>) -> bool {
+        same_objects(&self.0, other)
+    }
+}
+
+fn same_objects(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(key, value)| b.get(key).is_some_and(|other| same_values(value, other)))
+}
+
+fn same_values(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_values(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => same_objects(x, y),
+        _ => a == b,
+    }
 }
 
 fn check_object(object: &Map<String, Value>, depth: usize) -> Result<(), InvalidValue> {
@@ -94,6 +118,14 @@ mod tests {
     fn accepts_ordinary_metadata() {
         let parsed = JsonObject::parse(object(json!({"smart_mode": true, "n": [1, 2.5, null]})));
         assert!(parsed.is_ok());
+    }
+
+    #[test]
+    fn integers_and_doubles_of_equal_value_are_the_same() {
+        let request = JsonObject::parse(object(json!({"n": 1.0, "a": [2.0], "o": {"x": "y"}}))).unwrap();
+        assert!(request.same_as(&object(json!({"n": 1, "a": [2], "o": {"x": "y"}}))));
+        assert!(!request.same_as(&object(json!({"n": 1, "a": [3], "o": {"x": "y"}}))));
+        assert!(!request.same_as(&object(json!({"n": 1, "a": [2]}))));
     }
 
     #[test]

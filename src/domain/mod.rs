@@ -7,7 +7,10 @@ mod json;
 mod list;
 mod text;
 
-pub use batch::{Batch, BatchError, Finish, ModelSwitch, NewBatch, Progress, State, TerminalState};
+pub use batch::{
+    Batch, BatchError, Finish, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERRORS, ModelSwitch, NewBatch,
+    NonNegative, Progress, State, TerminalState,
+};
 pub use batch_id::BatchId;
 pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};
 pub use list::{BatchFilter, Cursor, ListQuery, Order, Page, PageSize};

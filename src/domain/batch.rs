@@ -1,0 +1,310 @@
+//! The batch resource and the changes a caller can ask for.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{BatchId, InvalidValue, JsonObject, Label, Prose};
+
+/// Errors kept per batch; older ones are dropped but still counted.
+pub const MAX_KEPT_ERRORS: usize = 1_000;
+/// Errors, or model switches, one request may append.
+pub const MAX_ENTRIES_PER_REPORT: usize = 1_000;
+
+/// Where a batch is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Running,
+    Completed,
+    Stopped,
+    Failed,
+}
+
+impl State {
+    /// The name stored in the database and used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Stopped => "STOPPED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    /// The inverse of [`State::as_str`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "RUNNING" => Some(Self::Running),
+            "COMPLETED" => Some(Self::Completed),
+            "STOPPED" => Some(Self::Stopped),
+            "FAILED" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state a batch can finish in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminalState {
+    Completed,
+    Stopped,
+    Failed,
+}
+
+impl TerminalState {
+    pub fn state(self) -> State {
+        match self {
+            Self::Completed => State::Completed,
+            Self::Stopped => State::Stopped,
+            Self::Failed => State::Failed,
+        }
+    }
+}
+
+impl TryFrom<State> for TerminalState {
+    type Error = InvalidValue;
+
+    fn try_from(state: State) -> Result<Self, Self::Error> {
+        match state {
+            State::Completed => Ok(Self::Completed),
+            State::Stopped => Ok(Self::Stopped),
+            State::Failed => Ok(Self::Failed),
+            State::Running => Err(InvalidValue(
+                "must be COMPLETED, STOPPED or FAILED".into(),
+            )),
+        }
+    }
+}
+
+/// An integer that is zero or more: counts, deltas, sample positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NonNegative<T>(T);
+
+impl<T: Copy + Default + PartialOrd> NonNegative<T> {
+    pub fn parse(value: T) -> Result<Self, InvalidValue> {
+        if value < T::default() {
+            Err(InvalidValue("must be zero or more".into()))
+        } else {
+            Ok(Self(value))
+        }
+    }
+
+    pub fn get(self) -> T {
+        self.0
+    }
+}
+
+/// A failure reported while a batch ran, as stored in the batch's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchError {
+    pub message: Prose,
+    pub time: Timestamp,
+    #[serde(default)]
+    pub details: JsonObject,
+}
+
+/// A change of model in the middle of a batch, as stored in its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSwitch {
+    #[serde(default)]
+    pub from_model: Label,
+    #[serde(default)]
+    pub to_model: Label,
+    #[serde(default)]
+    pub provider: Label,
+    #[serde(default)]
+    pub reason: Prose,
+    #[serde(default)]
+    pub at_sample: NonNegative<i64>,
+    pub time: Timestamp,
+}
+
+/// A stored batch, exactly as the database holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub batch_id: BatchId,
+    pub state: State,
+    pub provider: String,
+    pub model: String,
+    pub topic_filter: String,
+    pub difficulty_filter: String,
+    pub reasoning_instruction: String,
+    pub target_count: i32,
+    pub samples_generated: i64,
+    pub total_tokens: i64,
+    pub errors: Vec<BatchError>,
+    pub error_count: i64,
+    pub model_switches: Vec<ModelSwitch>,
+    pub metadata: Map<String, Value>,
+    pub start_time: Timestamp,
+    pub end_time: Option<Timestamp>,
+    pub update_time: Timestamp,
+    /// Bumped by every modification.
+    pub version: i64,
+}
+
+impl Batch {
+    /// An opaque tag that changes on every modification. The update time is
+    /// part of it so that a batch deleted and created again under the same id
+    /// (which restarts `version`) does not repeat an old tag.
+    pub fn etag(&self) -> String {
+        format!(
+            "v{}-{:x}",
+            self.version,
+            self.update_time.as_microsecond()
+        )
+    }
+}
+
+/// A batch to create, as the caller described it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewBatch {
+    /// `None` asks the server to generate one.
+    pub batch_id: Option<BatchId>,
+    pub provider: Label,
+    pub model: Label,
+    pub topic_filter: Label,
+    pub difficulty_filter: Label,
+    pub reasoning_instruction: Prose,
+    pub target_count: NonNegative<i32>,
+    pub metadata: JsonObject,
+    /// `None` means now, by the database's clock.
+    pub start_time: Option<Timestamp>,
+}
+
+impl NewBatch {
+    /// Whether `stored` is what this request would have created, so that a
+    /// retried create can return it instead of failing with ALREADY_EXISTS.
+    /// The start time only counts when the caller chose it.
+    pub fn matches(&self, stored: &Batch) -> bool {
+        self.provider.as_str() == stored.provider
+            && self.model.as_str() == stored.model
+            && self.topic_filter.as_str() == stored.topic_filter
+            && self.difficulty_filter.as_str() == stored.difficulty_filter
+            && self.reasoning_instruction.as_str() == stored.reasoning_instruction
+            && self.target_count.get() == stored.target_count
+            && self.metadata.same_as(&stored.metadata)
+            && self.start_time.is_none_or(|start| start == stored.start_time)
+    }
+}
+
+/// A progress report for a running batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub batch_id: BatchId,
+    pub samples_delta: NonNegative<i64>,
+    pub tokens_delta: NonNegative<i64>,
+    pub errors: Vec<BatchError>,
+    pub model_switches: Vec<ModelSwitch>,
+}
+
+/// The end of a running batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub batch_id: BatchId,
+    pub state: TerminalState,
+    /// `None` means now, by the database's clock.
+    pub end_time: Option<Timestamp>,
+    pub error: Option<BatchError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn stored() -> Batch {
+        let start = Timestamp::from_second(1_760_000_000).unwrap();
+        Batch {
+            batch_id: BatchId::parse("b1".into()).unwrap(),
+            state: State::Running,
+            provider: "groq".into(),
+            model: "llama".into(),
+            topic_filter: String::new(),
+            difficulty_filter: String::new(),
+            reasoning_instruction: String::new(),
+            target_count: 10,
+            samples_generated: 3,
+            total_tokens: 99,
+            errors: vec![],
+            error_count: 0,
+            model_switches: vec![],
+            metadata: json!({"n": 1}).as_object().unwrap().clone(),
+            start_time: start,
+            end_time: None,
+            update_time: start,
+            version: 4,
+        }
+    }
+
+    fn request() -> NewBatch {
+        NewBatch {
+            batch_id: Some(BatchId::parse("b1".into()).unwrap()),
+            provider: Label::parse("groq".into()).unwrap(),
+            model: Label::parse("llama".into()).unwrap(),
+            topic_filter: Label::default(),
+            difficulty_filter: Label::default(),
+            reasoning_instruction: Prose::default(),
+            target_count: NonNegative::parse(10).unwrap(),
+            metadata: JsonObject::parse(json!({"n": 1.0}).as_object().unwrap().clone()).unwrap(),
+            start_time: None,
+        }
+    }
+
+    #[test]
+    fn a_retried_create_matches_whatever_progress_happened_since() {
+        assert!(request().matches(&stored()));
+    }
+
+    #[test]
+    fn a_different_body_does_not_match() {
+        let mut other = request();
+        other.target_count = NonNegative::parse(11).unwrap();
+        assert!(!other.matches(&stored()));
+
+        let mut other = request();
+        other.start_time = Some(Timestamp::from_second(1).unwrap());
+        assert!(!other.matches(&stored()));
+    }
+
+    #[test]
+    fn only_finished_states_are_terminal() {
+        assert!(TerminalState::try_from(State::Running).is_err());
+        assert_eq!(
+            TerminalState::try_from(State::Stopped).unwrap().state(),
+            State::Stopped
+        );
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in [State::Running, State::Completed, State::Stopped, State::Failed] {
+            assert_eq!(State::from_name(state.as_str()), Some(state));
+        }
+        assert_eq!(State::from_name("running"), None);
+    }
+
+    #[test]
+    fn etag_changes_with_version() {
+        let mut batch = stored();
+        let before = batch.etag();
+        batch.version += 1;
+        assert_ne!(before, batch.etag());
+    }
+
+    #[test]
+    fn negative_counts_are_rejected() {
+        assert!(NonNegative::parse(-1_i64).is_err());
+        assert_eq!(NonNegative::parse(0_i32).unwrap().get(), 0);
+    }
+}

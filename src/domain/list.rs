@@ -1,0 +1,302 @@
+//! Listing batches: filters, order, page size and the keyset cursor that page
+//! tokens carry.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jiff::Timestamp;
+
+use super::{Batch, BatchId, InvalidValue, Label, State};
+
+/// Which batches a listing includes. Every `None` or empty field matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchFilter {
+    states: Vec<State>,
+    pub provider: Option<Label>,
+    pub model: Option<Label>,
+    pub topic_filter: Option<Label>,
+    pub difficulty_filter: Option<Label>,
+    /// Inclusive.
+    pub started_after: Option<Timestamp>,
+    /// Exclusive.
+    pub started_before: Option<Timestamp>,
+}
+
+impl BatchFilter {
+    /// Keeps batches in any of `states`; none means any state.
+    pub fn with_states(mut self, states: impl IntoIterator<Item = State>) -> Self {
+        let mut states: Vec<State> = states.into_iter().collect();
+        // Sorted and unique, so that the same set always fingerprints alike.
+        states.sort_unstable();
+        states.dedup();
+        self.states = states;
+        self
+    }
+
+    pub fn states(&self) -> &[State] {
+        &self.states
+    }
+
+    /// Feeds a canonical encoding of the filter to `hash`.
+    fn fingerprint_into(&self, hash: &mut Fnv1a) {
+        hash.write(&[self.states.len() as u8]);
+        for state in &self.states {
+            hash.write(state.as_str().as_bytes());
+            hash.write(&[0]);
+        }
+        for label in [
+            &self.provider,
+            &self.model,
+            &self.topic_filter,
+            &self.difficulty_filter,
+        ] {
+            match label {
+                Some(label) => {
+                    hash.write(&[1]);
+                    hash.write(&(label.as_str().len() as u64).to_le_bytes());
+                    hash.write(label.as_str().as_bytes());
+                }
+                None => hash.write(&[0]),
+            }
+        }
+        for bound in [self.started_after, self.started_before] {
+            match bound {
+                Some(time) => {
+                    hash.write(&[1]);
+                    hash.write(&time.as_microsecond().to_le_bytes());
+                }
+                None => hash.write(&[0]),
+            }
+        }
+    }
+}
+
+/// Order of a listing, by start time then id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+}
+
+/// Batches per page: 1 to [`PageSize::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u16);
+
+impl PageSize {
+    pub const DEFAULT: u16 = 50;
+    pub const MAX: u16 = 1_000;
+
+    /// 0 means the default, more than the maximum means the maximum.
+    pub fn parse(requested: i32) -> Result<Self, InvalidValue> {
+        match requested {
+            ..0 => Err(InvalidValue("must be zero or more".into())),
+            0 => Ok(Self(Self::DEFAULT)),
+            n => Ok(Self(n.min(i32::from(Self::MAX)) as u16)),
+        }
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+/// Position after the last batch of a page: listings continue strictly past it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub start_time: Timestamp,
+    pub batch_id: BatchId,
+}
+
+impl Cursor {
+    const VERSION: u8 = 1;
+
+    /// The cursor that continues after `batch`.
+    pub fn after(batch: &Batch) -> Self {
+        Self {
+            start_time: batch.start_time,
+            batch_id: batch.batch_id.clone(),
+        }
+    }
+
+    /// An opaque page token for this cursor, bound to the listing that made it.
+    pub fn to_token(&self, filter: &BatchFilter, order: Order) -> String {
+        let id = self.batch_id.as_str().as_bytes();
+        let mut bytes = Vec::with_capacity(1 + 8 + 8 + 1 + id.len() + 8);
+        bytes.push(Self::VERSION);
+        bytes.extend_from_slice(&listing_fingerprint(filter, order).to_le_bytes());
+        bytes.extend_from_slice(&self.start_time.as_microsecond().to_le_bytes());
+        // Ids are at most 100 bytes, so their length fits in one byte.
+        bytes.push(id.len() as u8);
+        bytes.extend_from_slice(id);
+        let checksum = Fnv1a::of(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Reads a token made by [`Cursor::to_token`] for the same listing.
+    /// Tokens are checked for damage and for the listing they belong to; they
+    /// are not secret, and a forged one can only move where a page starts.
+    pub fn from_token(token: &str, filter: &BatchFilter, order: Order) -> Result<Self, InvalidValue> {
+        let malformed = || InvalidValue("is not a page token this service issued".into());
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
+        let (body, checksum) = bytes
+            .split_last_chunk::<8>()
+            .ok_or_else(malformed)?;
+        if Fnv1a::of(body) != u64::from_le_bytes(*checksum) {
+            return Err(malformed());
+        }
+        let (&version, rest) = body.split_first().ok_or_else(malformed)?;
+        let (fingerprint, rest) = rest.split_first_chunk::<8>().ok_or_else(malformed)?;
+        let (micros, rest) = rest.split_first_chunk::<8>().ok_or_else(malformed)?;
+        let (&id_len, id) = rest.split_first().ok_or_else(malformed)?;
+        if version != Self::VERSION || id.len() != usize::from(id_len) {
+            return Err(malformed());
+        }
+        if u64::from_le_bytes(*fingerprint) != listing_fingerprint(filter, order) {
+            return Err(InvalidValue(
+                "belongs to a listing with other filters or order; \
+                 repeat the request's filters and order, or start from an empty token"
+                    .into(),
+            ));
+        }
+        let start_time =
+            Timestamp::from_microsecond(i64::from_le_bytes(*micros)).map_err(|_| malformed())?;
+        let batch_id = String::from_utf8(id.to_vec())
+            .ok()
+            .and_then(|id| BatchId::parse(id).ok())
+            .ok_or_else(malformed)?;
+        Ok(Self {
+            start_time,
+            batch_id,
+        })
+    }
+}
+
+/// One page of a listing request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    pub filter: BatchFilter,
+    pub order: Order,
+    pub page_size: PageSize,
+    /// `None` for the first page.
+    pub after: Option<Cursor>,
+}
+
+/// One page of batches, and where the next one starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub batches: Vec<Batch>,
+    /// `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+fn listing_fingerprint(filter: &BatchFilter, order: Order) -> u64 {
+    let mut hash = Fnv1a::default();
+    hash.write(&[match order {
+        Order::NewestFirst => 0,
+        Order::OldestFirst => 1,
+    }]);
+    filter.fingerprint_into(&mut hash);
+    hash.0
+}
+
+/// 64-bit FNV-1a: a small, stable hash (unlike `std`'s, which may change
+/// between Rust releases and would void tokens issued by an older build).
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn of(bytes: &[u8]) -> u64 {
+        let mut hash = Self::default();
+        hash.write(bytes);
+        hash.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> Cursor {
+        Cursor {
+            start_time: Timestamp::from_microsecond(1_760_000_000_123_456).unwrap(),
+            batch_id: BatchId::parse("batch_1760000000_0a1b2c3d".into()).unwrap(),
+        }
+    }
+
+    fn groq_running() -> BatchFilter {
+        BatchFilter {
+            provider: Some(Label::parse("groq".into()).unwrap()),
+            ..BatchFilter::default()
+        }
+        .with_states([State::Running])
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        let filter = groq_running();
+        let token = cursor().to_token(&filter, Order::OldestFirst);
+        assert_eq!(
+            Cursor::from_token(&token, &filter, Order::OldestFirst),
+            Ok(cursor())
+        );
+    }
+
+    #[test]
+    fn state_sets_are_compared_as_sets() {
+        let token = cursor().to_token(
+            &BatchFilter::default().with_states([State::Failed, State::Running]),
+            Order::NewestFirst,
+        );
+        let same = BatchFilter::default().with_states([State::Running, State::Failed, State::Running]);
+        assert!(Cursor::from_token(&token, &same, Order::NewestFirst).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_bound_to_filter_and_order() {
+        let filter = groq_running();
+        let token = cursor().to_token(&filter, Order::NewestFirst);
+        assert!(Cursor::from_token(&token, &filter, Order::OldestFirst).is_err());
+        assert!(Cursor::from_token(&token, &BatchFilter::default(), Order::NewestFirst).is_err());
+        let other_provider = BatchFilter {
+            provider: Some(Label::parse("cerebras".into()).unwrap()),
+            ..filter.clone()
+        };
+        assert!(Cursor::from_token(&token, &other_provider, Order::NewestFirst).is_err());
+    }
+
+    #[test]
+    fn any_damaged_byte_is_detected() {
+        let filter = BatchFilter::default();
+        let token = cursor().to_token(&filter, Order::NewestFirst);
+        let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x01;
+            let damaged = URL_SAFE_NO_PAD.encode(damaged);
+            assert!(Cursor::from_token(&damaged, &filter, Order::NewestFirst).is_err(), "byte {i}");
+        }
+        for garbage in ["", "x", "not base64!", &token[..token.len() - 2]] {
+            assert!(Cursor::from_token(garbage, &filter, Order::NewestFirst).is_err());
+        }
+    }
+
+    #[test]
+    fn page_size_rules() {
+        assert_eq!(PageSize::parse(0).unwrap().get(), 50);
+        assert_eq!(PageSize::parse(7).unwrap().get(), 7);
+        assert_eq!(PageSize::parse(5_000).unwrap().get(), 1_000);
+        assert_eq!(PageSize::parse(i32::MAX).unwrap().get(), 1_000);
+        assert!(PageSize::parse(-1).is_err());
+    }
+}
