@@ -1,1 +1,30 @@
+//! batch-history: the legal dashboard's record of synthetic-data generation
+//! batches, kept in PostgreSQL and served over gRPC.
+//!
+//! # Layout
+//!
+//! - [`config`]: command line and environment, validated into settings.
+//! - [`telemetry`]: structured logging.
+//! - [`domain`]: validated types; a value that exists is valid.
+//! - [`store`]: PostgreSQL access (every SQL statement) and migrations.
+//! - [`grpc`]: request parsing, handlers, and the mapping of errors to statuses.
+//! - [`startup`]: [`startup::App`], which binds, migrates and serves until told to stop.
+//! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
+//! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
+
+pub mod config;
 pub mod domain;
+pub mod grpc;
+pub mod healthcheck;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+/// Messages, client and server generated from the gRPC contract.
+pub mod proto {
+    tonic::include_proto!("batchhistory.v1");
+
+    /// The contract's descriptors, with source comments, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/batch_history_descriptor.bin"));
+}

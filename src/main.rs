@@ -1,1 +1,38 @@
-fn main() {}
+use std::{process::ExitCode, time::Duration};
+
+use batch_history::config::{Cli, Command, DatabaseConfig, ServeConfig};
+use batch_history::startup::{App, shutdown_signal};
+use batch_history::telemetry::{self, cause_chain};
+use batch_history::{healthcheck, store};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %cause_chain(error.as_ref()), "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        Command::Serve(args) => {
+            let app = App::build(ServeConfig::try_from(args)?).await?;
+            app.run_until_stopped(shutdown_signal()).await?;
+        }
+        Command::Migrate(args) => {
+            let config = DatabaseConfig::try_from(args)?;
+            let applied = store::migrate(&config.pg, config.timeout).await?;
+            tracing::info!(?applied, "schema up to date");
+        }
+        Command::Healthcheck(args) => {
+            healthcheck::check(&args.addr, Duration::from_millis(args.timeout_ms)).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,6 +1,8 @@
 //! Listing batches: filters, order, page size and the keyset cursor that page
 //! tokens carry.
 
+use std::collections::BTreeSet;
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jiff::Timestamp;
 
@@ -9,7 +11,9 @@ use super::{Batch, BatchId, InvalidValue, Label, State};
 /// Which batches a listing includes. Every `None` or empty field matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchFilter {
-    states: Vec<State>,
+    /// Any of these; a set, so that the same states in any order or
+    /// repeated make the same listing.
+    pub states: BTreeSet<State>,
     pub provider: Option<Label>,
     pub model: Option<Label>,
     pub topic_filter: Option<Label>,
@@ -21,20 +25,6 @@ pub struct BatchFilter {
 }
 
 impl BatchFilter {
-    /// Keeps batches in any of `states`; none means any state.
-    pub fn with_states(mut self, states: impl IntoIterator<Item = State>) -> Self {
-        let mut states: Vec<State> = states.into_iter().collect();
-        // Sorted and unique, so that the same set always fingerprints alike.
-        states.sort_unstable();
-        states.dedup();
-        self.states = states;
-        self
-    }
-
-    pub fn states(&self) -> &[State] {
-        &self.states
-    }
-
     /// Feeds a canonical encoding of the filter to `hash`.
     fn fingerprint_into(&self, hash: &mut Fnv1a) {
         hash.write(&[self.states.len() as u8]);
@@ -237,9 +227,9 @@ mod tests {
     fn groq_running() -> BatchFilter {
         BatchFilter {
             provider: Some(Label::parse("groq".into()).unwrap()),
+            states: BTreeSet::from([State::Running]),
             ..BatchFilter::default()
         }
-        .with_states([State::Running])
     }
 
     #[test]
@@ -255,10 +245,16 @@ mod tests {
     #[test]
     fn state_sets_are_compared_as_sets() {
         let token = cursor().to_token(
-            &BatchFilter::default().with_states([State::Failed, State::Running]),
+            &BatchFilter {
+                states: [State::Failed, State::Running].into_iter().collect(),
+                ..BatchFilter::default()
+            },
             Order::NewestFirst,
         );
-        let same = BatchFilter::default().with_states([State::Running, State::Failed, State::Running]);
+        let same = BatchFilter {
+            states: [State::Running, State::Failed, State::Running].into_iter().collect(),
+            ..BatchFilter::default()
+        };
         assert!(Cursor::from_token(&token, &same, Order::NewestFirst).is_ok());
     }
 

@@ -1,0 +1,235 @@
+//! Command line and environment, validated into the settings each command
+//! runs with.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_postgres::config::{Host, SslMode};
+
+/// The batch-history service and its tools.
+#[derive(Debug, Parser)]
+#[command(name = "batch-history", version, about)]
+pub struct Cli {
+    /// Log line format; `RUST_LOG` sets levels (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the database, then serve gRPC until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Exit 0 if the server at `--addr` reports SERVING, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to accept gRPC connections on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, `postgres://user:password@host:port/database`.
+    // Parsed by `DatabaseArgs::config`, not by clap, whose error would echo
+    // the value, password included.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections in the pool.
+    #[arg(long, env = "DB_POOL_MAX_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub db_pool_max_size: u16,
+    /// Milliseconds to wait for a pooled connection, a new connection or a
+    /// statement before answering UNAVAILABLE.
+    #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub db_timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Server to check, as `HOST:PORT` or an `http://` URL.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Milliseconds to wait for the answer.
+    #[arg(long, default_value_t = 3_000)]
+    pub timeout_ms: u64,
+}
+
+/// Settings of the `serve` command.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen_addr: SocketAddr,
+    pub database: DatabaseConfig,
+}
+
+impl TryFrom<ServeArgs> for ServeConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, Self::Error> {
+        Ok(Self {
+            listen_addr: args.listen_addr,
+            database: args.database.try_into()?,
+        })
+    }
+}
+
+/// How to reach PostgreSQL.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    pub pg: tokio_postgres::Config,
+    pub pool_max_size: usize,
+    /// Bound on waiting for a connection or a statement.
+    pub timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// Where the database is, for logs: never the password.
+    pub fn describe(&self) -> String {
+        let hosts: Vec<String> = self
+            .pg
+            .get_hosts()
+            .iter()
+            .zip(self.pg.get_ports().iter().chain(std::iter::repeat(&5432)))
+            .map(|(host, port)| match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            })
+            .collect();
+        format!(
+            "postgres://{}@{}/{}",
+            self.pg.get_user().unwrap_or_default(),
+            hosts.join(","),
+            self.pg.get_dbname().unwrap_or_default()
+        )
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("database", &self.describe())
+            .field("pool_max_size", &self.pool_max_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl TryFrom<DatabaseArgs> for DatabaseConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: DatabaseArgs) -> Result<Self, Self::Error> {
+        let url = args
+            .database_url
+            .filter(|url| !url.trim().is_empty())
+            .ok_or(ConfigError::MissingDatabaseUrl)?;
+        let mut pg = tokio_postgres::Config::from_str(&url)
+            .map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        if pg.get_hosts().is_empty() {
+            return Err(ConfigError::InvalidDatabaseUrl("it names no host".into()));
+        }
+        if pg.get_ssl_mode() == SslMode::Require {
+            return Err(ConfigError::TlsUnsupported);
+        }
+        let timeout = Duration::from_millis(args.db_timeout_ms);
+        pg.connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        if pg.get_application_name().is_none() {
+            pg.application_name("batch-history");
+        }
+        Ok(Self {
+            pg,
+            pool_max_size: usize::from(args.db_pool_max_size),
+            timeout,
+        })
+    }
+}
+
+/// A setting that cannot work, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "DATABASE_URL is not set: set it (or pass --database-url) to \
+         postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    MissingDatabaseUrl,
+    #[error(
+        "DATABASE_URL is not a PostgreSQL URL ({0}); expected \
+         postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    InvalidDatabaseUrl(String),
+    #[error(
+        "DATABASE_URL asks for sslmode=require, but this build connects without TLS; \
+         use sslmode=disable or sslmode=prefer"
+    )]
+    TlsUnsupported,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(url: &str) -> DatabaseArgs {
+        DatabaseArgs {
+            database_url: Some(url.into()),
+            db_pool_max_size: 4,
+            db_timeout_ms: 250,
+        }
+    }
+
+    #[test]
+    fn a_url_becomes_a_config_without_its_password_in_descriptions() {
+        let config = DatabaseConfig::try_from(args("postgres://app:s3cret@db:6543/history")).unwrap();
+        assert_eq!(config.describe(), "postgres://app@db:6543/history");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(config.timeout, Duration::from_millis(250));
+        assert_eq!(config.pool_max_size, 4);
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_without_echoing_them() {
+        let missing = DatabaseArgs {
+            database_url: None,
+            ..args("")
+        };
+        assert!(matches!(
+            DatabaseConfig::try_from(missing),
+            Err(ConfigError::MissingDatabaseUrl)
+        ));
+        let error = DatabaseConfig::try_from(args("postgres://app:s3cret@db:notaport/x")).unwrap_err();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+        assert!(matches!(
+            DatabaseConfig::try_from(args("postgres://app:s3cret@db/x?sslmode=require")),
+            Err(ConfigError::TlsUnsupported)
+        ));
+    }
+
+    #[test]
+    fn command_line_defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["batch-history", "serve", "--database-url", "postgres://h/d"]).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.listen_addr, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(serve.database.db_pool_max_size, 16);
+        assert_eq!(serve.database.db_timeout_ms, 5_000);
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,452 @@
+//! Protobuf messages to domain types and back. Requests are parsed here, once;
+//! every violation names the request field that caused it.
+
+use jiff::Timestamp;
+use prost_types::{ListValue, Struct, Value as ProtoValue, value::Kind};
+use serde_json::{Map, Number, Value};
+
+use crate::domain::{
+    Batch, BatchError, BatchFilter, BatchId, Cursor, FieldViolation, Finish, InvalidValue,
+    JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, ModelSwitch, NewBatch, NonNegative,
+    Order, PageSize, Progress, Prose, State, TerminalState,
+};
+use crate::proto;
+
+impl TryFrom<proto::CreateBatchRequest> for NewBatch {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::CreateBatchRequest) -> Result<Self, Self::Error> {
+        let batch = request
+            .batch
+            .ok_or_else(|| InvalidValue("is required".into()).at("batch"))?;
+        let batch_id = match (request.batch_id.is_empty(), batch.batch_id.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(parse_batch_id(request.batch_id, "batch_id")?),
+            (true, false) => Some(parse_batch_id(batch.batch_id, "batch.batch_id")?),
+            (false, false) if request.batch_id == batch.batch_id => {
+                Some(parse_batch_id(request.batch_id, "batch_id")?)
+            }
+            (false, false) => {
+                return Err(InvalidValue(format!(
+                    "{:?} differs from batch.batch_id {:?}; set one of them, or both to the same id",
+                    request.batch_id, batch.batch_id
+                ))
+                .at("batch_id"));
+            }
+        };
+        Ok(Self {
+            batch_id,
+            provider: label(batch.provider, "batch.provider")?,
+            model: label(batch.model, "batch.model")?,
+            topic_filter: label(batch.topic_filter, "batch.topic_filter")?,
+            difficulty_filter: label(batch.difficulty_filter, "batch.difficulty_filter")?,
+            reasoning_instruction: prose(batch.reasoning_instruction, "batch.reasoning_instruction")?,
+            target_count: non_negative(batch.target_count, "batch.target_count")?,
+            metadata: json_object(batch.metadata, "batch.metadata")?,
+            start_time: batch
+                .start_time
+                .map(|time| timestamp(time, "batch.start_time"))
+                .transpose()?,
+        })
+    }
+}
+
+impl TryFrom<proto::RecordProgressRequest> for Progress {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::RecordProgressRequest) -> Result<Self, Self::Error> {
+        let received = now();
+        limit_entries(request.errors.len(), "errors")?;
+        limit_entries(request.model_switches.len(), "model_switches")?;
+        Ok(Self {
+            batch_id: parse_batch_id(request.batch_id, "batch_id")?,
+            samples_delta: non_negative(request.samples_delta, "samples_delta")?,
+            tokens_delta: non_negative(request.tokens_delta, "tokens_delta")?,
+            errors: request
+                .errors
+                .into_iter()
+                .enumerate()
+                .map(|(i, error)| batch_error(error, &format!("errors[{i}]"), received))
+                .collect::<Result<_, _>>()?,
+            model_switches: request
+                .model_switches
+                .into_iter()
+                .enumerate()
+                .map(|(i, switch)| model_switch(switch, &format!("model_switches[{i}]"), received))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl TryFrom<proto::FinishBatchRequest> for Finish {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::FinishBatchRequest) -> Result<Self, Self::Error> {
+        let state = state(request.state)
+            .and_then(TerminalState::try_from)
+            .map_err(|e| e.at("state"))?;
+        Ok(Self {
+            batch_id: parse_batch_id(request.batch_id, "batch_id")?,
+            state,
+            end_time: request
+                .end_time
+                .map(|time| timestamp(time, "end_time"))
+                .transpose()?,
+            error: request
+                .error
+                .map(|error| batch_error(error, "error", now()))
+                .transpose()?,
+        })
+    }
+}
+
+impl TryFrom<proto::ListBatchesRequest> for ListQuery {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::ListBatchesRequest) -> Result<Self, Self::Error> {
+        let states = request
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, &number)| state(number).map_err(|e| e.at(format!("states[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let filter = BatchFilter {
+            states,
+            provider: optional_label(request.provider, "provider")?,
+            model: optional_label(request.model, "model")?,
+            topic_filter: optional_label(request.topic_filter, "topic_filter")?,
+            difficulty_filter: optional_label(request.difficulty_filter, "difficulty_filter")?,
+            started_after: request
+                .started_after
+                .map(|time| timestamp(time, "started_after"))
+                .transpose()?,
+            started_before: request
+                .started_before
+                .map(|time| timestamp(time, "started_before"))
+                .transpose()?,
+        };
+        let order = match proto::list_batches_request::Order::try_from(request.order) {
+            Ok(proto::list_batches_request::Order::Unspecified)
+            | Ok(proto::list_batches_request::Order::StartTimeDesc) => Order::NewestFirst,
+            Ok(proto::list_batches_request::Order::StartTimeAsc) => Order::OldestFirst,
+            Err(_) => {
+                return Err(InvalidValue(format!(
+                    "unknown value {}; use START_TIME_DESC or START_TIME_ASC",
+                    request.order
+                ))
+                .at("order"));
+            }
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                Cursor::from_token(&request.page_token, &filter, order)
+                    .map_err(|e| e.at("page_token"))?,
+            )
+        };
+        Ok(Self {
+            page_size: PageSize::parse(request.page_size).map_err(|e| e.at("page_size"))?,
+            filter,
+            order,
+            after,
+        })
+    }
+}
+
+/// The batch id of a request that names one.
+pub fn parse_batch_id(value: String, field: &str) -> Result<BatchId, FieldViolation> {
+    BatchId::parse(value).map_err(|e| e.at(field))
+}
+
+impl From<Batch> for proto::Batch {
+    fn from(batch: Batch) -> Self {
+        let etag = batch.etag();
+        Self {
+            batch_id: batch.batch_id.to_string(),
+            state: proto_state(batch.state) as i32,
+            provider: batch.provider,
+            model: batch.model,
+            topic_filter: batch.topic_filter,
+            difficulty_filter: batch.difficulty_filter,
+            reasoning_instruction: batch.reasoning_instruction,
+            target_count: batch.target_count,
+            samples_generated: batch.samples_generated,
+            total_tokens: batch.total_tokens,
+            errors: batch.errors.into_iter().map(Into::into).collect(),
+            error_count: batch.error_count,
+            model_switches: batch.model_switches.into_iter().map(Into::into).collect(),
+            metadata: Some(json_to_struct(batch.metadata)),
+            start_time: Some(proto_timestamp(batch.start_time)),
+            end_time: batch.end_time.map(proto_timestamp),
+            update_time: Some(proto_timestamp(batch.update_time)),
+            etag,
+        }
+    }
+}
+
+impl From<BatchError> for proto::BatchError {
+    fn from(error: BatchError) -> Self {
+        Self {
+            message: error.message.into_string(),
+            time: Some(proto_timestamp(error.time)),
+            details: Some(json_to_struct(error.details.into_map())),
+        }
+    }
+}
+
+impl From<ModelSwitch> for proto::ModelSwitch {
+    fn from(switch: ModelSwitch) -> Self {
+        Self {
+            from_model: switch.from_model.into_string(),
+            to_model: switch.to_model.into_string(),
+            provider: switch.provider.into_string(),
+            reason: switch.reason.into_string(),
+            at_sample: switch.at_sample.get(),
+            time: Some(proto_timestamp(switch.time)),
+        }
+    }
+}
+
+fn proto_state(state: State) -> proto::batch::State {
+    match state {
+        State::Running => proto::batch::State::Running,
+        State::Completed => proto::batch::State::Completed,
+        State::Stopped => proto::batch::State::Stopped,
+        State::Failed => proto::batch::State::Failed,
+    }
+}
+
+fn state(number: i32) -> Result<State, InvalidValue> {
+    match proto::batch::State::try_from(number) {
+        Ok(proto::batch::State::Running) => Ok(State::Running),
+        Ok(proto::batch::State::Completed) => Ok(State::Completed),
+        Ok(proto::batch::State::Stopped) => Ok(State::Stopped),
+        Ok(proto::batch::State::Failed) => Ok(State::Failed),
+        Ok(proto::batch::State::Unspecified) => Err(InvalidValue(
+            "is required: RUNNING, COMPLETED, STOPPED or FAILED".into(),
+        )),
+        Err(_) => Err(InvalidValue(format!(
+            "unknown value {number}: use RUNNING, COMPLETED, STOPPED or FAILED"
+        ))),
+    }
+}
+
+fn batch_error(
+    error: proto::BatchError,
+    field: &str,
+    received: Timestamp,
+) -> Result<BatchError, FieldViolation> {
+    if error.message.is_empty() {
+        return Err(InvalidValue("is required".into()).at(format!("{field}.message")));
+    }
+    Ok(BatchError {
+        message: prose(error.message, &format!("{field}.message"))?,
+        time: optional_time(error.time, &format!("{field}.time"), received)?,
+        details: json_object(error.details, &format!("{field}.details"))?,
+    })
+}
+
+fn model_switch(
+    switch: proto::ModelSwitch,
+    field: &str,
+    received: Timestamp,
+) -> Result<ModelSwitch, FieldViolation> {
+    Ok(ModelSwitch {
+        from_model: label(switch.from_model, &format!("{field}.from_model"))?,
+        to_model: label(switch.to_model, &format!("{field}.to_model"))?,
+        provider: label(switch.provider, &format!("{field}.provider"))?,
+        reason: prose(switch.reason, &format!("{field}.reason"))?,
+        at_sample: non_negative(switch.at_sample, &format!("{field}.at_sample"))?,
+        time: optional_time(switch.time, &format!("{field}.time"), received)?,
+    })
+}
+
+fn limit_entries(count: usize, field: &str) -> Result<(), FieldViolation> {
+    if count > MAX_ENTRIES_PER_REPORT {
+        Err(InvalidValue(format!(
+            "has {count} entries; at most {MAX_ENTRIES_PER_REPORT} per request"
+        ))
+        .at(field))
+    } else {
+        Ok(())
+    }
+}
+
+fn label(value: String, field: &str) -> Result<Label, FieldViolation> {
+    Label::parse(value).map_err(|e| e.at(field))
+}
+
+fn optional_label(value: String, field: &str) -> Result<Option<Label>, FieldViolation> {
+    Label::parse_optional(value).map_err(|e| e.at(field))
+}
+
+fn prose(value: String, field: &str) -> Result<Prose, FieldViolation> {
+    Prose::parse(value).map_err(|e| e.at(field))
+}
+
+fn non_negative<T: Copy + Default + PartialOrd>(
+    value: T,
+    field: &str,
+) -> Result<NonNegative<T>, FieldViolation> {
+    NonNegative::parse(value).map_err(|e| e.at(field))
+}
+
+fn json_object(value: Option<Struct>, field: &str) -> Result<JsonObject, FieldViolation> {
+    let Some(value) = value else {
+        return Ok(JsonObject::default());
+    };
+    struct_to_json(value)
+        .and_then(JsonObject::parse)
+        .map_err(|e| e.at(field))
+}
+
+fn optional_time(
+    value: Option<prost_types::Timestamp>,
+    field: &str,
+    default: Timestamp,
+) -> Result<Timestamp, FieldViolation> {
+    value.map_or(Ok(default), |time| timestamp(time, field))
+}
+
+/// The server's clock, to the microsecond that PostgreSQL stores.
+fn now() -> Timestamp {
+    truncate_to_micros(Timestamp::now())
+}
+
+fn truncate_to_micros(time: Timestamp) -> Timestamp {
+    Timestamp::from_microsecond(time.as_microsecond()).unwrap_or(time)
+}
+
+/// A protobuf timestamp within the years 1 to 9999 (what RFC 3339 and the
+/// protobuf JSON mapping can show), truncated to the microsecond.
+fn timestamp(value: prost_types::Timestamp, field: &str) -> Result<Timestamp, FieldViolation> {
+    const FIRST_SECOND: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
+    const LAST_SECOND: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(FIRST_SECOND..=LAST_SECOND).contains(&value.seconds) {
+        return Err(InvalidValue("must be between years 1 and 9999".into()).at(field));
+    }
+    if !(0..1_000_000_000).contains(&value.nanos) {
+        return Err(InvalidValue("nanos must be between 0 and 999,999,999".into()).at(field));
+    }
+    let micros = value.seconds * 1_000_000 + i64::from(value.nanos / 1_000);
+    Timestamp::from_microsecond(micros)
+        .map_err(|e| InvalidValue(format!("is out of range: {e}")).at(field))
+}
+
+fn proto_timestamp(time: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.as_second(),
+        nanos: time.subsec_nanosecond(),
+    }
+}
+
+fn struct_to_json(value: Struct) -> Result<Map<String, Value>, InvalidValue> {
+    value
+        .fields
+        .into_iter()
+        .map(|(key, value)| Ok((key, value_to_json(value)?)))
+        .collect()
+}
+
+fn value_to_json(value: ProtoValue) -> Result<Value, InvalidValue> {
+    Ok(match value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::NumberValue(n)) => Value::Number(
+            Number::from_f64(n).ok_or_else(|| InvalidValue("has a number that is not finite".into()))?,
+        ),
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)?),
+        Some(Kind::ListValue(list)) => Value::Array(
+            list.values
+                .into_iter()
+                .map(value_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+fn json_to_struct(map: Map<String, Value>) -> Struct {
+    Struct {
+        fields: map
+            .into_iter()
+            .map(|(key, value)| (key, json_to_value(value)))
+            .collect(),
+    }
+}
+
+fn json_to_value(value: Value) -> ProtoValue {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        // Struct numbers are doubles; integers beyond 2^53 lose precision,
+        // as they do in every JSON consumer that reads them as numbers.
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.into_iter().map(json_to_value).collect(),
+        }),
+        Value::Object(map) => Kind::StructValue(json_to_struct(map)),
+    };
+    ProtoValue { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_bounded_and_truncated_to_micros() {
+        let time = timestamp(
+            prost_types::Timestamp {
+                seconds: 1_760_000_000,
+                nanos: 123_456_789,
+            },
+            "t",
+        )
+        .unwrap();
+        assert_eq!(time.as_microsecond(), 1_760_000_000_123_456);
+        for (seconds, nanos) in [(0, -1), (0, 1_000_000_000), (-62_135_596_801, 0), (i64::MAX, 0)] {
+            let error = timestamp(prost_types::Timestamp { seconds, nanos }, "batch.start_time")
+                .unwrap_err();
+            assert_eq!(error.field, "batch.start_time");
+        }
+    }
+
+    #[test]
+    fn ids_in_both_places_must_agree() {
+        let request = proto::CreateBatchRequest {
+            batch_id: "a".into(),
+            batch: Some(proto::Batch {
+                batch_id: "b".into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(NewBatch::try_from(request).unwrap_err().field, "batch_id");
+    }
+
+    #[test]
+    fn violations_name_the_nested_field() {
+        let request = proto::RecordProgressRequest {
+            batch_id: "b".into(),
+            errors: vec![
+                proto::BatchError {
+                    message: "ok".into(),
+                    ..Default::default()
+                },
+                proto::BatchError::default(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(Progress::try_from(request).unwrap_err().field, "errors[1].message");
+    }
+
+    #[test]
+    fn non_finite_numbers_are_rejected() {
+        let value = ProtoValue {
+            kind: Some(Kind::NumberValue(f64::NAN)),
+        };
+        assert!(value_to_json(value).is_err());
+    }
+}

@@ -1,0 +1,149 @@
+//! Building the application and running it until it is told to stop.
+
+use std::{future::Future, io, net::SocketAddr};
+
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::config::ServeConfig;
+use crate::grpc::BatchHistoryService;
+use crate::proto::{self, batch_history_server::BatchHistoryServer};
+use crate::store::{self, MigrateError, Store, StoreError};
+
+/// Health-service name of the batch history API, as clients ask for it.
+pub const SERVICE_NAME: &str = "batchhistory.v1.BatchHistory";
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("could not listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("the database did not answer after migrating")]
+    Database(#[source] StoreError),
+    #[error("could not build server reflection")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// A migrated database and a bound listener, ready to serve.
+pub struct App {
+    listener: TcpListener,
+    store: Store,
+}
+
+impl App {
+    /// Binds the listen address (port 0 picks a free port), migrates the
+    /// database and checks that it answers.
+    pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        tracing::info!(database = %config.database.describe(), "migrating");
+        let applied = store::migrate(&config.database.pg, config.database.timeout).await?;
+        tracing::info!(?applied, "schema up to date");
+        let store = Store::new(&config.database).map_err(StartupError::Database)?;
+        store.ping().await.map_err(StartupError::Database)?;
+        Ok(Self { listener, store })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes. Health turns NOT_SERVING first, so
+    /// probes steer new work away, then the listener closes and in-flight
+    /// calls finish before this returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartupError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(StartupError::Reflection)?;
+        // grpcurl before 1.9 speaks only v1alpha.
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(StartupError::Reflection)?;
+
+        let addr = self.local_addr().ok();
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        set_status(&health, ServingStatus::Serving).await;
+        tracing::info!(?addr, "serving");
+
+        let stop = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight calls");
+                set_status(&health, ServingStatus::NotServing).await;
+            }
+        };
+        let served = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(BatchHistoryServer::new(BatchHistoryService::new(
+                self.store.clone(),
+            )))
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+            .map_err(StartupError::Serve);
+        self.store.close();
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Reflection over every service this server offers.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_status(health: &HealthReporter, status: ServingStatus) {
+    for service in ["", SERVICE_NAME] {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,312 @@
+//! PostgreSQL access: every SQL statement the service runs, behind a pool.
+//!
+//! Each operation is one round trip where SQL allows it, uses statements
+//! prepared once per connection, and gives up after the configured timeout
+//! with [`StoreError::Unavailable`] instead of hanging its caller.
+
+mod error;
+mod migrate;
+mod sql;
+
+use std::{future::Future, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row, types::Json};
+
+use crate::config::DatabaseConfig;
+use crate::domain::{
+    Batch, BatchError, BatchId, Cursor, Finish, ListQuery, MAX_KEPT_ERRORS, NewBatch, Page,
+    Progress, State,
+};
+
+pub use error::StoreError;
+pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
+
+/// How often a write that lost a race with a concurrent writer is retried
+/// before it is reported as unavailable. One retry settles every race the
+/// statements below can meet; the rest is margin.
+const MAX_ATTEMPTS: usize = 5;
+
+/// The batch history in PostgreSQL.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl Store {
+    /// A pool for `config`. Connections are opened on first use.
+    pub fn new(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let manager = Manager::from_config(
+            config.pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_max_size)
+            .wait_timeout(Some(config.timeout))
+            .create_timeout(Some(config.timeout))
+            .recycle_timeout(Some(config.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::internal("building the connection pool", e))?;
+        Ok(Self {
+            pool,
+            timeout: config.timeout,
+        })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Closes the pool: idle connections are dropped, and waiting calls fail.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Creates `batch` in RUNNING, or returns the stored batch if the same
+    /// create already happened.
+    pub async fn create(&self, batch: &NewBatch) -> Result<Batch, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::CREATE).await?;
+            let metadata = Json(batch.metadata.as_map());
+            for _ in 0..MAX_ATTEMPTS {
+                let batch_id = match &batch.batch_id {
+                    Some(id) => id.clone(),
+                    None => BatchId::generate(jiff::Timestamp::now()),
+                };
+                let row = client
+                    .query_opt(
+                        &statement,
+                        &[
+                            &batch_id.as_str(),
+                            &batch.provider.as_str(),
+                            &batch.model.as_str(),
+                            &batch.topic_filter.as_str(),
+                            &batch.difficulty_filter.as_str(),
+                            &batch.reasoning_instruction.as_str(),
+                            &batch.target_count.get(),
+                            &metadata,
+                            &batch.start_time,
+                        ],
+                    )
+                    .await?;
+                // No row: another create of this id committed after this
+                // statement's snapshot was taken, so it is invisible here. Retry.
+                let Some(row) = row else { continue };
+                let stored = batch_from_row(&row)?;
+                if row.try_get::<_, bool>("created")? {
+                    return Ok(stored);
+                }
+                match &batch.batch_id {
+                    Some(_) if batch.matches(&stored) => return Ok(stored),
+                    Some(id) => return Err(StoreError::AlreadyExists(id.clone())),
+                    // A generated id collided: draw another.
+                    None => continue,
+                }
+            }
+            Err(StoreError::Contended)
+        })
+        .await
+    }
+
+    /// The batch with this id.
+    pub async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::GET).await?;
+            match client.query_opt(&statement, &[&batch_id.as_str()]).await? {
+                Some(row) => batch_from_row(&row),
+                None => Err(StoreError::NotFound(batch_id.clone())),
+            }
+        })
+        .await
+    }
+
+    /// One page of batches.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let listing = sql::Listing::new(query);
+            let statement = client.prepare_cached(listing.sql()).await?;
+            let rows = client.query(&statement, &listing.params()).await?;
+            let page_size = usize::from(query.page_size.get());
+            let mut batches = rows
+                .iter()
+                .map(batch_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            // The statement fetches one row more than a page to learn whether
+            // another page follows.
+            let next = if batches.len() > page_size {
+                batches.truncate(page_size);
+                batches.last().map(Cursor::after)
+            } else {
+                None
+            };
+            Ok(Page { batches, next })
+        })
+        .await
+    }
+
+    /// Applies a progress report to a running batch.
+    pub async fn record_progress(&self, progress: &Progress) -> Result<Batch, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::RECORD_PROGRESS).await?;
+            let errors = Json(&progress.errors);
+            let switches = Json(&progress.model_switches);
+            for _ in 0..MAX_ATTEMPTS {
+                let row = client
+                    .query_opt(
+                        &statement,
+                        &[
+                            &progress.batch_id.as_str(),
+                            &progress.samples_delta.get(),
+                            &progress.tokens_delta.get(),
+                            &errors,
+                            &switches,
+                            &(MAX_KEPT_ERRORS as i32),
+                        ],
+                    )
+                    .await?;
+                match Outcome::of(row)? {
+                    Outcome::Applied(batch) => return Ok(batch),
+                    Outcome::Missing => return Err(StoreError::NotFound(progress.batch_id.clone())),
+                    Outcome::Unchanged(batch) if batch.state == State::Running => continue,
+                    Outcome::Unchanged(batch) => {
+                        return Err(StoreError::NotRunning {
+                            batch_id: batch.batch_id,
+                            state: batch.state,
+                        });
+                    }
+                }
+            }
+            Err(StoreError::Contended)
+        })
+        .await
+    }
+
+    /// Moves a running batch to its final state; repeating the same finish
+    /// returns the batch unchanged.
+    pub async fn finish(&self, finish: &Finish) -> Result<Batch, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::FINISH).await?;
+            let target = finish.state.state();
+            let errors: Vec<&BatchError> = finish.error.iter().collect();
+            let errors = Json(&errors);
+            for _ in 0..MAX_ATTEMPTS {
+                let row = client
+                    .query_opt(
+                        &statement,
+                        &[
+                            &finish.batch_id.as_str(),
+                            &target.as_str(),
+                            &finish.end_time,
+                            &errors,
+                            &(MAX_KEPT_ERRORS as i32),
+                        ],
+                    )
+                    .await?;
+                match Outcome::of(row)? {
+                    Outcome::Applied(batch) => return Ok(batch),
+                    Outcome::Missing => return Err(StoreError::NotFound(finish.batch_id.clone())),
+                    Outcome::Unchanged(batch) if batch.state == target => return Ok(batch),
+                    Outcome::Unchanged(batch) if batch.state == State::Running => continue,
+                    Outcome::Unchanged(batch) => {
+                        return Err(StoreError::NotRunning {
+                            batch_id: batch.batch_id,
+                            state: batch.state,
+                        });
+                    }
+                }
+            }
+            Err(StoreError::Contended)
+        })
+        .await
+    }
+
+    /// Deletes a batch in any state.
+    pub async fn delete(&self, batch_id: &BatchId) -> Result<(), StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::DELETE).await?;
+            match client.execute(&statement, &[&batch_id.as_str()]).await? {
+                0 => Err(StoreError::NotFound(batch_id.clone())),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Runs `operation`, giving up once the configured timeout has passed:
+    /// a database that stopped answering mid-query must not hang callers.
+    async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, operation)
+            .await
+            .unwrap_or(Err(StoreError::TimedOut(self.timeout)))
+    }
+}
+
+/// What a conditional update found.
+enum Outcome {
+    Applied(Batch),
+    /// The row exists but did not qualify; it is returned as it was.
+    Unchanged(Batch),
+    Missing,
+}
+
+impl Outcome {
+    fn of(row: Option<Row>) -> Result<Self, StoreError> {
+        let Some(row) = row else {
+            return Ok(Self::Missing);
+        };
+        let batch = batch_from_row(&row)?;
+        Ok(if row.try_get::<_, bool>("applied")? {
+            Self::Applied(batch)
+        } else {
+            Self::Unchanged(batch)
+        })
+    }
+}
+
+fn batch_from_row(row: &Row) -> Result<Batch, StoreError> {
+    let state: &str = row.try_get("state")?;
+    let batch_id: String = row.try_get("batch_id")?;
+    Ok(Batch {
+        batch_id: BatchId::parse(batch_id)
+            .map_err(|e| StoreError::internal("reading a stored batch id", e))?,
+        state: State::from_name(state).ok_or_else(|| {
+            StoreError::internal("reading a stored state", format!("unknown state {state:?}"))
+        })?,
+        provider: row.try_get("provider")?,
+        model: row.try_get("model")?,
+        topic_filter: row.try_get("topic_filter")?,
+        difficulty_filter: row.try_get("difficulty_filter")?,
+        reasoning_instruction: row.try_get("reasoning_instruction")?,
+        target_count: row.try_get("target_count")?,
+        samples_generated: row.try_get("samples_generated")?,
+        total_tokens: row.try_get("total_tokens")?,
+        errors: row.try_get::<_, Json<_>>("errors")?.0,
+        error_count: row.try_get("error_count")?,
+        model_switches: row.try_get::<_, Json<_>>("model_switches")?.0,
+        metadata: row.try_get::<_, Json<_>>("metadata")?.0,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+        update_time: row.try_get("update_time")?,
+        version: row.try_get("version")?,
+    })
+}

@@ -1,0 +1,194 @@
+//! The SQL text of every statement, next to the parameters it takes.
+
+use std::fmt::Write;
+
+use tokio_postgres::types::ToSql;
+
+use jiff::Timestamp;
+
+use crate::domain::{ListQuery, Order};
+
+/// Every column of `batches`, in the order [`super::batch_from_row`] reads by name.
+macro_rules! columns {
+    () => {
+        "batch_id, state, provider, model, topic_filter, difficulty_filter, \
+         reasoning_instruction, target_count, samples_generated, total_tokens, errors, \
+         error_count, model_switches, metadata, start_time, end_time, update_time, version"
+    };
+}
+
+/// Inserts a batch unless its id exists; returns the new or the existing row
+/// and whether this statement created it. $1 id, $2–$6 texts, $7 target
+/// count, $8 metadata, $9 start time or NULL for now.
+pub const CREATE: &str = concat!(
+    "WITH inserted AS (
+        INSERT INTO batches (batch_id, state, provider, model, topic_filter, difficulty_filter,
+                             reasoning_instruction, target_count, metadata, start_time, update_time)
+        VALUES ($1, 'RUNNING', $2, $3, $4, $5, $6, $7, $8, COALESCE($9::timestamptz, now()), now())
+        ON CONFLICT (batch_id) DO NOTHING
+        RETURNING ",
+    columns!(),
+    "
+    )
+    SELECT ",
+    columns!(),
+    ", true AS created FROM inserted
+    UNION ALL
+    SELECT ",
+    columns!(),
+    ", false AS created FROM batches
+    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM inserted)"
+);
+
+/// $1 id.
+pub const GET: &str = concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = $1");
+
+/// $1 id.
+pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
+
+/// Adds to a running batch's counters and appends to its lists; returns the
+/// row, changed or not, and whether it changed (so that a missing batch and
+/// a finished one are told apart in the same round trip). $1 id, $2 samples,
+/// $3 tokens, $4 errors (JSON array), $5 model switches (JSON array),
+/// $6 errors to keep.
+pub const RECORD_PROGRESS: &str = concat!(
+    "WITH updated AS (
+        UPDATE batches SET
+            samples_generated = samples_generated + $2,
+            total_tokens = total_tokens + $3,
+            errors = jsonb_append_keep_newest(errors, $4::jsonb, $6),
+            error_count = error_count + jsonb_array_length($4::jsonb),
+            model_switches = model_switches || $5::jsonb,
+            update_time = now(),
+            version = version + 1
+        WHERE batch_id = $1 AND state = 'RUNNING'
+        RETURNING ",
+    columns!(),
+    "
+    )
+    SELECT ",
+    columns!(),
+    ", true AS applied FROM updated
+    UNION ALL
+    SELECT ",
+    columns!(),
+    ", false AS applied FROM batches
+    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
+);
+
+/// Moves a running batch to a final state, like [`RECORD_PROGRESS`]. $1 id,
+/// $2 state, $3 end time or NULL for now, $4 errors to append (JSON array),
+/// $5 errors to keep.
+pub const FINISH: &str = concat!(
+    "WITH updated AS (
+        UPDATE batches SET
+            state = $2,
+            end_time = COALESCE($3::timestamptz, now()),
+            errors = jsonb_append_keep_newest(errors, $4::jsonb, $5),
+            error_count = error_count + jsonb_array_length($4::jsonb),
+            update_time = now(),
+            version = version + 1
+        WHERE batch_id = $1 AND state = 'RUNNING'
+        RETURNING ",
+    columns!(),
+    "
+    )
+    SELECT ",
+    columns!(),
+    ", true AS applied FROM updated
+    UNION ALL
+    SELECT ",
+    columns!(),
+    ", false AS applied FROM batches
+    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
+);
+
+/// A keyset-paginated listing: the statement text depends on which filters
+/// are set, so there are at most a few hundred shapes, each prepared once
+/// per connection.
+pub struct Listing<'q> {
+    sql: String,
+    params: Vec<Param<'q>>,
+}
+
+/// A listing parameter, borrowed from the query where possible.
+enum Param<'q> {
+    Text(&'q str),
+    Time(&'q Timestamp),
+    States(Vec<&'static str>),
+    Limit(i64),
+}
+
+impl<'q> Listing<'q> {
+    pub fn new(query: &'q ListQuery) -> Self {
+        let filter = &query.filter;
+        let mut listing = Listing {
+            sql: concat!("SELECT ", columns!(), " FROM batches WHERE true").to_owned(),
+            params: Vec::new(),
+        };
+        for (column, value) in [
+            ("provider", &filter.provider),
+            ("model", &filter.model),
+            ("topic_filter", &filter.topic_filter),
+            ("difficulty_filter", &filter.difficulty_filter),
+        ] {
+            if let Some(label) = value {
+                listing.condition(column, "=", Param::Text(label.as_str()));
+            }
+        }
+        if !filter.states.is_empty() {
+            let states = filter.states.iter().map(|s| s.as_str()).collect();
+            listing.condition("state", "= ANY", Param::States(states));
+        }
+        if let Some(after) = &filter.started_after {
+            listing.condition("start_time", ">=", Param::Time(after));
+        }
+        if let Some(before) = &filter.started_before {
+            listing.condition("start_time", "<", Param::Time(before));
+        }
+        let (direction, past) = match query.order {
+            Order::NewestFirst => ("DESC", "<"),
+            Order::OldestFirst => ("ASC", ">"),
+        };
+        if let Some(cursor) = &query.after {
+            let time = listing.bind(Param::Time(&cursor.start_time));
+            let id = listing.bind(Param::Text(cursor.batch_id.as_str()));
+            let _ = write!(listing.sql, " AND (start_time, batch_id) {past} ({time}, {id})");
+        }
+        let limit = listing.bind(Param::Limit(i64::from(query.page_size.get()) + 1));
+        let _ = write!(
+            listing.sql,
+            " ORDER BY start_time {direction}, batch_id {direction} LIMIT {limit}"
+        );
+        listing
+    }
+
+    /// Adds `param` and returns its placeholder.
+    fn bind(&mut self, param: Param<'q>) -> String {
+        self.params.push(param);
+        format!("${}", self.params.len())
+    }
+
+    fn condition(&mut self, column: &str, operator: &str, param: Param<'q>) {
+        let placeholder = self.bind(param);
+        let _ = write!(self.sql, " AND {column} {operator}({placeholder})");
+    }
+
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|param| -> &(dyn ToSql + Sync) {
+                match param {
+                    Param::Text(text) => text,
+                    Param::Time(time) => *time,
+                    Param::States(states) => states,
+                    Param::Limit(limit) => limit,
+                }
+            })
+            .collect()
+    }
+}
