@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn a_url_becomes_a_config_without_its_password_in_descriptions() {
-        let config = DatabaseConfig::try_from(args("postgres://app:s3cret@db:6543/history")).unwrap();
+        let config =
+            DatabaseConfig::try_from(args("postgres://app:s3cret@db:6543/history")).unwrap();
         assert_eq!(config.describe(), "postgres://app@db:6543/history");
         assert!(!format!("{config:?}").contains("s3cret"));
         assert_eq!(config.timeout, Duration::from_millis(250));
@@ -213,7 +214,8 @@ mod tests {
             DatabaseConfig::try_from(missing),
             Err(ConfigError::MissingDatabaseUrl)
         ));
-        let error = DatabaseConfig::try_from(args("postgres://app:s3cret@db:notaport/x")).unwrap_err();
+        let error =
+            DatabaseConfig::try_from(args("postgres://app:s3cret@db:notaport/x")).unwrap_err();
         assert!(!error.to_string().contains("s3cret"), "{error}");
         assert!(matches!(
             DatabaseConfig::try_from(args("postgres://app:s3cret@db/x?sslmode=require")),
@@ -223,7 +225,9 @@ mod tests {
 
     #[test]
     fn command_line_defaults_match_the_contract() {
-        let cli = Cli::try_parse_from(["batch-history", "serve", "--database-url", "postgres://h/d"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["batch-history", "serve", "--database-url", "postgres://h/d"])
+                .unwrap();
         let Command::Serve(serve) = cli.command else {
             panic!("not serve")
         };

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Why the server is not healthy.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +59,10 @@ pub async fn check(addr: &str, timeout: Duration) -> Result<(), HealthcheckError
     };
     tokio::time::timeout(timeout, probe)
         .await
-        .unwrap_or_else(|_| Err(HealthcheckError::TimedOut {
-            addr: addr.to_owned(),
-            timeout,
-        }))
+        .unwrap_or_else(|_| {
+            Err(HealthcheckError::TimedOut {
+                addr: addr.to_owned(),
+                timeout,
+            })
+        })
 }

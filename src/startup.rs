@@ -70,9 +70,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(StartupError::Reflection)?;
+        let reflection_v1 = reflection().build_v1().map_err(StartupError::Reflection)?;
         // grpcurl before 1.9 speaks only v1alpha.
         let reflection_v1alpha = reflection()
             .build_v1alpha()

@@ -77,9 +77,7 @@ impl TryFrom<State> for TerminalState {
             State::Completed => Ok(Self::Completed),
             State::Stopped => Ok(Self::Stopped),
             State::Failed => Ok(Self::Failed),
-            State::Running => Err(InvalidValue(
-                "must be COMPLETED, STOPPED or FAILED".into(),
-            )),
+            State::Running => Err(InvalidValue("must be COMPLETED, STOPPED or FAILED".into())),
         }
     }
 }
@@ -157,11 +155,7 @@ impl Batch {
     /// part of it so that a batch deleted and created again under the same id
     /// (which restarts `version`) does not repeat an old tag.
     pub fn etag(&self) -> String {
-        format!(
-            "v{}-{:x}",
-            self.version,
-            self.update_time.as_microsecond()
-        )
+        format!("v{}-{:x}", self.version, self.update_time.as_microsecond())
     }
 }
 
@@ -193,7 +187,9 @@ impl NewBatch {
             && self.reasoning_instruction.as_str() == stored.reasoning_instruction
             && self.target_count.get() == stored.target_count
             && self.metadata.same_as(&stored.metadata)
-            && self.start_time.is_none_or(|start| start == stored.start_time)
+            && self
+                .start_time
+                .is_none_or(|start| start == stored.start_time)
     }
 }
 
@@ -288,7 +284,12 @@ mod tests {
 
     #[test]
     fn state_names_round_trip() {
-        for state in [State::Running, State::Completed, State::Stopped, State::Failed] {
+        for state in [
+            State::Running,
+            State::Completed,
+            State::Stopped,
+            State::Failed,
+        ] {
             assert_eq!(State::from_name(state.as_str()), Some(state));
         }
         assert_eq!(State::from_name("running"), None);

@@ -63,7 +63,12 @@ mod tests {
 
     #[test]
     fn accepts_the_contract_charset() {
-        for ok in ["a", "batch_1760796202_0a1b2c3d", "A.b-C_9", &"x".repeat(100)] {
+        for ok in [
+            "a",
+            "batch_1760796202_0a1b2c3d",
+            "A.b-C_9",
+            &"x".repeat(100),
+        ] {
             assert!(BatchId::parse(ok.to_string()).is_ok(), "{ok}");
         }
     }
@@ -81,7 +86,11 @@ mod tests {
         let id = BatchId::generate(now);
         let suffix = id.as_str().strip_prefix("batch_1760796202_").unwrap();
         assert_eq!(suffix.len(), 8);
-        assert!(suffix.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            suffix
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert!(BatchId::parse(id.as_str().to_string()).is_ok());
         assert_ne!(BatchId::generate(now), BatchId::generate(now));
     }

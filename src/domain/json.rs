@@ -98,7 +98,9 @@ fn check_value(value: &Value, depth: usize) -> Result<(), InvalidValue> {
                     "is nested deeper than {MAX_JSON_DEPTH} levels"
                 )));
             }
-            items.iter().try_for_each(|item| check_value(item, depth + 1))
+            items
+                .iter()
+                .try_for_each(|item| check_value(item, depth + 1))
         }
         _ => Ok(()),
     }
@@ -122,7 +124,8 @@ mod tests {
 
     #[test]
     fn integers_and_doubles_of_equal_value_are_the_same() {
-        let request = JsonObject::parse(object(json!({"n": 1.0, "a": [2.0], "o": {"x": "y"}}))).unwrap();
+        let request =
+            JsonObject::parse(object(json!({"n": 1.0, "a": [2.0], "o": {"x": "y"}}))).unwrap();
         assert!(request.same_as(&object(json!({"n": 1, "a": [2], "o": {"x": "y"}}))));
         assert!(!request.same_as(&object(json!({"n": 1, "a": [3], "o": {"x": "y"}}))));
         assert!(!request.same_as(&object(json!({"n": 1, "a": [2]}))));

@@ -125,12 +125,14 @@ impl Cursor {
     /// Reads a token made by [`Cursor::to_token`] for the same listing.
     /// Tokens are checked for damage and for the listing they belong to; they
     /// are not secret, and a forged one can only move where a page starts.
-    pub fn from_token(token: &str, filter: &BatchFilter, order: Order) -> Result<Self, InvalidValue> {
+    pub fn from_token(
+        token: &str,
+        filter: &BatchFilter,
+        order: Order,
+    ) -> Result<Self, InvalidValue> {
         let malformed = || InvalidValue("is not a page token this service issued".into());
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
-        let (body, checksum) = bytes
-            .split_last_chunk::<8>()
-            .ok_or_else(malformed)?;
+        let (body, checksum) = bytes.split_last_chunk::<8>().ok_or_else(malformed)?;
         if Fnv1a::of(body) != u64::from_le_bytes(*checksum) {
             return Err(malformed());
         }
@@ -252,7 +254,9 @@ mod tests {
             Order::NewestFirst,
         );
         let same = BatchFilter {
-            states: [State::Running, State::Failed, State::Running].into_iter().collect(),
+            states: [State::Running, State::Failed, State::Running]
+                .into_iter()
+                .collect(),
             ..BatchFilter::default()
         };
         assert!(Cursor::from_token(&token, &same, Order::NewestFirst).is_ok());
@@ -280,7 +284,10 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x01;
             let damaged = URL_SAFE_NO_PAD.encode(damaged);
-            assert!(Cursor::from_token(&damaged, &filter, Order::NewestFirst).is_err(), "byte {i}");
+            assert!(
+                Cursor::from_token(&damaged, &filter, Order::NewestFirst).is_err(),
+                "byte {i}"
+            );
         }
         for garbage in ["", "x", "not base64!", &token[..token.len() - 2]] {
             assert!(Cursor::from_token(garbage, &filter, Order::NewestFirst).is_err());

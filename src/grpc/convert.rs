@@ -40,7 +40,10 @@ impl TryFrom<proto::CreateBatchRequest> for NewBatch {
             model: label(batch.model, "batch.model")?,
             topic_filter: label(batch.topic_filter, "batch.topic_filter")?,
             difficulty_filter: label(batch.difficulty_filter, "batch.difficulty_filter")?,
-            reasoning_instruction: prose(batch.reasoning_instruction, "batch.reasoning_instruction")?,
+            reasoning_instruction: prose(
+                batch.reasoning_instruction,
+                "batch.reasoning_instruction",
+            )?,
             target_count: non_negative(batch.target_count, "batch.target_count")?,
             metadata: json_object(batch.metadata, "batch.metadata")?,
             start_time: batch
@@ -355,7 +358,8 @@ fn value_to_json(value: ProtoValue) -> Result<Value, InvalidValue> {
         Some(Kind::BoolValue(b)) => Value::Bool(b),
         Some(Kind::StringValue(s)) => Value::String(s),
         Some(Kind::NumberValue(n)) => Value::Number(
-            Number::from_f64(n).ok_or_else(|| InvalidValue("has a number that is not finite".into()))?,
+            Number::from_f64(n)
+                .ok_or_else(|| InvalidValue("has a number that is not finite".into()))?,
         ),
         Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)?),
         Some(Kind::ListValue(list)) => Value::Array(
@@ -407,9 +411,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(time.as_microsecond(), 1_760_000_000_123_456);
-        for (seconds, nanos) in [(0, -1), (0, 1_000_000_000), (-62_135_596_801, 0), (i64::MAX, 0)] {
-            let error = timestamp(prost_types::Timestamp { seconds, nanos }, "batch.start_time")
-                .unwrap_err();
+        for (seconds, nanos) in [
+            (0, -1),
+            (0, 1_000_000_000),
+            (-62_135_596_801, 0),
+            (i64::MAX, 0),
+        ] {
+            let error = timestamp(
+                prost_types::Timestamp { seconds, nanos },
+                "batch.start_time",
+            )
+            .unwrap_err();
             assert_eq!(error.field, "batch.start_time");
         }
     }
@@ -439,7 +451,10 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(Progress::try_from(request).unwrap_err().field, "errors[1].message");
+        assert_eq!(
+            Progress::try_from(request).unwrap_err().field,
+            "errors[1].message"
+        );
     }
 
     #[test]

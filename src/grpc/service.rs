@@ -65,7 +65,9 @@ impl BatchHistory for BatchHistoryService {
         request: Request<RecordProgressRequest>,
     ) -> Reply<proto::Batch> {
         let progress = Progress::try_from(request.into_inner())?;
-        Ok(Response::new(self.store.record_progress(&progress).await?.into()))
+        Ok(Response::new(
+            self.store.record_progress(&progress).await?.into(),
+        ))
     }
 
     #[instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]

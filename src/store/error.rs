@@ -62,8 +62,7 @@ impl From<tokio_postgres::Error> for StoreError {
             if *db.code() == SqlState::NUMERIC_VALUE_OUT_OF_RANGE {
                 return Self::Invalid(FieldViolation {
                     field: "samples_delta".into(),
-                    description: "would take a counter of the batch past its 64-bit maximum"
-                        .into(),
+                    description: "would take a counter of the batch past its 64-bit maximum".into(),
                 });
             }
         }

@@ -181,7 +181,9 @@ impl Store {
                     .await?;
                 match Outcome::of(row)? {
                     Outcome::Applied(batch) => return Ok(batch),
-                    Outcome::Missing => return Err(StoreError::NotFound(progress.batch_id.clone())),
+                    Outcome::Missing => {
+                        return Err(StoreError::NotFound(progress.batch_id.clone()));
+                    }
                     Outcome::Unchanged(batch) if batch.state == State::Running => continue,
                     Outcome::Unchanged(batch) => {
                         return Err(StoreError::NotRunning {

@@ -153,7 +153,10 @@ impl<'q> Listing<'q> {
         if let Some(cursor) = &query.after {
             let time = listing.bind(Param::Time(&cursor.start_time));
             let id = listing.bind(Param::Text(cursor.batch_id.as_str()));
-            let _ = write!(listing.sql, " AND (start_time, batch_id) {past} ({time}, {id})");
+            let _ = write!(
+                listing.sql,
+                " AND (start_time, batch_id) {past} ({time}, {id})"
+            );
         }
         let limit = listing.bind(Param::Limit(i64::from(query.page_size.get()) + 1));
         let _ = write!(

@@ -1,0 +1,377 @@
+//! CreateBatch, GetBatch and DeleteBatch.
+
+use batch_history::proto::{self, CreateBatchRequest, DeleteBatchRequest, GetBatchRequest};
+use prost_types::{Struct, Value, value::Kind};
+use tonic::Code;
+
+use crate::helpers::{TestApp, assert_invalid, timestamp};
+
+fn metadata(pairs: &[(&str, Kind)]) -> Struct {
+    Struct {
+        fields: pairs
+            .iter()
+            .map(|(key, kind)| {
+                (
+                    key.to_string(),
+                    Value {
+                        kind: Some(kind.clone()),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn full_request(batch_id: &str) -> CreateBatchRequest {
+    CreateBatchRequest {
+        batch_id: batch_id.into(),
+        batch: Some(proto::Batch {
+            provider: "groq".into(),
+            model: "llama-3.3-70b-versatile".into(),
+            topic_filter: "Contract Law - Formation".into(),
+            difficulty_filter: "advanced".into(),
+            reasoning_instruction: "Think step by step.\nCite the rule.".into(),
+            target_count: 250,
+            metadata: Some(metadata(&[
+                ("smart_mode", Kind::BoolValue(true)),
+                (
+                    "sample_type_filter",
+                    Kind::StringValue("case_analysis".into()),
+                ),
+                ("batch_size", Kind::NumberValue(5.0)),
+            ])),
+            start_time: Some(timestamp(1_760_796_202)),
+            // Output-only fields are ignored.
+            state: proto::batch::State::Completed as i32,
+            samples_generated: 99,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn create_stores_every_field_and_get_returns_it() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .client
+        .clone()
+        .create_batch(full_request("batch_1760796202_0a1b2c3d"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.batch_id, "batch_1760796202_0a1b2c3d");
+    assert_eq!(created.state(), proto::batch::State::Running);
+    assert_eq!(created.samples_generated, 0);
+    assert_eq!(created.start_time, Some(timestamp(1_760_796_202)));
+    assert!(created.end_time.is_none());
+    assert!(!created.etag.is_empty());
+
+    let fetched = app
+        .client
+        .clone()
+        .get_batch(GetBatchRequest {
+            batch_id: created.batch_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched, created);
+
+    let row = app
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT state, provider, model, topic_filter, difficulty_filter, reasoning_instruction,
+                    target_count, metadata::text, extract(epoch FROM start_time)::bigint
+             FROM batches WHERE batch_id = $1",
+            &[&created.batch_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "RUNNING");
+    assert_eq!(row.get::<_, &str>(1), "groq");
+    assert_eq!(row.get::<_, &str>(2), "llama-3.3-70b-versatile");
+    assert_eq!(row.get::<_, &str>(3), "Contract Law - Formation");
+    assert_eq!(row.get::<_, &str>(4), "advanced");
+    assert_eq!(row.get::<_, &str>(5), "Think step by step.\nCite the rule.");
+    assert_eq!(row.get::<_, i32>(6), 250);
+    let stored: serde_json::Value = serde_json::from_str(row.get(7)).unwrap();
+    assert_eq!(stored["smart_mode"], true);
+    assert_eq!(stored["sample_type_filter"], "case_analysis");
+    assert_eq!(stored["batch_size"].as_f64(), Some(5.0));
+    assert_eq!(row.get::<_, i64>(8), 1_760_796_202);
+}
+
+#[tokio::test]
+async fn server_generated_ids_use_the_legacy_format() {
+    let app = TestApp::spawn().await;
+    let before = jiff::Timestamp::now().as_second();
+    let created = app
+        .client
+        .clone()
+        .create_batch(CreateBatchRequest {
+            batch: Some(proto::Batch::default()),
+            batch_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rest = created
+        .batch_id
+        .strip_prefix("batch_")
+        .expect(&created.batch_id);
+    let (seconds, hex) = rest.split_once('_').unwrap();
+    let seconds: i64 = seconds.parse().unwrap();
+    assert!((before..=before + 5).contains(&seconds));
+    assert_eq!(hex.len(), 8);
+    assert!(hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    let start = created.start_time.unwrap().seconds;
+    assert!(
+        (before - 5..=before + 5).contains(&start),
+        "start_time defaults to now"
+    );
+}
+
+#[tokio::test]
+async fn create_is_idempotent_on_the_same_body_and_refuses_a_different_one() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let first = client
+        .create_batch(full_request("b-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .create_batch(full_request("b-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+
+    // The id may come in the batch instead of the request.
+    let mut in_batch = full_request("");
+    in_batch.batch.as_mut().unwrap().batch_id = "b-1".into();
+    assert_eq!(
+        client.create_batch(in_batch).await.unwrap().into_inner(),
+        first
+    );
+
+    let mut different = full_request("b-1");
+    different.batch.as_mut().unwrap().target_count = 251;
+    let status = client.create_batch(different).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(status.message().contains("b-1"));
+
+    let count: i64 = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM batches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn concurrent_identical_creates_make_one_batch() {
+    let app = TestApp::spawn().await;
+    let calls = (0..16).map(|_| {
+        let mut client = app.client.clone();
+        async move { client.create_batch(full_request("raced")).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let first = results[0].as_ref().unwrap().get_ref().clone();
+    for result in results {
+        assert_eq!(result.unwrap().into_inner(), first);
+    }
+}
+
+#[tokio::test]
+async fn create_rejects_invalid_fields_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let cases: Vec<(CreateBatchRequest, &str)> = vec![
+        (
+            CreateBatchRequest {
+                batch_id: "x".into(),
+                batch: None,
+            },
+            "batch",
+        ),
+        (full_request("has space"), "batch_id"),
+        (full_request(&"x".repeat(101)), "batch_id"),
+        (
+            {
+                let mut r = full_request("a");
+                r.batch.as_mut().unwrap().batch_id = "b".into();
+                r
+            },
+            "batch_id",
+        ),
+        (
+            {
+                let mut r = full_request("");
+                r.batch.as_mut().unwrap().batch_id = "bad/id".into();
+                r
+            },
+            "batch.batch_id",
+        ),
+        (
+            {
+                let mut r = full_request("ok");
+                r.batch.as_mut().unwrap().target_count = -1;
+                r
+            },
+            "batch.target_count",
+        ),
+        (
+            {
+                let mut r = full_request("ok");
+                r.batch.as_mut().unwrap().provider = "x".repeat(257);
+                r
+            },
+            "batch.provider",
+        ),
+        (
+            {
+                let mut r = full_request("ok");
+                r.batch.as_mut().unwrap().model = "line\nbreak".into();
+                r
+            },
+            "batch.model",
+        ),
+        (
+            {
+                let mut r = full_request("ok");
+                r.batch.as_mut().unwrap().reasoning_instruction = "nul\0".into();
+                r
+            },
+            "batch.reasoning_instruction",
+        ),
+        (
+            {
+                let mut r = full_request("ok");
+                r.batch.as_mut().unwrap().metadata =
+                    Some(metadata(&[("big", Kind::StringValue("x".repeat(70_000)))]));
+                r
+            },
+            "batch.metadata",
+        ),
+        (
+            {
+                let mut r = full_request("ok");
+                r.batch.as_mut().unwrap().metadata =
+                    Some(metadata(&[("nan", Kind::NumberValue(f64::NAN))]));
+                r
+            },
+            "batch.metadata",
+        ),
+        (
+            {
+                let mut r = full_request("ok");
+                r.batch.as_mut().unwrap().start_time = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -5,
+                });
+                r
+            },
+            "batch.start_time",
+        ),
+    ];
+    for (request, field) in cases {
+        assert_invalid(client.create_batch(request).await.unwrap_err(), field);
+    }
+    let count: i64 = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM batches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn get_and_delete_report_missing_batches() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.create("doomed", "groq").await;
+
+    client
+        .delete_batch(DeleteBatchRequest {
+            batch_id: "doomed".into(),
+        })
+        .await
+        .unwrap();
+    let remaining: i64 = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM batches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(remaining, 0);
+
+    let status = client
+        .delete_batch(DeleteBatchRequest {
+            batch_id: "doomed".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .get_batch(GetBatchRequest {
+            batch_id: "doomed".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("doomed"));
+
+    assert_invalid(
+        client
+            .get_batch(GetBatchRequest {
+                batch_id: String::new(),
+            })
+            .await
+            .unwrap_err(),
+        "batch_id",
+    );
+    assert_invalid(
+        client
+            .delete_batch(DeleteBatchRequest {
+                batch_id: "é".into(),
+            })
+            .await
+            .unwrap_err(),
+        "batch_id",
+    );
+}
+
+#[tokio::test]
+async fn a_lost_database_is_unavailable_not_internal() {
+    let app = TestApp::spawn_on(
+        crate::helpers::TestDb::create().await,
+        std::time::Duration::from_millis(1_000),
+    )
+    .await;
+    app.create("before", "groq").await;
+    app.db.drop_now().await;
+
+    let started = std::time::Instant::now();
+    let status = app
+        .client
+        .clone()
+        .get_batch(GetBatchRequest {
+            batch_id: "before".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert!(!status.message().contains("bh_test_"), "{status:?}");
+}

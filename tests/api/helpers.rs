@@ -1,0 +1,191 @@
+//! A real server on a random loopback port, over a fresh PostgreSQL database
+//! that is dropped when the test ends.
+
+use std::{net::SocketAddr, time::Duration};
+
+use batch_history::config::{DatabaseConfig, ServeConfig};
+use batch_history::proto::{self, batch_history_client::BatchHistoryClient};
+use batch_history::startup::App;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+/// Server every test database lives on; the default is the local server.
+fn admin_config() -> tokio_postgres::Config {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    url.parse()
+        .expect("TEST_DATABASE_URL is not a PostgreSQL URL")
+}
+
+async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect(
+        "cannot connect to the test PostgreSQL server; is it running? (see TEST_DATABASE_URL)",
+    );
+    tokio::spawn(connection);
+    client
+}
+
+/// A uniquely named database, dropped (with its connections) on drop.
+pub struct TestDb {
+    pub name: String,
+    pub config: tokio_postgres::Config,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("bh_test_{:016x}", rand_u64());
+        let admin = connect(&admin_config()).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("cannot create a test database");
+        let mut config = admin_config();
+        config.dbname(&name);
+        Self { name, config }
+    }
+
+    /// A direct connection, to check what the service stored.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.config).await
+    }
+
+    pub fn database_config(&self, timeout: Duration) -> DatabaseConfig {
+        let mut pg = self.config.clone();
+        pg.connect_timeout(timeout);
+        DatabaseConfig {
+            pg,
+            pool_max_size: 8,
+            timeout,
+        }
+    }
+
+    /// Drops the database now, under a running server.
+    pub async fn drop_now(&self) {
+        let admin = connect(&admin_config()).await;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .expect("cannot drop the test database");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async move {
+                    let admin = connect(&admin_config()).await;
+                    admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("warning: test database {} was not dropped", self.name);
+        }
+    }
+}
+
+/// A running server, its client and its database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: BatchHistoryClient<Channel>,
+    pub db: TestDb,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_on(TestDb::create().await, Duration::from_secs(5)).await
+    }
+
+    pub async fn spawn_on(db: TestDb, timeout: Duration) -> Self {
+        let app = App::build(ServeConfig {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            database: db.database_config(timeout),
+        })
+        .await
+        .expect("the app did not start");
+        let addr = app.local_addr().unwrap();
+        let (shutdown, stopped) = oneshot::channel();
+        let server = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the server failed");
+        });
+        let client = BatchHistoryClient::connect(format!("http://{addr}"))
+            .await
+            .expect("cannot connect to the server");
+        Self {
+            addr,
+            client,
+            db,
+            shutdown: Some(shutdown),
+            server,
+        }
+    }
+
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.server).await.expect("the server panicked");
+    }
+
+    /// Creates a running batch with the given id and provider.
+    pub async fn create(&self, batch_id: &str, provider: &str) -> proto::Batch {
+        self.client
+            .clone()
+            .create_batch(proto::CreateBatchRequest {
+                batch_id: batch_id.into(),
+                batch: Some(proto::Batch {
+                    provider: provider.into(),
+                    model: "llama-3.3-70b".into(),
+                    target_count: 100,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create failed")
+            .into_inner()
+    }
+}
+
+/// Asserts `status` is INVALID_ARGUMENT naming `field`, in the message and in
+/// a `google.rpc.BadRequest` detail.
+#[track_caller]
+pub fn assert_invalid(status: Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(field),
+        "{status:?} does not name {field}"
+    );
+    let bad_request = status
+        .get_details_bad_request()
+        .expect("no BadRequest detail");
+    assert_eq!(bad_request.field_violations[0].field, field);
+}
+
+pub fn rand_u64() -> u64 {
+    let mut bytes = [0; 8];
+    getrandom::fill(&mut bytes).expect("random source");
+    u64::from_le_bytes(bytes)
+}
+
+pub fn timestamp(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}

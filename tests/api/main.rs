@@ -1,0 +1,8 @@
+//! End-to-end tests: the real server, a real gRPC client, a real database.
+
+mod batches;
+mod health;
+mod helpers;
+mod list;
+mod progress;
+mod reflection;
