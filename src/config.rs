@@ -1,10 +1,14 @@
 //! Command line and environment, validated into the settings each command
 //! runs with.
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use jiff::tz::TimeZone;
 use tokio_postgres::config::{Host, SslMode};
+
+use crate::import::ImportOptions;
+use crate::store::OnConflict;
 
 /// The batch-history service and its tools.
 #[derive(Debug, Parser)]
@@ -25,6 +29,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Exit 0 if the server at `--addr` reports SERVING, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Copy a legacy SQLite batches.db into PostgreSQL (migrating first).
+    ImportSqlite(ImportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,6 +76,64 @@ pub struct HealthcheckArgs {
     /// Milliseconds to wait for the answer.
     #[arg(long, default_value_t = 3_000)]
     pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The legacy SQLite file, e.g. backend/data/batches.db.
+    pub path: PathBuf,
+    /// Check and stage everything, report, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// IANA zone of legacy times without an offset (the dashboard wrote local time).
+    #[arg(long, default_value = "UTC")]
+    pub source_timezone: String,
+    /// What to do when a batch id is stored with other content.
+    #[arg(long, value_enum, default_value_t = ConflictPolicy::Fail)]
+    pub on_conflict: ConflictPolicy,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConflictPolicy {
+    /// Import nothing.
+    Fail,
+    /// Keep the stored batch and import the rest.
+    Skip,
+}
+
+/// Settings of the `import-sqlite` command.
+#[derive(Debug, Clone)]
+pub struct ImportConfig {
+    pub options: ImportOptions,
+    pub database: DatabaseConfig,
+    pub json: bool,
+}
+
+impl TryFrom<ImportArgs> for ImportConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: ImportArgs) -> Result<Self, Self::Error> {
+        let source_timezone = TimeZone::get(&args.source_timezone)
+            .map_err(|_| ConfigError::UnknownTimeZone(args.source_timezone.clone()))?;
+        Ok(Self {
+            options: ImportOptions {
+                path: args.path,
+                source_timezone,
+                on_conflict: match args.on_conflict {
+                    ConflictPolicy::Fail => OnConflict::Fail,
+                    ConflictPolicy::Skip => OnConflict::Skip,
+                },
+                dry_run: args.dry_run,
+            },
+            database: args.database.try_into()?,
+            json: args.json,
+        })
+    }
 }
 
 /// Settings of the `serve` command.
@@ -180,6 +244,8 @@ pub enum ConfigError {
          use sslmode=disable or sslmode=prefer"
     )]
     TlsUnsupported,
+    #[error("--source-timezone {0:?} is not an IANA time zone such as UTC or Europe/Paris")]
+    UnknownTimeZone(String),
 }
 
 #[cfg(test)]

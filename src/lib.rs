@@ -9,6 +9,7 @@
 //! - [`store`]: PostgreSQL access (every SQL statement) and migrations.
 //! - [`grpc`]: request parsing, handlers, and the mapping of errors to statuses.
 //! - [`startup`]: [`startup::App`], which binds, migrates and serves until told to stop.
+//! - [`import`]: `import-sqlite`, which copies the legacy SQLite history in.
 //! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod healthcheck;
+pub mod import;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,9 +1,9 @@
 use std::{process::ExitCode, time::Duration};
 
-use batch_history::config::{Cli, Command, DatabaseConfig, ServeConfig};
+use batch_history::config::{Cli, Command, DatabaseConfig, ImportConfig, ServeConfig};
 use batch_history::startup::{App, shutdown_signal};
 use batch_history::telemetry::{self, cause_chain};
-use batch_history::{healthcheck, store};
+use batch_history::{healthcheck, import, store};
 use clap::Parser;
 
 #[tokio::main]
@@ -32,6 +32,18 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Healthcheck(args) => {
             healthcheck::check(&args.addr, Duration::from_millis(args.timeout_ms)).await?;
+        }
+        Command::ImportSqlite(args) => {
+            let config = ImportConfig::try_from(args)?;
+            let report = import::import_sqlite(&config.options, &config.database).await?;
+            if config.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.succeeded() {
+                return Err("the import was refused; see the report".into());
+            }
         }
     }
     Ok(())

@@ -124,6 +124,8 @@ pub struct ModelSwitch {
     #[serde(default)]
     pub at_sample: NonNegative<i64>,
     pub time: Timestamp,
+    #[serde(default, skip_serializing_if = "JsonObject::is_empty")]
+    pub details: JsonObject,
 }
 
 /// A stored batch, exactly as the database holds it.

@@ -207,6 +207,7 @@ impl From<ModelSwitch> for proto::ModelSwitch {
             reason: switch.reason.into_string(),
             at_sample: switch.at_sample.get(),
             time: Some(proto_timestamp(switch.time)),
+            details: Some(json_to_struct(switch.details.into_map())),
         }
     }
 }
@@ -262,6 +263,7 @@ fn model_switch(
         reason: prose(switch.reason, &format!("{field}.reason"))?,
         at_sample: non_negative(switch.at_sample, &format!("{field}.at_sample"))?,
         time: optional_time(switch.time, &format!("{field}.time"), received)?,
+        details: json_object(switch.details, &format!("{field}.details"))?,
     })
 }
 

@@ -5,6 +5,7 @@
 //! with [`StoreError::Unavailable`] instead of hanging its caller.
 
 mod error;
+mod import;
 mod migrate;
 mod sql;
 
@@ -20,6 +21,7 @@ use crate::domain::{
 };
 
 pub use error::StoreError;
+pub use import::{LoadOutcome, OnConflict, load_batches};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
 
 /// How often a write that lost a race with a concurrent writer is retried
