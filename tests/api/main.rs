@@ -3,6 +3,7 @@
 mod batches;
 mod health;
 mod helpers;
+mod import;
 mod list;
 mod progress;
 mod reflection;

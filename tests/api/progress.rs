@@ -59,6 +59,7 @@ async fn progress_adds_to_counters_and_appends_history() {
         reason: "model_unavailable: model not found".into(),
         at_sample: 5,
         time: None,
+        details: None,
     }];
     let after = client.record_progress(report).await.unwrap().into_inner();
     assert_eq!(after.samples_generated, 5);

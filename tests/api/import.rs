@@ -1,0 +1,599 @@
+//! import-sqlite: legacy files in, batches out through the gRPC API.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use batch_history::import::{ImportOptions, Report, import_sqlite, parse_legacy_time};
+use batch_history::proto::{GetBatchRequest, ListBatchesRequest, batch::State};
+use batch_history::store::OnConflict;
+use jiff::tz::TimeZone;
+use prost_types::value::Kind;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, rand_u64};
+
+/// The legacy schema, as flask-sqlalchemy created it (without the unique
+/// index, so that files with duplicate ids can be built).
+const SCHEMA: &str = "CREATE TABLE batch_history (
+    id INTEGER NOT NULL PRIMARY KEY, batch_id VARCHAR(100) NOT NULL, started_at VARCHAR(50) NOT NULL,
+    completed_at VARCHAR(50), model VARCHAR(100), topic_filter VARCHAR(200),
+    difficulty_filter VARCHAR(50), reasoning_instruction TEXT, target_count INTEGER,
+    samples_generated INTEGER, total_tokens INTEGER, status VARCHAR(20), errors TEXT,
+    model_switches TEXT)";
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("bh-legacy-{:016x}.db", rand_u64())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A legacy file with these rows: (id, batch_id, started_at, completed_at,
+/// status, errors, model_switches); the other columns are fixed or NULL.
+fn legacy_file(
+    rows: &[(
+        i64,
+        &str,
+        &str,
+        Option<&str>,
+        &str,
+        Option<&str>,
+        Option<&str>,
+    )],
+) -> TempFile {
+    let file = TempFile::new();
+    let db = rusqlite::Connection::open(&file.0).unwrap();
+    db.execute_batch(SCHEMA).unwrap();
+    for (id, batch_id, started, completed, status, errors, switches) in rows {
+        db.execute(
+            "INSERT INTO batch_history VALUES (?1, ?2, ?3, ?4, 'llama-3.3-70b', 'Évidence — hearsay', NULL,
+                                               NULL, NULL, 12, NULL, ?5, ?6, ?7)",
+            rusqlite::params![id, batch_id, started, completed, status, errors, switches],
+        )
+        .unwrap();
+    }
+    file
+}
+
+/// A generated file and the generator's summary.
+fn generated_file(rows: u32, seed: u32) -> (TempFile, Value) {
+    let file = TempFile::new();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/make_legacy_db.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(&file.0)
+        .args(["--rows", &rows.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .expect("python3 runs the legacy generator");
+    assert!(output.status.success(), "{output:?}");
+    (file, serde_json::from_slice(&output.stdout).unwrap())
+}
+
+async fn import(app: &TestApp, file: &TempFile, on_conflict: OnConflict, dry_run: bool) -> Report {
+    import_with(app, file, TimeZone::UTC, on_conflict, dry_run).await
+}
+
+async fn import_with(
+    app: &TestApp,
+    file: &TempFile,
+    zone: TimeZone,
+    on_conflict: OnConflict,
+    dry_run: bool,
+) -> Report {
+    let options = ImportOptions {
+        path: file.0.clone(),
+        source_timezone: zone,
+        on_conflict,
+        dry_run,
+    };
+    import_sqlite(&options, &app.db.database_config(Duration::from_secs(10)))
+        .await
+        .expect("the import ran")
+}
+
+async fn stored_count(app: &TestApp) -> i64 {
+    app.db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM batches", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn get(app: &TestApp, batch_id: &str) -> batch_history::proto::Batch {
+    app.client
+        .clone()
+        .get_batch(GetBatchRequest {
+            batch_id: batch_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn micros(time: &Option<prost_types::Timestamp>) -> Option<i64> {
+    time.as_ref()
+        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+}
+
+#[tokio::test]
+async fn generated_files_round_trip_field_by_field() {
+    let app = TestApp::spawn().await;
+    for (rows, seed) in [(300, 1), (700, 2)] {
+        let (file, summary) = generated_file(rows, seed);
+        let report = import(&app, &file, OnConflict::Fail, false).await;
+        assert!(report.succeeded(), "{}", report.to_text());
+        assert_eq!(report.rows_read, u64::from(rows));
+        assert_eq!(report.imported, u64::from(rows));
+
+        let legacy = rusqlite::Connection::open(&file.0).unwrap();
+        let mut statement = legacy
+            .prepare(
+                "SELECT batch_id, started_at, completed_at, model, topic_filter, difficulty_filter,
+                        reasoning_instruction, target_count, samples_generated, total_tokens, status,
+                        errors, model_switches FROM batch_history",
+            )
+            .unwrap();
+        let mut rows_seen = 0;
+        let (mut samples, mut tokens) = (0_i64, 0_i64);
+        let mut by_status = std::collections::BTreeMap::<String, u64>::new();
+        let mut raw_columns = 0;
+        let mut legacy_rows = statement.query([]).unwrap();
+        while let Some(row) = legacy_rows.next().unwrap() {
+            let batch_id: String = row.get(0).unwrap();
+            let batch = get(&app, &batch_id).await;
+            let time = |text: Option<String>| {
+                text.map(|t| {
+                    parse_legacy_time(&t, &TimeZone::UTC)
+                        .unwrap()
+                        .as_microsecond()
+                })
+            };
+            assert_eq!(micros(&batch.start_time), time(row.get(1).unwrap()));
+            assert_eq!(micros(&batch.end_time), time(row.get(2).unwrap()));
+            assert_eq!(
+                batch.model,
+                row.get::<_, Option<String>>(3).unwrap().unwrap_or_default()
+            );
+            assert_eq!(
+                batch.topic_filter,
+                row.get::<_, Option<String>>(4).unwrap().unwrap_or_default()
+            );
+            assert_eq!(
+                batch.difficulty_filter,
+                row.get::<_, Option<String>>(5).unwrap().unwrap_or_default()
+            );
+            assert_eq!(
+                batch.reasoning_instruction,
+                row.get::<_, Option<String>>(6).unwrap().unwrap_or_default()
+            );
+            assert_eq!(
+                i64::from(batch.target_count),
+                row.get::<_, Option<i64>>(7).unwrap().unwrap_or(0)
+            );
+            assert_eq!(batch.samples_generated, row.get::<_, i64>(8).unwrap());
+            assert_eq!(batch.total_tokens, row.get::<_, i64>(9).unwrap());
+            let status: String = row.get(10).unwrap();
+            assert_eq!(batch.state().as_str_name(), status.to_uppercase());
+
+            let errors: Option<String> = row.get(11).unwrap();
+            match errors.as_deref().map(serde_json::from_str::<Value>) {
+                None | Some(Ok(Value::Null)) => assert!(batch.errors.is_empty()),
+                Some(Ok(Value::Array(items))) => {
+                    assert_eq!(batch.errors.len(), items.len());
+                    assert_eq!(batch.error_count, items.len() as i64);
+                    for (stored, item) in batch.errors.iter().zip(&items) {
+                        assert_eq!(stored.message, item["error"].as_str().unwrap());
+                        let details = &stored.details.as_ref().unwrap().fields;
+                        for (key, value) in item.as_object().unwrap() {
+                            match key.as_str() {
+                                "error" => {}
+                                "timestamp" => assert_eq!(
+                                    micros(&stored.time),
+                                    time(value.as_str().map(String::from))
+                                ),
+                                _ => assert!(details.contains_key(key), "{key} kept in details"),
+                            }
+                        }
+                    }
+                }
+                Some(Ok(other)) => panic!("unexpected legacy errors {other}"),
+                Some(Err(_)) => {
+                    raw_columns += 1;
+                    assert_eq!(batch.errors.len(), 1);
+                    assert_eq!(&batch.errors[0].message, errors.as_ref().unwrap());
+                }
+            }
+            let switches: Option<String> = row.get(12).unwrap();
+            let switches: Vec<Value> = switches
+                .map(|s| serde_json::from_str(&s).unwrap())
+                .unwrap_or_default();
+            assert_eq!(batch.model_switches.len(), switches.len());
+            for (stored, item) in batch.model_switches.iter().zip(&switches) {
+                assert_eq!(stored.from_model, item["from"].as_str().unwrap());
+                assert_eq!(stored.to_model, item["to"].as_str().unwrap());
+                assert_eq!(stored.provider, item["provider"].as_str().unwrap());
+                assert_eq!(stored.reason, item["reason"].as_str().unwrap());
+                assert_eq!(stored.at_sample, item["at_sample"].as_i64().unwrap());
+            }
+
+            rows_seen += 1;
+            samples += batch.samples_generated;
+            tokens += batch.total_tokens;
+            *by_status.entry(status).or_default() += 1;
+        }
+        assert_eq!(rows_seen, summary["rows"].as_u64().unwrap());
+        assert_eq!(samples, summary["samples_generated"].as_i64().unwrap());
+        assert_eq!(tokens, summary["total_tokens"].as_i64().unwrap());
+        for (status, count) in by_status {
+            assert_eq!(
+                summary["by_status"][&status].as_u64(),
+                Some(count),
+                "{status}"
+            );
+        }
+        assert_eq!(report.raw_json_kept, raw_columns);
+    }
+}
+
+#[tokio::test]
+async fn legacy_shapes_map_as_documented() {
+    let app = TestApp::spawn().await;
+    let file = legacy_file(&[
+        (
+            1,
+            "batch_1_aaaaaaaa",
+            "2025-06-01T09:00:00.250000",
+            Some("2025-06-01 10:00:00"),
+            " Completed ",
+            None,
+            Some("[]"),
+        ),
+        (
+            2,
+            "batch_2_bbbbbbbb",
+            "2025-06-01 09:00:00",
+            None,
+            "RUNNING",
+            Some("null"),
+            Some("null"),
+        ),
+        (
+            3,
+            "batch_3_cccccccc",
+            "2025-06-01T09:00:00Z",
+            Some("2025-06-01T11:00:00+01:00"),
+            "stopped",
+            Some(""),
+            None,
+        ),
+        (
+            4,
+            "batch_4_dddddddd",
+            "2025-06-01T09:00:00",
+            Some("2025-06-01T09:30:00"),
+            "completed",
+            Some("Traceback (most recent call last): not json"),
+            Some("not json either"),
+        ),
+        (
+            5,
+            "batch_5_eeeeeeee",
+            "2025-06-01T09:00:00",
+            Some("2025-06-01T09:30:00"),
+            "completed",
+            Some(
+                r#"[{"error": "All providers exhausted", "provider_failures": {"groq": 2}, "timestamp": "2025-06-01T09:10:00"}, {"sample": 12, "error": "429"}, "bare string"]"#,
+            ),
+            Some(
+                r#"[{"from": "a", "to": "b", "provider": "groq", "reason": "gone", "at_sample": 7, "extra": 1}]"#,
+            ),
+        ),
+    ]);
+    let mut other = rusqlite::Connection::open(&file.0).unwrap();
+    other
+        .execute_batch(
+            "CREATE TABLE samples (id INTEGER, body TEXT); INSERT INTO samples VALUES (1, 'x');",
+        )
+        .unwrap();
+    drop(other.transaction().unwrap());
+
+    let report = import(&app, &file, OnConflict::Fail, false).await;
+    assert!(report.succeeded(), "{}", report.to_text());
+    assert_eq!(
+        (report.rows_read, report.imported, report.raw_json_kept),
+        (5, 5, 2)
+    );
+
+    let first = get(&app, "batch_1_aaaaaaaa").await;
+    assert_eq!(first.state(), State::Completed);
+    assert_eq!(micros(&first.start_time), Some(1_748_768_400_250_000));
+    assert_eq!(micros(&first.end_time), Some(1_748_772_000_000_000));
+    assert_eq!(first.model, "llama-3.3-70b");
+    assert_eq!(first.topic_filter, "Évidence — hearsay");
+    assert_eq!(
+        (
+            first.target_count,
+            first.samples_generated,
+            first.total_tokens
+        ),
+        (0, 12, 0)
+    );
+    assert!(first.errors.is_empty() && first.model_switches.is_empty());
+    assert_eq!(first.provider, "");
+
+    let running = get(&app, "batch_2_bbbbbbbb").await;
+    assert_eq!(running.state(), State::Running);
+    assert!(running.end_time.is_none() && running.errors.is_empty());
+
+    let stopped = get(&app, "batch_3_cccccccc").await;
+    assert_eq!(stopped.state(), State::Stopped);
+    assert_eq!(
+        micros(&stopped.end_time),
+        Some(1_748_768_400_000_000 + 3_600_000_000)
+    );
+
+    let raw = get(&app, "batch_4_dddddddd").await;
+    assert_eq!(raw.errors.len(), 1);
+    assert_eq!(
+        raw.errors[0].message,
+        "Traceback (most recent call last): not json"
+    );
+    assert_eq!(raw.model_switches[0].reason, "not json either");
+
+    let typed = get(&app, "batch_5_eeeeeeee").await;
+    assert_eq!(typed.error_count, 3);
+    assert_eq!(typed.errors[0].message, "All providers exhausted");
+    assert_eq!(micros(&typed.errors[0].time), Some(1_748_769_000_000_000));
+    let details = &typed.errors[0].details.as_ref().unwrap().fields;
+    assert!(matches!(
+        details["provider_failures"].kind,
+        Some(Kind::StructValue(_))
+    ));
+    assert!(!details.contains_key("timestamp"));
+    assert_eq!(
+        typed.errors[1].details.as_ref().unwrap().fields["sample"].kind,
+        Some(Kind::NumberValue(12.0))
+    );
+    // A bare string entry becomes the message; no start time means the batch's.
+    assert_eq!(typed.errors[2].message, "bare string");
+    assert_eq!(typed.errors[2].time, typed.start_time);
+    let switch = &typed.model_switches[0];
+    assert_eq!(
+        (
+            switch.from_model.as_str(),
+            switch.to_model.as_str(),
+            switch.at_sample
+        ),
+        ("a", "b", 7)
+    );
+    assert_eq!(
+        switch.details.as_ref().unwrap().fields["extra"].kind,
+        Some(Kind::NumberValue(1.0))
+    );
+}
+
+#[tokio::test]
+async fn naive_times_are_read_in_the_source_time_zone() {
+    let app = TestApp::spawn().await;
+    let file = legacy_file(&[(1, "b1", "2025-06-01T09:00:00", None, "running", None, None)]);
+    let zone = TimeZone::get("Europe/Paris").unwrap();
+    let report = import_with(&app, &file, zone, OnConflict::Fail, false).await;
+    assert!(report.succeeded());
+    // 09:00 in Paris in June is 07:00 UTC.
+    assert_eq!(
+        micros(&get(&app, "b1").await.start_time),
+        Some(1_748_761_200_000_000)
+    );
+}
+
+#[tokio::test]
+async fn a_file_with_any_bad_row_imports_nothing_and_names_every_problem() {
+    let app = TestApp::spawn().await;
+    let file = legacy_file(&[
+        (
+            1,
+            "fine",
+            "2025-06-01T09:00:00",
+            None,
+            "running",
+            None,
+            None,
+        ),
+        (
+            2,
+            "bad id!",
+            "2025-06-01T09:00:00",
+            None,
+            "running",
+            None,
+            None,
+        ),
+        (3, "b3", "yesterday", None, "completed", None, None),
+        (4, "b4", "2025-06-01T09:00:00", None, "paused", None, None),
+        (
+            5,
+            "fine",
+            "2025-06-01T09:00:00",
+            None,
+            "running",
+            None,
+            None,
+        ),
+        (
+            6,
+            "b6",
+            "2025-06-01T09:00:00",
+            Some("2025-05-01T09:00:00"),
+            "completed",
+            None,
+            None,
+        ),
+    ]);
+    let report = import(&app, &file, OnConflict::Fail, false).await;
+    assert!(!report.succeeded());
+    assert_eq!(
+        (report.rows_read, report.imported, report.invalid),
+        (6, 0, 5)
+    );
+    let problems: Vec<(i64, &str)> = report
+        .problems
+        .iter()
+        .map(|p| (p.row_id, p.column))
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            (2, "batch_id"),
+            (3, "started_at"),
+            (4, "status"),
+            (5, "batch_id"),
+            (6, "completed_at")
+        ]
+    );
+    let text = report.to_text();
+    assert!(text.contains("row id 4 column status"), "{text}");
+    assert!(text.contains("nothing was imported"), "{text}");
+    assert_eq!(stored_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_file_without_history_is_a_clear_error() {
+    let app = TestApp::spawn().await;
+    let file = TempFile::new();
+    rusqlite::Connection::open(&file.0)
+        .unwrap()
+        .execute_batch("CREATE TABLE samples (id INTEGER)")
+        .unwrap();
+    let options = ImportOptions {
+        path: file.0.clone(),
+        source_timezone: TimeZone::UTC,
+        on_conflict: OnConflict::Fail,
+        dry_run: false,
+    };
+    let error = import_sqlite(&options, &app.db.database_config(Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("no batch_history table"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(150, 5);
+    assert_eq!(
+        import(&app, &file, OnConflict::Fail, false).await.imported,
+        150
+    );
+
+    let again = import(&app, &file, OnConflict::Fail, false).await;
+    assert!(again.succeeded());
+    assert_eq!((again.imported, again.already_present), (0, 150));
+    assert_eq!(stored_count(&app).await, 150);
+
+    // One batch changed since, through the service; one new row in the file.
+    let first = app
+        .client
+        .clone()
+        .list_batches(ListBatchesRequest {
+            page_size: 1,
+            states: vec![State::Running as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batches
+        .remove(0);
+    app.client
+        .clone()
+        .record_progress(batch_history::proto::RecordProgressRequest {
+            batch_id: first.batch_id.clone(),
+            samples_delta: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    rusqlite::Connection::open(&file.0)
+        .unwrap()
+        .execute(
+            "INSERT INTO batch_history (id, batch_id, started_at, status) VALUES (100000, 'late', '2025-07-01T00:00:00', 'running')",
+            [],
+        )
+        .unwrap();
+
+    let conflicted = import(&app, &file, OnConflict::Fail, false).await;
+    assert!(!conflicted.succeeded());
+    assert_eq!(conflicted.conflicts, vec![first.batch_id.clone()]);
+    assert!(!conflicted.committed);
+    assert!(conflicted.to_text().contains("--on-conflict skip"));
+    assert_eq!(stored_count(&app).await, 150, "a conflict writes nothing");
+
+    let skipped = import(&app, &file, OnConflict::Skip, false).await;
+    assert!(skipped.succeeded(), "{}", skipped.to_text());
+    assert_eq!((skipped.imported, skipped.already_present), (1, 149));
+    assert_eq!(stored_count(&app).await, 151);
+    assert_eq!(
+        get(&app, &first.batch_id).await.samples_generated,
+        first.samples_generated + 1
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(120, 9);
+    let report = import(&app, &file, OnConflict::Fail, true).await;
+    assert!(report.succeeded() && report.dry_run && !report.committed);
+    assert_eq!(report.imported, 120);
+    assert!(report.to_text().contains("would import"));
+    assert_eq!(stored_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn the_command_prints_one_json_report() {
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(50, 11);
+    let config = &app.db.config;
+    let url = format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or("postgres"),
+        match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) =>
+                format!("{host}:{}", config.get_ports().first().unwrap_or(&5432)),
+            tokio_postgres::config::Host::Unix(_) => "127.0.0.1:5432".into(),
+        },
+        app.db.name
+    );
+    let path = file.0.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_batch-history"))
+            .args(["import-sqlite", "--json"])
+            .arg(&path)
+            .env("DATABASE_URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["rows_read"], 50);
+    assert_eq!(report["imported"], 50);
+    assert_eq!(report["committed"], true);
+    assert_eq!(stored_count(&app).await, 50);
+}
