@@ -34,20 +34,25 @@ pub enum ReadError {
     Read(#[from] rusqlite::Error),
 }
 
-/// Everything read from a file: the batches that map cleanly, and every
-/// problem found in the others.
+/// What reading a file found, besides the batches it delivered.
 #[derive(Debug, Default)]
 pub struct Mapped {
     pub rows_read: u64,
-    pub batches: Vec<Batch>,
+    /// Every problem of every row that cannot be imported.
     pub problems: Vec<Problem>,
     /// JSON columns that held text which is not JSON, kept verbatim.
     pub raw_json_kept: u64,
 }
 
 /// Reads and maps every row of `path`'s `batch_history`, interpreting times
-/// without an offset in `zone`. The file is opened read-only.
-pub fn read(path: &Path, zone: &TimeZone) -> Result<Mapped, ReadError> {
+/// without an offset in `zone`, and hands each batch to `deliver` while no
+/// row has had a problem yet; reading goes on to find every problem. Stops
+/// early if `deliver` returns false. The file is opened read-only.
+pub fn read(
+    path: &Path,
+    zone: &TimeZone,
+    mut deliver: impl FnMut(Batch) -> bool,
+) -> Result<Mapped, ReadError> {
     let shown = path.display().to_string();
     let connection = rusqlite::Connection::open_with_flags(
         path,
@@ -94,7 +99,11 @@ pub fn read(path: &Path, zone: &TimeZone) -> Result<Mapped, ReadError> {
         }
         mapped.raw_json_kept += mapper.raw_json_kept;
         match batch {
-            Some(batch) if mapper.problems.is_empty() => mapped.batches.push(batch),
+            Some(batch) if mapper.problems.is_empty() => {
+                if mapped.problems.is_empty() && !deliver(batch) {
+                    break;
+                }
+            }
             _ => mapped.problems.append(&mut mapper.problems),
         }
     }

@@ -13,7 +13,7 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::config::DatabaseConfig;
-use crate::store::{self, LoadOutcome, MigrateError, OnConflict, StoreError};
+use crate::store::{self, BulkLoad, LoadOutcome, MigrateError, OnConflict, StoreError};
 
 pub use legacy::{ReadError, parse_legacy_time};
 
@@ -129,18 +129,41 @@ pub enum ImportError {
     Reader(#[from] tokio::task::JoinError),
 }
 
-/// Migrates, reads and checks the whole file, then writes it in one
-/// transaction unless a row is invalid.
+/// Batches read ahead of the database: enough to keep both busy.
+const READ_AHEAD: usize = 1_024;
+
+/// Migrates, then reads and checks the whole file while streaming it into a
+/// staging table, and writes it in one transaction unless a row is invalid.
 pub async fn import_sqlite(
     options: &ImportOptions,
     database: &DatabaseConfig,
 ) -> Result<Report, ImportError> {
     let started = Instant::now();
     store::migrate(&database.pg, database.timeout).await?;
-    let mapped = {
+    let mut load = BulkLoad::begin(database).await?;
+
+    let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = {
         let (path, zone) = (options.path.clone(), options.source_timezone.clone());
-        tokio::task::spawn_blocking(move || legacy::read(&path, &zone)).await??
+        tokio::task::spawn_blocking(move || {
+            legacy::read(&path, &zone, |batch| sender.blocking_send(batch).is_ok())
+        })
     };
+    while let Some(batch) = batches.recv().await {
+        if let Err(error) = load.write(&batch).await {
+            // Stops the reader at its next batch.
+            drop(batches);
+            load.abandon().await;
+            return Err(error.into());
+        }
+    }
+    let mapped = reader.await??;
+    tracing::info!(
+        rows = mapped.rows_read,
+        seconds = started.elapsed().as_secs_f64(),
+        "read and checked the legacy file"
+    );
+
     let invalid = mapped
         .problems
         .iter()
@@ -148,14 +171,9 @@ pub async fn import_sqlite(
         .collect::<std::collections::BTreeSet<_>>()
         .len() as u64;
     let outcome = if invalid == 0 {
-        store::load_batches(
-            database,
-            &mapped.batches,
-            options.on_conflict,
-            options.dry_run,
-        )
-        .await?
+        load.finish(options.on_conflict, options.dry_run).await?
     } else {
+        load.abandon().await;
         LoadOutcome::default()
     };
     let elapsed = started.elapsed().as_secs_f64();

@@ -2,7 +2,7 @@
 //! binary COPY into a staging table, then set-based statements, all in one
 //! transaction.
 
-use std::pin::pin;
+use std::pin::Pin;
 
 use tokio_postgres::{NoTls, binary_copy::BinaryCopyInWriter, types::Json, types::Type};
 
@@ -82,27 +82,41 @@ const COMPARE: &str = "SELECT
 const INSERT: &str =
     "INSERT INTO batches SELECT * FROM import_batches ON CONFLICT (batch_id) DO NOTHING";
 
-/// Writes `batches` that are not stored yet, in one transaction. Stored
-/// batches with the same content are counted and left alone; stored batches
-/// with other content are conflicts, handled as `on_conflict` says. A dry run
-/// does all of it and rolls back.
-pub async fn load_batches(
-    config: &DatabaseConfig,
-    batches: &[Batch],
-    on_conflict: OnConflict,
-    dry_run: bool,
-) -> Result<LoadOutcome, StoreError> {
-    let (mut client, connection) = tokio::time::timeout(config.timeout, config.pg.connect(NoTls))
-        .await
-        .map_err(|_| StoreError::TimedOut(config.timeout))??;
-    let connection = tokio::spawn(connection);
+/// A bulk load in progress: a transaction on a dedicated connection with a
+/// binary COPY into the staging table open. Batches stream in with
+/// [`BulkLoad::write`]; [`BulkLoad::finish`] writes those not stored yet, and
+/// dropping the load without finishing it writes nothing.
+pub struct BulkLoad {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    writer: Pin<Box<BinaryCopyInWriter>>,
+    staged: u64,
+}
 
-    let transaction = client.transaction().await?;
-    transaction.batch_execute(STAGE).await?;
-    let sink = transaction.copy_in(COPY).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &COPY_TYPES));
-    for batch in batches {
-        writer
+impl BulkLoad {
+    /// Connects, opens the transaction and starts the COPY.
+    pub async fn begin(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let (client, connection) = tokio::time::timeout(config.timeout, config.pg.connect(NoTls))
+            .await
+            .map_err(|_| StoreError::TimedOut(config.timeout))??;
+        let connection = tokio::spawn(connection);
+        // The transaction is driven by hand so that the load can own its
+        // connection; if the load is dropped midway, closing the connection
+        // rolls it back.
+        client.batch_execute("BEGIN").await?;
+        client.batch_execute(STAGE).await?;
+        let sink = client.copy_in(COPY).await?;
+        Ok(Self {
+            client,
+            connection,
+            writer: Box::pin(BinaryCopyInWriter::new(sink, &COPY_TYPES)),
+            staged: 0,
+        })
+    }
+
+    /// Stages one batch.
+    pub async fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        self.writer
             .as_mut()
             .write(&[
                 &batch.batch_id.as_str(),
@@ -125,34 +139,66 @@ pub async fn load_batches(
                 &batch.version,
             ])
             .await?;
+        self.staged += 1;
+        Ok(())
     }
-    writer.finish().await?;
 
-    let comparison = transaction.query_one(COMPARE, &[]).await?;
-    let already_present = comparison.try_get::<_, i64>(0)?.unsigned_abs();
-    let conflicts = comparison
-        .try_get::<_, Vec<String>>(1)?
-        .into_iter()
-        .map(|id| BatchId::parse(id).map_err(|e| StoreError::internal("reading a staged id", e)))
-        .collect::<Result<Vec<_>, _>>()?;
+    /// Compares the staged batches with the stored ones and writes those not
+    /// stored yet. Stored batches with the same content are counted and left
+    /// alone; stored batches with other content are conflicts, handled as
+    /// `on_conflict` says. A dry run does all of it, then rolls back.
+    pub async fn finish(
+        mut self,
+        on_conflict: OnConflict,
+        dry_run: bool,
+    ) -> Result<LoadOutcome, StoreError> {
+        self.writer.as_mut().finish().await?;
+        tracing::info!(rows = self.staged, "staged");
 
-    let mut outcome = LoadOutcome {
-        already_present,
-        conflicts,
-        ..LoadOutcome::default()
-    };
-    if !outcome.conflicts.is_empty() && on_conflict == OnConflict::Fail {
-        transaction.rollback().await?;
-    } else {
-        outcome.imported = transaction.execute(INSERT, &[]).await?;
-        if dry_run {
-            transaction.rollback().await?;
+        let comparison = self.client.query_one(COMPARE, &[]).await?;
+        let already_present = comparison.try_get::<_, i64>(0)?.unsigned_abs();
+        let conflicts = comparison
+            .try_get::<_, Vec<String>>(1)?
+            .into_iter()
+            .map(|id| {
+                BatchId::parse(id).map_err(|e| StoreError::internal("reading a staged id", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(
+            already_present,
+            conflicts = conflicts.len(),
+            "compared with stored batches"
+        );
+
+        let mut outcome = LoadOutcome {
+            already_present,
+            conflicts,
+            ..LoadOutcome::default()
+        };
+        if !outcome.conflicts.is_empty() && on_conflict == OnConflict::Fail {
+            self.client.batch_execute("ROLLBACK").await?;
         } else {
-            transaction.commit().await?;
-            outcome.committed = true;
+            outcome.imported = self.client.execute(INSERT, &[]).await?;
+            if dry_run {
+                self.client.batch_execute("ROLLBACK").await?;
+            } else {
+                self.client.batch_execute("COMMIT").await?;
+                outcome.committed = true;
+            }
         }
+        self.close().await;
+        Ok(outcome)
     }
-    drop(client);
-    let _ = connection.await;
-    Ok(outcome)
+
+    /// Gives up: nothing is written.
+    pub async fn abandon(self) {
+        self.close().await;
+    }
+
+    async fn close(self) {
+        drop(self.writer);
+        drop(self.client);
+        // The connection task ends once the client is gone; its result adds nothing.
+        let _ = self.connection.await;
+    }
 }

@@ -21,7 +21,7 @@ use crate::domain::{
 };
 
 pub use error::StoreError;
-pub use import::{LoadOutcome, OnConflict, load_batches};
+pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
 
 /// How often a write that lost a race with a concurrent writer is retried

@@ -24,6 +24,17 @@ const SCHEMA: &str = "CREATE TABLE batch_history (
     samples_generated INTEGER, total_tokens INTEGER, status VARCHAR(20), errors TEXT,
     model_switches TEXT)";
 
+/// (id, batch_id, started_at, completed_at, status, errors, model_switches).
+type LegacyRow<'a> = (
+    i64,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 struct TempFile(PathBuf);
 
 impl TempFile {
@@ -40,17 +51,7 @@ impl Drop for TempFile {
 
 /// A legacy file with these rows: (id, batch_id, started_at, completed_at,
 /// status, errors, model_switches); the other columns are fixed or NULL.
-fn legacy_file(
-    rows: &[(
-        i64,
-        &str,
-        &str,
-        Option<&str>,
-        &str,
-        Option<&str>,
-        Option<&str>,
-    )],
-) -> TempFile {
+fn legacy_file(rows: &[LegacyRow]) -> TempFile {
     let file = TempFile::new();
     let db = rusqlite::Connection::open(&file.0).unwrap();
     db.execute_batch(SCHEMA).unwrap();
