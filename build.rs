@@ -10,6 +10,8 @@ const PROTO: &str = "batchhistory/v1/batch_history.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // refinery embeds migrations/ at compile time; a changed migration must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     let descriptors = protox::compile([PROTO], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(

@@ -86,7 +86,7 @@ pub struct ImportArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// IANA zone of legacy times without an offset (the dashboard wrote local time).
-    #[arg(long, default_value = "UTC")]
+    #[arg(long, env = "SOURCE_TIMEZONE", default_value = "UTC")]
     pub source_timezone: String,
     /// What to do when a batch id is stored with other content.
     #[arg(long, value_enum, default_value_t = ConflictPolicy::Fail)]
