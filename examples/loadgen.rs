@@ -26,9 +26,13 @@ struct Args {
     /// Server to load.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
-    /// Concurrent clients, each with its own connection.
+    /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     clients: usize,
+    /// HTTP/2 connections the clients share, round robin; 0 gives each
+    /// client its own.
+    #[arg(long, default_value_t = 0)]
+    connections: usize,
     /// Seconds per operation.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -36,7 +40,11 @@ struct Args {
     #[arg(long)]
     seeded: u64,
     /// Operations to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "create,progress,get,list-deep,list-filtered")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "create,progress,get,list-deep,list-filtered"
+    )]
     ops: Vec<Op>,
     /// Print one JSON object per operation instead of a table.
     #[arg(long)]
@@ -81,10 +89,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = Endpoint::from_shared(args.addr.clone())?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
-    let mut clients = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
-        clients.push(BatchHistoryClient::new(endpoint.connect().await?));
+    let connections = match args.connections {
+        0 => args.clients,
+        n => n.min(args.clients),
+    };
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        channels.push(endpoint.connect().await?);
     }
+    let clients: Vec<_> = (0..args.clients)
+        .map(|n| BatchHistoryClient::new(channels[n % connections].clone()))
+        .collect();
     let tokens = Arc::new(if args.ops.contains(&Op::ListDeep) {
         page_tokens(clients[0].clone()).await?
     } else {
@@ -219,7 +234,10 @@ async fn drive(
                 tally.latencies.saturating_record(micros);
             }
             Err(status) => {
-                *tally.errors.entry(format!("{:?}", status.code())).or_insert(0) += 1;
+                *tally
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_insert(0) += 1;
             }
         }
     }
