@@ -9,13 +9,14 @@
 #   bench/run.sh --smoke         # a few seconds, for CI: no thresholds
 #
 # Environment: PGHOST/PGPORT/PGUSER (default 127.0.0.1:5432 postgres) of a
-# server where a scratch database may be created; SIZES, CLIENTS, SECONDS.
+# server where a scratch database may be created; SIZES, CLIENTS, BENCH_SECONDS
+# (bash reserves SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZES=${SIZES:-"10000 1000000"}
 CLIENTS=${CLIENTS:-32}
-SECONDS_PER_OP=${SECONDS:-10}
+SECONDS_PER_OP=${BENCH_SECONDS:-10}
 if [[ ${1:-} == --smoke ]]; then
     SIZES=2000 CLIENTS=4 SECONDS_PER_OP=1
 fi
