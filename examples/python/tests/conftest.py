@@ -1,0 +1,66 @@
+"""A live batch-history server on a scratch database, for the client tests.
+
+BATCH_HISTORY_BIN: the server binary (default: the repository's release build).
+TEST_DATABASE_URL: a PostgreSQL server where a scratch database may be created.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent.parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import generate  # noqa: E402
+
+generate.generate()
+
+
+def _psql(admin_url, sql):
+    subprocess.run(["psql", admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_addr():
+    binary = os.environ.get("BATCH_HISTORY_BIN", str(REPO / "target/release/batch-history"))
+    admin_url = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    database = f"bh_py_{uuid.uuid4().hex[:12]}"
+    _psql(admin_url, f"CREATE DATABASE {database}")
+    url = urlsplit(admin_url)
+    env = dict(os.environ, DATABASE_URL=urlunsplit(url._replace(path="/" + database)),
+               LISTEN_ADDR=f"127.0.0.1:{_free_port()}", LOG_FORMAT="pretty")
+    addr = env["LISTEN_ADDR"]
+    server = subprocess.Popen([binary, "serve"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([binary, "healthcheck", "--addr", addr],
+                             capture_output=True).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the server did not start")
+            time.sleep(0.2)
+        yield addr
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+        _psql(admin_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+@pytest.fixture
+def history(server_addr):
+    from batch_history_client import BatchHistory
+    client = BatchHistory(server_addr)
+    yield client
+    client.close()

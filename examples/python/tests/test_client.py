@@ -1,0 +1,66 @@
+"""The dashboard's client against a live server."""
+import uuid
+
+import grpc
+import pytest
+
+from batch_history_client import Batch
+
+LEGACY_KEYS = {"id", "started_at", "completed_at", "model", "topic_filter", "difficulty_filter",
+               "reasoning_instruction", "target", "samples_generated", "tokens_used", "status",
+               "errors", "model_switches"}
+
+
+def test_a_batch_from_start_to_finish_reads_like_the_legacy_history(history):
+    batch_id = history.start(provider="groq", model="llama-3.3-70b-versatile", target=100,
+                             topic_filter="Contract Law - Formation", metadata={"smart_mode": True})
+    assert batch_id.startswith("batch_")
+    history.progress(batch_id, samples=5, tokens=1200,
+                     errors=[{"sample": 12, "error": "429 Too Many Requests",
+                              "timestamp": "2025-10-18T14:03:22"}],
+                     model_switches=[{"from": "llama-3.3-70b-versatile", "to": "qwen-3-32b",
+                                      "provider": "cerebras", "reason": "model_unavailable",
+                                      "at_sample": 5}])
+    history.progress(batch_id, samples=3, tokens=800)
+    history.finish(batch_id)
+
+    row = history.get(batch_id)
+    assert set(row) == LEGACY_KEYS
+    assert row["id"] == batch_id
+    assert row["status"] == "completed"
+    assert (row["samples_generated"], row["tokens_used"], row["target"]) == (8, 2000, 100)
+    assert row["topic_filter"] == "Contract Law - Formation"
+    assert row["difficulty_filter"] is None
+    assert row["completed_at"] >= row["started_at"]
+    assert row["errors"] == [{"sample": 12.0, "error": "429 Too Many Requests",
+                              "timestamp": "2025-10-18T14:03:22+00:00"}]
+    assert row["model_switches"] == [{"from": "llama-3.3-70b-versatile", "to": "qwen-3-32b",
+                                      "provider": "cerebras", "reason": "model_unavailable",
+                                      "at_sample": 5}]
+    assert [r["id"] for r in history.history(limit=10)][0] == batch_id
+
+
+def test_stop_and_retried_start(history):
+    batch_id = f"dash-{uuid.uuid4().hex[:8]}"
+    assert history.start(model="m", batch_id=batch_id) == batch_id
+    assert history.start(model="m", batch_id=batch_id) == batch_id
+    history.stop(batch_id, reason="stopped from the dashboard")
+    row = history.get(batch_id)
+    assert row["status"] == "stopped"
+    assert row["errors"][0]["error"] == "stopped from the dashboard"
+    assert batch_id in [r["id"] for r in history.history(limit=1000, states=[Batch.STOPPED])]
+
+
+def test_service_errors_surface_as_grpc_status_codes(history):
+    with pytest.raises(grpc.RpcError) as missing:
+        history.get("no-such-batch")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    batch_id = history.start(model="m")
+    with pytest.raises(grpc.RpcError) as negative:
+        history.progress(batch_id, samples=-1)
+    assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "samples_delta" in negative.value.details()
+    history.finish(batch_id)
+    with pytest.raises(grpc.RpcError) as finished:
+        history.progress(batch_id, samples=1)
+    assert finished.value.code() == grpc.StatusCode.FAILED_PRECONDITION
