@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Address to accept gRPC connections on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub listen_addr: SocketAddr,
+    /// Address to serve Prometheus metrics on (HTTP); off unless set.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -140,6 +143,7 @@ impl TryFrom<ImportArgs> for ImportConfig {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub database: DatabaseConfig,
 }
 
@@ -149,6 +153,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
     fn try_from(args: ServeArgs) -> Result<Self, Self::Error> {
         Ok(Self {
             listen_addr: args.listen_addr,
+            metrics_addr: args.metrics_addr,
             database: args.database.try_into()?,
         })
     }

@@ -10,6 +10,7 @@
 //! - [`grpc`]: request parsing, handlers, and the mapping of errors to statuses.
 //! - [`startup`]: [`startup::App`], which binds, migrates and serves until told to stop.
 //! - [`import`]: `import-sqlite`, which copies the legacy SQLite history in.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
@@ -18,6 +19,7 @@ pub mod domain;
 pub mod grpc;
 pub mod healthcheck;
 pub mod import;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

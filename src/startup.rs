@@ -1,13 +1,14 @@
 //! Building the application and running it until it is told to stop.
 
-use std::{future::Future, io, net::SocketAddr};
+use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::config::ServeConfig;
 use crate::grpc::BatchHistoryService;
+use crate::metrics::Metrics;
 use crate::proto::{self, batch_history_server::BatchHistoryServer};
 use crate::store::{self, MigrateError, Store, StoreError};
 
@@ -27,6 +28,8 @@ pub enum StartupError {
     Migrate(#[from] MigrateError),
     #[error("the database did not answer after migrating")]
     Database(#[source] StoreError),
+    #[error("could not set up metrics")]
+    Metrics(#[source] prometheus::Error),
     #[error("could not build server reflection")]
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("the gRPC server failed")]
@@ -36,6 +39,7 @@ pub enum StartupError {
 /// A migrated database and a bound listener, ready to serve.
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     store: Store,
 }
 
@@ -43,23 +47,33 @@ impl App {
     /// Binds the listen address (port 0 picks a free port), migrates the
     /// database and checks that it answers.
     pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.listen_addr,
-                source,
-            })?;
+        let listener = bind(config.listen_addr).await?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         tracing::info!(database = %config.database.describe(), "migrating");
         let applied = store::migrate(&config.database.pg, config.database.timeout).await?;
         tracing::info!(?applied, "schema up to date");
         let store = Store::new(&config.database).map_err(StartupError::Database)?;
         store.ping().await.map_err(StartupError::Database)?;
-        Ok(Self { listener, store })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            store,
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The metrics address actually bound, if metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes. Health turns NOT_SERVING first, so
@@ -77,6 +91,21 @@ impl App {
             .map_err(StartupError::Reflection)?;
 
         let addr = self.local_addr().ok();
+        let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
+        let (stopping, stopped) = watch::channel(false);
+        if let Some(listener) = self.metrics_listener {
+            let mut stopped = stopped.clone();
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                self.store.clone(),
+                async move {
+                    let _ = stopped.wait_for(|stopped| *stopped).await;
+                },
+            ));
+        }
+
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         set_status(&health, ServingStatus::Serving).await;
         tracing::info!(?addr, "serving");
@@ -87,6 +116,7 @@ impl App {
                 shutdown.await;
                 tracing::info!("shutting down: draining in-flight calls");
                 set_status(&health, ServingStatus::NotServing).await;
+                let _ = stopping.send(true);
             }
         };
         let served = Server::builder()
@@ -95,6 +125,7 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(BatchHistoryServer::new(BatchHistoryService::new(
                 self.store.clone(),
+                metrics,
             )))
             .serve_with_incoming_shutdown(incoming, stop)
             .await
@@ -103,6 +134,12 @@ impl App {
         tracing::info!("stopped");
         served
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
 }
 
 /// Reflection over every service this server offers.

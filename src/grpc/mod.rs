@@ -5,4 +5,4 @@ mod convert;
 mod service;
 mod status;
 
-pub use service::BatchHistoryService;
+pub use service::{BatchHistoryService, REQUEST_ID};

@@ -1,11 +1,19 @@
 //! Handlers of the `batchhistory.v1.BatchHistory` service: parse the request,
-//! call the store, convert the answer.
+//! call the store, convert the answer. Every call also gets a request id,
+//! a span, and a place in the metrics.
 
-use tonic::{Request, Response, Status};
-use tracing::{Span, instrument};
+use std::{future::Future, sync::Arc};
+
+use tokio::time::Instant;
+use tonic::{
+    Code, Request, Response, Status,
+    metadata::{MetadataMap, MetadataValue},
+};
+use tracing::{Instrument, Span, field};
 
 use super::convert::parse_batch_id;
 use crate::domain::{Finish, ListQuery, NewBatch, Progress};
+use crate::metrics::Metrics;
 use crate::proto::{
     self, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
     ListBatchesRequest, ListBatchesResponse, RecordProgressRequest,
@@ -13,73 +21,167 @@ use crate::proto::{
 };
 use crate::store::Store;
 
+/// Metadata key of the request id, read from requests and set on responses.
+pub const REQUEST_ID: &str = "x-request-id";
+
 /// The service, backed by a [`Store`].
 #[derive(Clone)]
 pub struct BatchHistoryService {
     store: Store,
+    metrics: Arc<Metrics>,
 }
 
 impl BatchHistoryService {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
+    }
+
+    /// Runs `handler` on the request's message inside a span that carries the
+    /// method and request id, records the outcome in the metrics, and echoes
+    /// the request id on the response, error or not.
+    async fn call<Req, Res, Fut>(
+        &self,
+        method: &'static str,
+        request: Request<Req>,
+        handler: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<Res>, Status>
+    where
+        Fut: Future<Output = Result<Res, Status>>,
+    {
+        let started = Instant::now();
+        let request_id = request_id(request.metadata());
+        let span = tracing::info_span!(
+            "rpc",
+            method,
+            request_id = %request_id,
+            batch_id = field::Empty
+        );
+        let result = handler(request.into_inner()).instrument(span.clone()).await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        let elapsed = started.elapsed();
+        self.metrics.observe(method, code, elapsed);
+        span.in_scope(|| tracing::debug!(?code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "done"));
+
+        let request_id = MetadataValue::try_from(request_id.as_str()).ok();
+        match result {
+            Ok(message) => {
+                let mut response = Response::new(message);
+                if let Some(id) = request_id {
+                    response.metadata_mut().insert(REQUEST_ID, id);
+                }
+                Ok(response)
+            }
+            Err(mut status) => {
+                if let Some(id) = request_id {
+                    status.metadata_mut().insert(REQUEST_ID, id);
+                }
+                Err(status)
+            }
+        }
     }
 }
 
-type Reply<T> = Result<Response<T>, Status>;
+/// The caller's request id if it is a sensible one (1 to 128 visible ASCII
+/// characters), else a fresh random one.
+fn request_id(metadata: &MetadataMap) -> String {
+    metadata
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(
+            || {
+                let mut bytes = [0_u8; 16];
+                // Without randomness the id is still unique enough per process.
+                let _ = getrandom::fill(&mut bytes);
+                bytes.iter().map(|b| format!("{b:02x}")).collect()
+            },
+            str::to_owned,
+        )
+}
+
+fn record_batch_id(batch_id: &str) {
+    Span::current().record("batch_id", batch_id);
+}
 
 #[tonic::async_trait]
 impl BatchHistory for BatchHistoryService {
-    #[instrument(skip_all, fields(batch_id))]
-    async fn create_batch(&self, request: Request<CreateBatchRequest>) -> Reply<proto::Batch> {
-        let batch = NewBatch::try_from(request.into_inner())?;
-        let created = self.store.create(&batch).await?;
-        Span::current().record("batch_id", created.batch_id.as_str());
-        Ok(Response::new(created.into()))
+    async fn create_batch(
+        &self,
+        request: Request<CreateBatchRequest>,
+    ) -> Result<Response<proto::Batch>, Status> {
+        self.call("CreateBatch", request, |request| async {
+            let batch = NewBatch::try_from(request)?;
+            let created = self.store.create(&batch).await?;
+            record_batch_id(created.batch_id.as_str());
+            Ok(created.into())
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
-    async fn get_batch(&self, request: Request<GetBatchRequest>) -> Reply<proto::Batch> {
-        let batch_id = parse_batch_id(request.into_inner().batch_id, "batch_id")?;
-        Ok(Response::new(self.store.get(&batch_id).await?.into()))
+    async fn get_batch(
+        &self,
+        request: Request<GetBatchRequest>,
+    ) -> Result<Response<proto::Batch>, Status> {
+        self.call("GetBatch", request, |request| async {
+            record_batch_id(&request.batch_id);
+            let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
+            Ok(self.store.get(&batch_id).await?.into())
+        })
+        .await
     }
 
-    #[instrument(skip_all)]
     async fn list_batches(
         &self,
         request: Request<ListBatchesRequest>,
-    ) -> Reply<ListBatchesResponse> {
-        let query = ListQuery::try_from(request.into_inner())?;
-        let page = self.store.list(&query).await?;
-        Ok(Response::new(ListBatchesResponse {
-            next_page_token: page
-                .next
-                .map(|cursor| cursor.to_token(&query.filter, query.order))
-                .unwrap_or_default(),
-            batches: page.batches.into_iter().map(Into::into).collect(),
-        }))
+    ) -> Result<Response<ListBatchesResponse>, Status> {
+        self.call("ListBatches", request, |request| async {
+            let query = ListQuery::try_from(request)?;
+            let page = self.store.list(&query).await?;
+            Ok(ListBatchesResponse {
+                next_page_token: page
+                    .next
+                    .map(|cursor| cursor.to_token(&query.filter, query.order))
+                    .unwrap_or_default(),
+                batches: page.batches.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
     async fn record_progress(
         &self,
         request: Request<RecordProgressRequest>,
-    ) -> Reply<proto::Batch> {
-        let progress = Progress::try_from(request.into_inner())?;
-        Ok(Response::new(
-            self.store.record_progress(&progress).await?.into(),
-        ))
+    ) -> Result<Response<proto::Batch>, Status> {
+        self.call("RecordProgress", request, |request| async {
+            record_batch_id(&request.batch_id);
+            let progress = Progress::try_from(request)?;
+            Ok(self.store.record_progress(&progress).await?.into())
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
-    async fn finish_batch(&self, request: Request<FinishBatchRequest>) -> Reply<proto::Batch> {
-        let finish = Finish::try_from(request.into_inner())?;
-        Ok(Response::new(self.store.finish(&finish).await?.into()))
+    async fn finish_batch(
+        &self,
+        request: Request<FinishBatchRequest>,
+    ) -> Result<Response<proto::Batch>, Status> {
+        self.call("FinishBatch", request, |request| async {
+            record_batch_id(&request.batch_id);
+            let finish = Finish::try_from(request)?;
+            Ok(self.store.finish(&finish).await?.into())
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(batch_id = %request.get_ref().batch_id))]
-    async fn delete_batch(&self, request: Request<DeleteBatchRequest>) -> Reply<()> {
-        let batch_id = parse_batch_id(request.into_inner().batch_id, "batch_id")?;
-        self.store.delete(&batch_id).await?;
-        Ok(Response::new(()))
+    async fn delete_batch(
+        &self,
+        request: Request<DeleteBatchRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.call("DeleteBatch", request, |request| async {
+            record_batch_id(&request.batch_id);
+            let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
+            self.store.delete(&batch_id).await?;
+            Ok(())
+        })
+        .await
     }
 }

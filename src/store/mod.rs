@@ -76,6 +76,32 @@ impl Store {
         .await
     }
 
+    /// How the pool is doing: open connections, idle ones, callers waiting.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
+    /// How many batches are stored in each state.
+    pub async fn count_by_state(&self) -> Result<Vec<(State, i64)>, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::COUNT_BY_STATE).await?;
+            client
+                .query(&statement, &[])
+                .await?
+                .iter()
+                .map(|row| {
+                    let name: &str = row.try_get(0)?;
+                    let state = State::from_name(name).ok_or_else(|| {
+                        StoreError::internal("counting batches", format!("unknown state {name:?}"))
+                    })?;
+                    Ok((state, row.try_get(1)?))
+                })
+                .collect()
+        })
+        .await
+    }
+
     /// Closes the pool: idle connections are dropped, and waiting calls fail.
     pub fn close(&self) {
         self.pool.close();

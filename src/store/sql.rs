@@ -43,6 +43,9 @@ pub const CREATE: &str = concat!(
 /// $1 id.
 pub const GET: &str = concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = $1");
 
+/// Batches per state; an index-only scan of the state index.
+pub const COUNT_BY_STATE: &str = "SELECT state, count(*) FROM batches GROUP BY state";
+
 /// $1 id.
 pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
 

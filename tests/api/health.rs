@@ -82,6 +82,7 @@ async fn the_app_waits_for_migrations_held_by_another_replica() {
 
     let config = ServeConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
         database: db.database_config(Duration::from_secs(5)),
     };
     let mut build = tokio::spawn(App::build(config));
@@ -116,6 +117,7 @@ async fn replicas_migrating_at_once_apply_each_migration_once() {
     let builds = (0..3).map(|_| {
         App::build(ServeConfig {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: None,
             database: db.database_config(Duration::from_secs(10)),
         })
     });

@@ -99,6 +99,7 @@ impl Drop for TestDb {
 /// A running server, its client and its database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub client: BatchHistoryClient<Channel>,
     pub db: TestDb,
     shutdown: Option<oneshot::Sender<()>>,
@@ -113,11 +114,13 @@ impl TestApp {
     pub async fn spawn_on(db: TestDb, timeout: Duration) -> Self {
         let app = App::build(ServeConfig {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
             database: db.database_config(timeout),
         })
         .await
         .expect("the app did not start");
         let addr = app.local_addr().unwrap();
+        let metrics_addr = app.metrics_addr().unwrap();
         let (shutdown, stopped) = oneshot::channel();
         let server = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -131,6 +134,7 @@ impl TestApp {
             .expect("cannot connect to the server");
         Self {
             addr,
+            metrics_addr,
             client,
             db,
             shutdown: Some(shutdown),
@@ -144,6 +148,22 @@ impl TestApp {
             let _ = shutdown.send(());
         }
         (&mut self.server).await.expect("the server panicked");
+    }
+
+    /// The metrics page, fetched over plain HTTP/1.1.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     /// Creates a running batch with the given id and provider.

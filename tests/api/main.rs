@@ -5,5 +5,6 @@ mod health;
 mod helpers;
 mod import;
 mod list;
+mod observability;
 mod progress;
 mod reflection;

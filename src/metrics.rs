@@ -1,0 +1,152 @@
+//! Prometheus metrics: per-RPC counts by status code and latency histograms,
+//! pool occupancy, and batches by state, served as text on `METRICS_ADDR`.
+
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, header, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+use crate::store::Store;
+use crate::telemetry::cause_chain;
+
+/// The service's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pool: IntGaugeVec,
+    batches: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("batch_history".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "BatchHistory calls by method and status code",
+            ),
+            &["method", "code"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "BatchHistory call latency by method, from request to response",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method"],
+        )?;
+        let pool = IntGaugeVec::new(
+            Opts::new(
+                "pool_connections",
+                "Database pool: open connections (size), idle ones (available), calls waiting for one (waiting)",
+            ),
+            &["state"],
+        )?;
+        let batches = IntGaugeVec::new(
+            Opts::new("batches", "Stored batches by state, counted at scrape time"),
+            &["state"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            pool,
+            batches,
+        })
+    }
+
+    /// Records one finished call.
+    pub fn observe(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        self.requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        self.latency
+            .with_label_values(&[method])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition, with pool and batch gauges read now. A database
+    /// that does not answer leaves the batch gauges as they were.
+    pub async fn render(&self, store: &Store) -> String {
+        let pool = store.pool_status();
+        self.pool.with_label_values(&["size"]).set(pool.size as i64);
+        self.pool
+            .with_label_values(&["available"])
+            .set(pool.available as i64);
+        self.pool
+            .with_label_values(&["waiting"])
+            .set(pool.waiting as i64);
+        match store.count_by_state().await {
+            Ok(counts) => {
+                for (state, count) in counts {
+                    self.batches.with_label_values(&[state.as_str()]).set(count);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %cause_chain(&error), "cannot count batches for metrics");
+            }
+        }
+        let mut text = Vec::new();
+        // Encoding into memory fails only on metric families that are
+        // malformed, which the registry does not let in.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    }
+}
+
+/// Serves the metrics over HTTP/1.1 on `listener`, at any path, until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (metrics, store) = (metrics.clone(), store.clone());
+        tokio::spawn(async move {
+            let scrape = service_fn(move |_: Request<hyper::body::Incoming>| {
+                let (metrics, store) = (metrics.clone(), store.clone());
+                async move {
+                    let body = metrics.render(&store).await;
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header(header::CONTENT_TYPE, TextEncoder::new().format_type())
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap_or_default(),
+                    )
+                }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), scrape)
+                .await
+            {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
