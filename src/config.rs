@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Address to serve Prometheus metrics on (HTTP); off unless set.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Shared secret: when set, BatchHistory calls need
+    /// `authorization: Bearer <token>` (health and reflection stay open).
+    #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -144,7 +148,28 @@ impl TryFrom<ImportArgs> for ImportConfig {
 pub struct ServeConfig {
     pub listen_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub auth_token: Option<Secret>,
     pub database: DatabaseConfig,
+}
+
+/// A value that must not reach logs: its `Debug` shows no content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 impl TryFrom<ServeArgs> for ServeConfig {
@@ -154,6 +179,10 @@ impl TryFrom<ServeArgs> for ServeConfig {
         Ok(Self {
             listen_addr: args.listen_addr,
             metrics_addr: args.metrics_addr,
+            auth_token: args
+                .auth_token
+                .filter(|token| !token.is_empty())
+                .map(Secret::new),
             database: args.database.try_into()?,
         })
     }

@@ -11,12 +11,14 @@
 //! - [`startup`]: [`startup::App`], which binds, migrates and serves until told to stop.
 //! - [`import`]: `import-sqlite`, which copies the legacy SQLite history in.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`health`]: what `grpc.health.v1` reports, and the database probe behind it.
 //! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod health;
 pub mod healthcheck;
 pub mod import;
 pub mod metrics;

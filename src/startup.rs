@@ -1,19 +1,20 @@
 //! Building the application and running it until it is told to stop.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::util::MapResponseLayer;
 
-use crate::config::ServeConfig;
-use crate::grpc::BatchHistoryService;
+use crate::config::{Secret, ServeConfig};
+use crate::grpc::{BatchHistoryService, BearerAuth, MAX_REQUEST_BYTES, remap_decoding_errors};
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::proto::{self, batch_history_server::BatchHistoryServer};
-use crate::store::{self, MigrateError, Store, StoreError};
+use crate::store::{self, MigrateError, Probe, Store, StoreError};
 
-/// Health-service name of the batch history API, as clients ask for it.
-pub const SERVICE_NAME: &str = "batchhistory.v1.BatchHistory";
+pub use crate::health::SERVICE_NAME;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +37,17 @@ pub enum StartupError {
     Serve(#[source] tonic::transport::Error),
 }
 
+/// How long in-flight calls may take to finish once shutdown has begun.
+/// Long-lived streams (health watches) would otherwise hold the server open.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A migrated database and a bound listener, ready to serve.
 pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     store: Store,
+    probe: Probe,
+    auth: BearerAuth,
 }
 
 impl App {
@@ -61,6 +68,8 @@ impl App {
             listener,
             metrics_listener,
             store,
+            probe: Probe::new(&config.database),
+            auth: BearerAuth::new(config.auth_token.as_ref().map(Secret::expose)),
         })
     }
 
@@ -78,58 +87,74 @@ impl App {
 
     /// Serves until `shutdown` completes. Health turns NOT_SERVING first, so
     /// probes steer new work away, then the listener closes and in-flight
-    /// calls finish before this returns.
+    /// calls get up to [`DRAIN_TIMEOUT`] to finish before this returns.
+    /// While serving, health follows whether the database answers.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health::new(reporter);
         let reflection_v1 = reflection().build_v1().map_err(StartupError::Reflection)?;
         // grpcurl before 1.9 speaks only v1alpha.
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(StartupError::Reflection)?;
-
         let addr = self.local_addr().ok();
         let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
+        let batch_history = BatchHistoryServer::new(BatchHistoryService::new(
+            self.store.clone(),
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
         let (stopping, stopped) = watch::channel(false);
         if let Some(listener) = self.metrics_listener {
             let mut stopped = stopped.clone();
             tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
             tokio::spawn(crate::metrics::serve(
                 listener,
-                metrics.clone(),
+                metrics,
                 self.store.clone(),
                 async move {
                     let _ = stopped.wait_for(|stopped| *stopped).await;
                 },
             ));
         }
+        health.set_database_reachable(true).await;
+        tokio::spawn(health::watch_database(
+            self.probe,
+            health.clone(),
+            stopped.clone(),
+        ));
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        set_status(&health, ServingStatus::Serving).await;
         tracing::info!(?addr, "serving");
-
-        let stop = {
-            let health = health.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: draining in-flight calls");
-                set_status(&health, ServingStatus::NotServing).await;
-                let _ = stopping.send(true);
-            }
+        let stop = async move {
+            shutdown.await;
+            tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+            health.stop().await;
+            let _ = stopping.send(true);
         };
-        let served = Server::builder()
+        let server = Server::builder()
+            .layer(MapResponseLayer::new(remap_decoding_errors as fn(_) -> _))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(BatchHistoryServer::new(BatchHistoryService::new(
-                self.store.clone(),
-                metrics,
-            )))
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
-            .map_err(StartupError::Serve);
+            .add_service(InterceptedService::new(batch_history, self.auth))
+            .serve_with_incoming_shutdown(incoming, stop);
+        let mut stopped = stopped;
+        let drain_expired = async move {
+            let _ = stopped.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        let served = tokio::select! {
+            served = server => served.map_err(StartupError::Serve),
+            () = drain_expired => {
+                tracing::warn!(?DRAIN_TIMEOUT, "calls still open after the drain timeout; stopping anyway");
+                Ok(())
+            }
+        };
         self.store.close();
         tracing::info!("stopped");
         served
@@ -147,12 +172,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-async fn set_status(health: &HealthReporter, status: ServingStatus) {
-    for service in ["", SERVICE_NAME] {
-        health.set_service_status(service, status).await;
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -22,8 +22,17 @@ pub enum MigrateError {
     Connect(#[source] tokio_postgres::Error),
     #[error("could not take the migration lock")]
     Lock(#[source] tokio_postgres::Error),
-    /// Includes a database migrated by a newer build (a migration this build
-    /// does not know) and an applied migration whose text has since changed.
+    #[error(
+        "the database has applied migration {0}, which this build does not have: it was \
+         migrated by a newer build. Refusing to serve a schema this build does not know; \
+         deploy the newer build"
+    )]
+    UnknownMigration(String),
+    #[error(
+        "applied migration {0} differs from this build's migration of the same version: it \
+         was edited after being applied. Refusing to serve a schema this build does not know"
+    )]
+    EditedMigration(String),
     #[error("could not migrate the schema")]
     Migrate(#[source] refinery::Error),
 }
@@ -51,7 +60,15 @@ pub async fn migrate(
         .set_abort_missing(true)
         .run_async(&mut client)
         .await
-        .map_err(MigrateError::Migrate);
+        .map_err(|error| match error.kind() {
+            refinery::error::Kind::MissingVersion(applied) => {
+                MigrateError::UnknownMigration(applied.to_string())
+            }
+            refinery::error::Kind::DivergentVersion(applied, _) => {
+                MigrateError::EditedMigration(applied.to_string())
+            }
+            _ => MigrateError::Migrate(error),
+        });
 
     drop(client);
     // The connection task ends once the client is gone; its result adds nothing.

@@ -7,6 +7,7 @@
 mod error;
 mod import;
 mod migrate;
+mod probe;
 mod sql;
 
 use std::{future::Future, time::Duration};
@@ -23,6 +24,7 @@ use crate::domain::{
 pub use error::StoreError;
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
+pub use probe::Probe;
 
 /// How often a write that lost a race with a concurrent writer is retried
 /// before it is reported as unavailable. One retry settles every race the

@@ -45,6 +45,19 @@ impl TestDb {
         Self { name, config }
     }
 
+    /// The database's URL, as `DATABASE_URL` takes it, with `password`
+    /// (which a trust-auth server ignores) if given.
+    pub fn url(&self, password: Option<&str>) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let user = self.config.get_user().unwrap_or("postgres");
+        let password = password.map(|p| format!(":{p}")).unwrap_or_default();
+        format!("postgres://{user}{password}@{host}:{port}/{}", self.name)
+    }
+
     /// A direct connection, to check what the service stored.
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.config).await
@@ -115,6 +128,7 @@ impl TestApp {
         let app = App::build(ServeConfig {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+            auth_token: None,
             database: db.database_config(timeout),
         })
         .await
@@ -208,4 +222,14 @@ pub fn rand_u64() -> u64 {
 
 pub fn timestamp(seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+/// A health client for the server at `url` (`http://host:port`).
+pub async fn health_client(url: String) -> tonic_health::pb::health_client::HealthClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
 }

@@ -6,5 +6,7 @@ mod helpers;
 mod import;
 mod list;
 mod observability;
+mod process;
 mod progress;
 mod reflection;
+mod reliability;

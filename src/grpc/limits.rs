@@ -1,0 +1,35 @@
+//! The request size limit, and the codes callers get for requests that
+//! cannot even be decoded.
+
+use http::{HeaderValue, Response};
+
+/// Largest request message accepted: room for a progress report with
+/// hundreds of large errors, far from what would strain the server.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// tonic answers a request it cannot decode with codes that blame the
+/// server: OUT_OF_RANGE for a message over the size limit, INTERNAL for
+/// bytes that are not the expected protobuf (invalid UTF-8, nesting past
+/// prost's recursion limit). Both are the caller's doing, so this reports
+/// them as RESOURCE_EXHAUSTED (gRPC's code for size limits) and
+/// INVALID_ARGUMENT. Meant for a `tower::util::MapResponseLayer` around the
+/// server; only trailers-only responses (where a decoding failure lands)
+/// carry the status in their headers.
+pub fn remap_decoding_errors(
+    mut response: Response<tonic::body::Body>,
+) -> Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|message| message.to_str().ok())
+        // grpc-message is percent-encoded; spaces are all that matter here.
+        .map(|message| message.replace("%20", " "))
+        .unwrap_or_default();
+    let remapped = match headers.get("grpc-status").map(HeaderValue::as_bytes) {
+        Some(b"11") if message.contains("message length too large") => "8",
+        Some(b"13") if message.starts_with("failed to decode Protobuf message") => "3",
+        _ => return response,
+    };
+    headers.insert("grpc-status", HeaderValue::from_static(remapped));
+    response
+}
