@@ -1,11 +1,13 @@
 //! End-to-end tests: the real server, a real gRPC client, a real database.
 
 mod batches;
+mod cluster;
 mod health;
 mod helpers;
 mod import;
 mod list;
 mod observability;
+mod outage;
 mod process;
 mod progress;
 mod reflection;

@@ -1,0 +1,144 @@
+//! A throwaway PostgreSQL cluster on a free port, for tests that must stop
+//! and restart the database under the service.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::helpers::rand_u64;
+use crate::process::free_addr;
+
+/// `initdb`, `pg_ctl` and friends of the newest installed PostgreSQL.
+fn bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+        .filter(|dir| dir.join("initdb").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("an initdb")
+}
+
+/// A cluster owned by the test, stopped and deleted on drop. PostgreSQL
+/// refuses to run as root, so as root the cluster runs as `postgres`.
+pub struct TempCluster {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl TempCluster {
+    /// Creates and starts a cluster; `conf` is appended to postgresql.conf.
+    pub fn start(conf: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("bh-cluster-{:016x}", rand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cluster = Self {
+            dir,
+            port: free_addr().port(),
+        };
+        cluster.hand_over(&cluster.dir);
+        cluster.run(
+            "initdb",
+            &["-A", "trust", "-U", "postgres", "--no-sync", "-D"],
+            true,
+        );
+        let settings = format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nmax_connections = 60\n{conf}\n",
+            cluster.port,
+            cluster.dir.display()
+        );
+        let config = cluster.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&settings);
+        std::fs::write(&config, text).unwrap();
+        cluster.resume();
+        cluster
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Makes `path` the cluster user's, when running as root.
+    pub fn hand_over(&self, path: &Path) {
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    /// Stops the server the way an operator's restart does.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["stop", "-m", "fast", "-w", "-D"], true);
+    }
+
+    /// Starts the (stopped) server again.
+    pub fn resume(&self) {
+        let log = self.dir.join("server.log");
+        let log = format!("{}", log.display());
+        self.run("pg_ctl", &["start", "-w", "-l", &log, "-D"], true);
+    }
+
+    /// A connection config for database `dbname` on this cluster.
+    pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname(dbname);
+        config
+    }
+
+    fn run(&self, program: &str, args: &[&str], with_data_dir: bool) {
+        let program = bin_dir().join(program);
+        let mut command = if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        };
+        command.args(args);
+        if with_data_dir {
+            command.arg(self.data());
+        }
+        let output = command.output().expect("PostgreSQL tools run");
+        assert!(
+            output.status.success(),
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        let program = bin_dir().join("pg_ctl");
+        let mut command = if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        };
+        let _ = command
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(self.data())
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.starts_with(b"0\n"))
+}

@@ -1,0 +1,207 @@
+//! A database restart under load: calls fail fast with UNAVAILABLE, health
+//! follows the database, the service recovers by itself, and no
+//! acknowledged write is lost or applied twice.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use batch_history::config::{DatabaseConfig, ServeConfig};
+use batch_history::proto::{self, CreateBatchRequest, RecordProgressRequest};
+use batch_history::startup::App;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::cluster::TempCluster;
+use crate::helpers::health_client;
+
+const TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// What one client saw.
+#[derive(Default)]
+struct Seen {
+    batch_id: String,
+    acknowledged_samples: i64,
+    attempted_samples: i64,
+    acknowledged_creates: Vec<String>,
+    slowest_failure: Duration,
+    failure_codes: Vec<Code>,
+}
+
+async fn serving(addr: std::net::SocketAddr) -> bool {
+    let mut health = health_client(format!("http://{addr}")).await;
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|response| response.into_inner().status == 1)
+}
+
+async fn wait_for_health(addr: std::net::SocketAddr, want: bool, within: Duration) -> Duration {
+    let started = Instant::now();
+    while serving(addr).await != want {
+        assert!(
+            started.elapsed() < within,
+            "health did not become {want} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_under_load_loses_nothing_and_heals() {
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(""))
+        .await
+        .unwrap();
+    let mut pg = cluster.config("postgres");
+    pg.connect_timeout(TIMEOUT);
+    let app = App::build(ServeConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        auth_token: None,
+        database: DatabaseConfig {
+            pg: pg.clone(),
+            pool_max_size: 8,
+            timeout: TIMEOUT,
+        },
+    })
+    .await
+    .expect("the app starts on the throwaway cluster");
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|n| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut client = proto::batch_history_client::BatchHistoryClient::connect(format!(
+                    "http://{addr}"
+                ))
+                .await
+                .unwrap();
+                let mut seen = Seen {
+                    batch_id: format!("load-{n}"),
+                    ..Seen::default()
+                };
+                client
+                    .create_batch(CreateBatchRequest {
+                        batch_id: seen.batch_id.clone(),
+                        batch: Some(proto::Batch::default()),
+                    })
+                    .await
+                    .unwrap();
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    let started = Instant::now();
+                    seen.attempted_samples += 1;
+                    let progress = client
+                        .record_progress(RecordProgressRequest {
+                            batch_id: seen.batch_id.clone(),
+                            samples_delta: 1,
+                            ..Default::default()
+                        })
+                        .await;
+                    let id = format!("load-{n}-{round}");
+                    let created = client
+                        .create_batch(CreateBatchRequest {
+                            batch_id: id.clone(),
+                            batch: Some(proto::Batch::default()),
+                        })
+                        .await;
+                    for result in [progress.map(drop), created.map(drop)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        match result {
+                            (0, Ok(())) => seen.acknowledged_samples += 1,
+                            (_, Ok(())) => seen.acknowledged_creates.push(id.clone()),
+                            (_, Err(status)) => {
+                                seen.failure_codes.push(status.code());
+                                seen.slowest_failure = seen.slowest_failure.max(started.elapsed());
+                            }
+                        }
+                    }
+                    if seen.failure_codes.last().is_some() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stopped_at = Instant::now();
+    tokio::task::block_in_place(|| cluster.stop());
+    let to_not_serving = wait_for_health(addr, false, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    tokio::task::block_in_place(|| cluster.resume());
+    let resumed_at = Instant::now();
+    let to_serving = wait_for_health(addr, true, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "NOT_SERVING {to_not_serving:?} after the stop began ({:?} stopping); \
+         SERVING {to_serving:?} after the restart",
+        resumed_at - stopped_at - Duration::from_millis(1_500) - to_not_serving
+    );
+
+    let (db, connection) = pg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut slowest = Duration::ZERO;
+    let mut failures = 0;
+    let mut after_restart = 0;
+    for client in clients {
+        let seen = client.await.unwrap();
+        assert!(
+            seen.failure_codes
+                .iter()
+                .all(|&code| code == Code::Unavailable),
+            "{:?}",
+            seen.failure_codes
+        );
+        failures += seen.failure_codes.len();
+        slowest = slowest.max(seen.slowest_failure);
+        let stored: i64 = db
+            .query_one(
+                "SELECT samples_generated FROM batches WHERE batch_id = $1",
+                &[&seen.batch_id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            (seen.acknowledged_samples..=seen.attempted_samples).contains(&stored),
+            "{}: acknowledged {} attempted {} stored {stored}",
+            seen.batch_id,
+            seen.acknowledged_samples,
+            seen.attempted_samples
+        );
+        for id in &seen.acknowledged_creates {
+            let found = db
+                .query("SELECT 1 FROM batches WHERE batch_id = $1", &[id])
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1, "acknowledged {id} was lost");
+        }
+        after_restart += seen.acknowledged_creates.len();
+    }
+    eprintln!(
+        "{failures} calls failed UNAVAILABLE during the outage, the slowest after {slowest:?}"
+    );
+    assert!(failures > 0, "the outage was felt");
+    assert!(
+        slowest <= TIMEOUT * 2 + Duration::from_millis(500),
+        "a call hung for {slowest:?}"
+    );
+    assert!(after_restart > 0);
+}
