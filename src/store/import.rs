@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 
-use tokio_postgres::{NoTls, binary_copy::BinaryCopyInWriter, types::Json, types::Type};
+use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Json, types::Type};
 
 use super::StoreError;
 use crate::config::DatabaseConfig;
@@ -96,9 +96,10 @@ pub struct BulkLoad {
 impl BulkLoad {
     /// Connects, opens the transaction and starts the COPY.
     pub async fn begin(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let (client, connection) = tokio::time::timeout(config.timeout, config.pg.connect(NoTls))
-            .await
-            .map_err(|_| StoreError::TimedOut(config.timeout))??;
+        let (client, connection) =
+            tokio::time::timeout(config.timeout, config.pg.connect(super::connector()?))
+                .await
+                .map_err(|_| StoreError::TimedOut(config.timeout))??;
         let connection = tokio::spawn(connection);
         // The transaction is driven by hand so that the load can own its
         // connection; if the load is dropped midway, closing the connection

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
@@ -20,6 +18,8 @@ pub enum MigrateError {
     ConnectTimedOut(Duration),
     #[error("could not connect to the database")]
     Connect(#[source] tokio_postgres::Error),
+    #[error("could not set up TLS")]
+    Tls(#[source] super::StoreError),
     #[error("could not take the migration lock")]
     Lock(#[source] tokio_postgres::Error),
     #[error(
@@ -44,7 +44,8 @@ pub async fn migrate(
     config: &tokio_postgres::Config,
     connect_timeout: Duration,
 ) -> Result<Vec<String>, MigrateError> {
-    let (mut client, connection) = tokio::time::timeout(connect_timeout, config.connect(NoTls))
+    let tls = super::connector().map_err(MigrateError::Tls)?;
+    let (mut client, connection) = tokio::time::timeout(connect_timeout, config.connect(tls))
         .await
         .map_err(|_| MigrateError::ConnectTimedOut(connect_timeout))?
         .map_err(MigrateError::Connect)?;

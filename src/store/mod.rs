@@ -9,11 +9,12 @@ mod import;
 mod migrate;
 mod probe;
 mod sql;
+mod tls;
 
 use std::{future::Future, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Row, types::Json};
+use tokio_postgres::{Row, types::Json};
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
@@ -25,6 +26,7 @@ pub use error::StoreError;
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
 pub use probe::Probe;
+pub use tls::connector;
 
 /// How often a write that lost a race with a concurrent writer is retried
 /// before it is reported as unavailable. One retry settles every race the
@@ -43,7 +45,7 @@ impl Store {
     pub fn new(config: &DatabaseConfig) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
             config.pg.clone(),
-            NoTls,
+            connector()?,
             ManagerConfig {
                 // Fast drops connections the server closed (restarts,
                 // terminated backends) without a round trip. Verified adds

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::StoreError;
 use crate::config::DatabaseConfig;
@@ -39,7 +39,7 @@ impl Probe {
         let client = match self.client.take().filter(|client| !client.is_closed()) {
             Some(client) => client,
             None => {
-                let (client, connection) = self.config.connect(NoTls).await?;
+                let (client, connection) = self.config.connect(super::connector()?).await?;
                 tokio::spawn(connection);
                 client
             }

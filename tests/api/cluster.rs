@@ -36,7 +36,7 @@ impl TempCluster {
             dir,
             port: free_addr().port(),
         };
-        cluster.hand_over(&cluster.dir);
+        hand_over(&cluster.dir);
         cluster.run(
             "initdb",
             &["-A", "trust", "-U", "postgres", "--no-sync", "-D"],
@@ -58,18 +58,6 @@ impl TempCluster {
 
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
-    }
-
-    /// Makes `path` the cluster user's, when running as root.
-    pub fn hand_over(&self, path: &Path) {
-        if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(path)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
     }
 
     /// Stops the server the way an operator's restart does.
@@ -133,6 +121,18 @@ impl Drop for TempCluster {
             .arg(self.data())
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes `path` the cluster user's, when running as root.
+pub fn hand_over(path: &Path) {
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }
 

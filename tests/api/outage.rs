@@ -205,3 +205,100 @@ async fn a_database_restart_under_load_loses_nothing_and_heals() {
     );
     assert!(after_restart > 0);
 }
+
+/// `sslmode=require` makes every connection the service opens use TLS (here
+/// to a server with a self-signed certificate); no sslmode keeps plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let dir = std::env::temp_dir().join(format!("bh-cert-{:016x}", crate::helpers::rand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .arg("-keyout")
+            .arg(dir.join("server.key"))
+            .arg("-out")
+            .arg(dir.join("server.crt"))
+            .output()
+            .expect("openssl makes a self-signed certificate");
+        assert!(status.status.success(), "{status:?}");
+        crate::cluster::hand_over(&dir);
+        let cluster = TempCluster::start(&format!(
+            "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'",
+            dir.display()
+        ));
+        (cluster, dir)
+    })
+    .await
+    .unwrap();
+    let (cluster, cert_dir) = cluster;
+
+    for (query, want_tls) in [("?sslmode=require", true), ("", false)] {
+        let url = format!(
+            "postgres://postgres:pw@127.0.0.1:{}/postgres{query}",
+            cluster.port
+        );
+        let database = DatabaseConfig::try_from(batch_history::config::DatabaseArgs {
+            database_url: Some(url.clone()),
+            db_pool_max_size: 2,
+            db_timeout_ms: 2_000,
+        })
+        .unwrap();
+        let app = App::build(ServeConfig {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: None,
+            auth_token: None,
+            database,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let addr = app.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        let mut client =
+            proto::batch_history_client::BatchHistoryClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        client
+            .create_batch(CreateBatchRequest {
+                batch_id: format!("tls-{want_tls}"),
+                batch: Some(proto::Batch::default()),
+            })
+            .await
+            .unwrap();
+
+        let (db, connection) = cluster
+            .config("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let rows = db
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'batch-history'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(!rows.is_empty(), "the service's connections are visible");
+        for row in rows {
+            assert_eq!(row.get::<_, bool>(0), want_tls, "{url}");
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(cert_dir);
+}
