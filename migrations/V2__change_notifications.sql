@@ -1,0 +1,20 @@
+-- Every change to a batch is announced on channel batch_changes, so that
+-- watchers on any replica learn of changes made through any other. The
+-- payload is the operation and the id; listeners read the row themselves
+-- (payloads are limited to 8,000 bytes, rows are not).
+CREATE FUNCTION batches_notify_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('batch_changes', TG_OP || ' ' || COALESCE(NEW.batch_id, OLD.batch_id));
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER batches_notify_change
+    AFTER INSERT OR UPDATE OR DELETE ON batches
+    FOR EACH ROW EXECUTE FUNCTION batches_notify_change();
+
+-- Stats and the stale-batch sweep filter running batches by update time.
+CREATE INDEX batches_running_update_time_idx ON batches (update_time) WHERE state = 'RUNNING';
+-- Retention purges finished batches by end time.
+CREATE INDEX batches_end_time_idx ON batches (end_time) WHERE state <> 'RUNNING';
