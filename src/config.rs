@@ -86,7 +86,9 @@ fn parse_stale_after(text: &str) -> Result<StaleAfter, String> {
         "h" => number.saturating_mul(3_600),
         _ => return Err(format!("{text:?}: the unit must be s, m or h")),
     };
-    Ok(StaleAfter((seconds > 0).then(|| Duration::from_secs(seconds))))
+    Ok(StaleAfter(
+        (seconds > 0).then(|| Duration::from_secs(seconds)),
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -367,7 +369,10 @@ mod tests {
         assert_eq!(parse_stale_after("120m"), Ok(minutes(120)));
         assert_eq!(parse_stale_after("120"), Ok(minutes(120)));
         assert_eq!(parse_stale_after("2h"), Ok(minutes(120)));
-        assert_eq!(parse_stale_after("90s"), Ok(StaleAfter(Some(Duration::from_secs(90)))));
+        assert_eq!(
+            parse_stale_after("90s"),
+            Ok(StaleAfter(Some(Duration::from_secs(90))))
+        );
         assert_eq!(parse_stale_after("0"), Ok(StaleAfter(None)));
         assert!(parse_stale_after("soon").is_err());
         assert!(parse_stale_after("5d").is_err());

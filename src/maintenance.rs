@@ -48,20 +48,30 @@ pub async fn run(store: Store, upkeep: Upkeep, mut stopped: watch::Receiver<bool
                     tracing::info!(count = stopped.len(), ?ids, "stopped stale batches");
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(error = %cause_chain(&error), "stale-batch sweep failed"),
+                Err(error) => {
+                    tracing::warn!(error = %cause_chain(&error), "stale-batch sweep failed")
+                }
             }
         }
         if let Some(retention) = upkeep.retention {
             let cutoff = jiff::Timestamp::now()
-                .checked_sub(jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX))
+                .checked_sub(
+                    jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX),
+                )
                 .unwrap_or(jiff::Timestamp::MIN);
             match store
-                .purge(cutoff, &[State::Completed, State::Stopped, State::Failed], false)
+                .purge(
+                    cutoff,
+                    &[State::Completed, State::Stopped, State::Failed],
+                    false,
+                )
                 .await
             {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "purged batches past retention"),
-                Err(error) => tracing::warn!(error = %cause_chain(&error), "retention purge failed"),
+                Err(error) => {
+                    tracing::warn!(error = %cause_chain(&error), "retention purge failed")
+                }
             }
         }
     }

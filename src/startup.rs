@@ -8,13 +8,13 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tower::util::MapResponseLayer;
 
 use crate::config::{DatabaseConfig, Secret, ServeConfig};
-use crate::maintenance::Upkeep;
-use crate::watch::Hub;
 use crate::grpc::{BatchHistoryService, BearerAuth, MAX_REQUEST_BYTES, remap_decoding_errors};
 use crate::health::{self, Health};
+use crate::maintenance::Upkeep;
 use crate::metrics::Metrics;
 use crate::proto::{self, batch_history_server::BatchHistoryServer};
 use crate::store::{self, MigrateError, Probe, Store, StoreError};
+use crate::watch::Hub;
 
 pub use crate::health::SERVICE_NAME;
 

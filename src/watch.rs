@@ -63,7 +63,12 @@ impl Hub {
 }
 
 /// Listens for changes until `stopped`, reconnecting after failures.
-pub async fn feed(database: DatabaseConfig, store: Store, hub: Hub, mut stopped: watch::Receiver<bool>) {
+pub async fn feed(
+    database: DatabaseConfig,
+    store: Store,
+    hub: Hub,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         match listen(&database, &store, &hub, &mut stopped).await {
             Ok(()) => return,
@@ -92,11 +97,12 @@ async fn listen(
     let (notifications, mut payloads) = mpsc::channel::<String>(FAN_OUT_CAPACITY);
     tokio::spawn(async move {
         // Polling for messages also drives the connection's I/O.
-        while let Some(Ok(message)) =
-            std::future::poll_fn(|cx| connection.poll_message(cx)).await
-        {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             if let AsyncMessage::Notification(notification) = message
-                && notifications.send(notification.payload().to_owned()).await.is_err()
+                && notifications
+                    .send(notification.payload().to_owned())
+                    .await
+                    .is_err()
             {
                 return;
             }
@@ -105,34 +111,78 @@ async fn listen(
     client.batch_execute("LISTEN batch_changes").await?;
     tracing::debug!("change feed listening");
     loop {
-        let payload = tokio::select! {
+        let first = tokio::select! {
             _ = stopped.wait_for(|stopped| *stopped) => return Ok(()),
             payload = payloads.recv() => payload,
         };
-        let Some(payload) = payload else {
-            return Err(StoreError::internal("listening for changes", "the connection closed"));
+        let Some(first) = first else {
+            return Err(StoreError::internal(
+                "listening for changes",
+                "the connection closed",
+            ));
         };
-        if !hub.has_watchers() {
-            continue;
+        // Everything already queued is handled together: one query for all
+        // the changed rows, and a burst of changes to one batch becomes one
+        // event with its latest state.
+        let mut burst = vec![first];
+        while burst.len() < MAX_BURST
+            && let Ok(payload) = payloads.try_recv()
+        {
+            burst.push(payload);
         }
+        if hub.has_watchers() {
+            publish_burst(store, hub, &burst).await?;
+        }
+    }
+}
+
+/// Notifications handled in one go, at most.
+const MAX_BURST: usize = 1_000;
+
+async fn publish_burst(store: &Store, hub: &Hub, payloads: &[String]) -> Result<(), StoreError> {
+    // Per id, in order of first notice: whether it was created in this
+    // burst, and whether its last change was a delete.
+    let mut order: Vec<&str> = Vec::new();
+    let mut seen: std::collections::HashMap<&str, (bool, bool)> = Default::default();
+    for payload in payloads {
         let Some((operation, id)) = payload.split_once(' ') else {
             continue;
         };
-        let Ok(batch_id) = BatchId::parse(id.to_owned()) else {
-            continue;
-        };
-        let change = match operation {
-            "DELETE" => Change::Deleted(batch_id),
-            operation => match store.get(&batch_id).await {
-                Ok(batch) if operation == "INSERT" => Change::Created(batch),
-                Ok(batch) => Change::Updated(batch),
-                // Deleted since; its DELETE follows.
-                Err(StoreError::NotFound(_)) => continue,
-                Err(error) => return Err(error),
-            },
+        let entry = seen.entry(id).or_insert_with(|| {
+            order.push(id);
+            (false, false)
+        });
+        entry.0 |= operation == "INSERT";
+        entry.1 = operation == "DELETE";
+    }
+    let live: Vec<&str> = order.iter().copied().filter(|id| !seen[id].1).collect();
+    let mut rows: std::collections::HashMap<String, Batch> = store
+        .get_many(&live)
+        .await?
+        .into_iter()
+        .map(|batch| (batch.batch_id.as_str().to_owned(), batch))
+        .collect();
+    for id in order {
+        let (created, deleted) = seen[id];
+        let change = if deleted {
+            match BatchId::parse(id.to_owned()) {
+                Ok(batch_id) => Change::Deleted(batch_id),
+                Err(_) => continue,
+            }
+        } else {
+            // Gone already: its DELETE is on its way.
+            let Some(batch) = rows.remove(id) else {
+                continue;
+            };
+            if created {
+                Change::Created(batch)
+            } else {
+                Change::Updated(batch)
+            }
         };
         hub.publish(change);
     }
+    Ok(())
 }
 
 /// What a watcher sends its client.
@@ -204,14 +254,24 @@ fn stream() -> (Sink, EventStream) {
     let (events_tx, events_rx) = mpsc::channel(WATCHER_BUFFER);
     let (end_tx, end_rx) = oneshot::channel();
     (
-        Sink { events: events_tx, end: end_tx },
-        EventStream { events: events_rx, end: Some(end_rx) },
+        Sink {
+            events: events_tx,
+            end: end_tx,
+        },
+        EventStream {
+            events: events_rx,
+            end: Some(end_rx),
+        },
     )
 }
 
 /// Watches one batch: its snapshot, then its changes until it leaves RUNNING
 /// or is deleted.
-pub async fn watch_batch(store: &Store, hub: &Hub, batch_id: BatchId) -> Result<EventStream, StoreError> {
+pub async fn watch_batch(
+    store: &Store,
+    hub: &Hub,
+    batch_id: BatchId,
+) -> Result<EventStream, StoreError> {
     // Subscribed before the snapshot is read, so no change falls between.
     let mut changes = hub.sender.subscribe();
     let batch = store.get(&batch_id).await?;
@@ -253,7 +313,11 @@ pub async fn watch_batch(store: &Store, hub: &Hub, batch_id: BatchId) -> Result<
 /// Watches the batches `filter` keeps: a snapshot of the running ones, then
 /// every change to them (including the one that finishes a batch, even if
 /// the filter's states then no longer keep it), until the client goes away.
-pub async fn watch_batches(store: &Store, hub: &Hub, filter: BatchFilter) -> Result<EventStream, StoreError> {
+pub async fn watch_batches(
+    store: &Store,
+    hub: &Hub,
+    filter: BatchFilter,
+) -> Result<EventStream, StoreError> {
     let mut changes = hub.sender.subscribe();
     let (sink, stream) = stream();
     let mut known = HashSet::new();
@@ -304,7 +368,8 @@ pub async fn watch_batches(store: &Store, hub: &Hub, filter: BatchFilter) -> Res
                 }
                 Change::Updated(batch)
                     if filter.matches(batch)
-                        || (known.contains(&batch.batch_id) && unfiltered_states.matches(batch)) =>
+                        || (known.contains(&batch.batch_id)
+                            && unfiltered_states.matches(batch)) =>
                 {
                     known.insert(batch.batch_id.clone());
                     Event::Updated(batch.clone())

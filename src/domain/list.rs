@@ -28,15 +28,21 @@ impl BatchFilter {
     /// Whether `batch` is one this filter keeps (as the listing's SQL does).
     pub fn matches(&self, batch: &Batch) -> bool {
         let label = |wanted: &Option<Label>, actual: &str| {
-            wanted.as_ref().is_none_or(|wanted| wanted.as_str() == actual)
+            wanted
+                .as_ref()
+                .is_none_or(|wanted| wanted.as_str() == actual)
         };
         (self.states.is_empty() || self.states.contains(&batch.state))
             && label(&self.provider, &batch.provider)
             && label(&self.model, &batch.model)
             && label(&self.topic_filter, &batch.topic_filter)
             && label(&self.difficulty_filter, &batch.difficulty_filter)
-            && self.started_after.is_none_or(|after| batch.start_time >= after)
-            && self.started_before.is_none_or(|before| batch.start_time < before)
+            && self
+                .started_after
+                .is_none_or(|after| batch.start_time >= after)
+            && self
+                .started_before
+                .is_none_or(|before| batch.start_time < before)
     }
 
     /// Feeds a canonical encoding of the filter to `hash`.

@@ -52,7 +52,9 @@ impl FromIterator<StatsGroup> for BatchStats {
         let mut models = BTreeMap::<(String, String), ModelStats>::new();
         for group in groups {
             stats.batch_count += group.batch_count;
-            stats.samples_generated = stats.samples_generated.saturating_add(group.samples_generated);
+            stats.samples_generated = stats
+                .samples_generated
+                .saturating_add(group.samples_generated);
             stats.total_tokens = stats.total_tokens.saturating_add(group.total_tokens);
             *stats.by_state.entry(group.state).or_default() += group.batch_count;
             let model = models
@@ -63,11 +65,15 @@ impl FromIterator<StatsGroup> for BatchStats {
                     ..ModelStats::default()
                 });
             model.batch_count += group.batch_count;
-            model.samples_generated = model.samples_generated.saturating_add(group.samples_generated);
+            model.samples_generated = model
+                .samples_generated
+                .saturating_add(group.samples_generated);
             model.total_tokens = model.total_tokens.saturating_add(group.total_tokens);
         }
         stats.by_model = models.into_values().collect();
-        stats.by_model.sort_by(|a, b| b.batch_count.cmp(&a.batch_count));
+        stats
+            .by_model
+            .sort_by_key(|model| std::cmp::Reverse(model.batch_count));
         stats
     }
 }

@@ -224,7 +224,10 @@ pub fn stale_after(
     if requested.seconds < 1 || !(0..1_000_000_000).contains(&requested.nanos) {
         return Err(InvalidValue("must be at least one second".into()).at("stale_after"));
     }
-    Ok(Duration::new(requested.seconds.unsigned_abs(), requested.nanos.unsigned_abs()))
+    Ok(Duration::new(
+        requested.seconds.unsigned_abs(),
+        requested.nanos.unsigned_abs(),
+    ))
 }
 
 impl From<Event> for proto::BatchEvent {

@@ -42,7 +42,12 @@ pub struct BatchHistoryService {
 }
 
 impl BatchHistoryService {
-    pub fn new(store: Store, metrics: Arc<Metrics>, hub: Hub, stale_after: Option<Duration>) -> Self {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        hub: Hub,
+        stale_after: Option<Duration>,
+    ) -> Self {
         Self {
             store,
             metrics,

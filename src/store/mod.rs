@@ -178,6 +178,21 @@ impl Store {
         .await
     }
 
+    /// The batches with these ids that exist, in no particular order.
+    pub async fn get_many(&self, batch_ids: &[&str]) -> Result<Vec<Batch>, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::GET_MANY).await?;
+            client
+                .query(&statement, &[&batch_ids])
+                .await?
+                .iter()
+                .map(batch_from_row)
+                .collect()
+        })
+        .await
+    }
+
     /// One page of batches.
     pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         self.bounded(async {
@@ -297,7 +312,10 @@ impl Store {
                     let state: &str = row.try_get(0)?;
                     Ok(StatsGroup {
                         state: State::from_name(state).ok_or_else(|| {
-                            StoreError::internal("reading stats", format!("unknown state {state:?}"))
+                            StoreError::internal(
+                                "reading stats",
+                                format!("unknown state {state:?}"),
+                            )
                         })?,
                         provider: row.try_get(1)?,
                         model: row.try_get(2)?,

@@ -75,6 +75,13 @@ pub const PURGE_CHUNK: &str = "DELETE FROM batches WHERE batch_id IN (
         WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1
         LIMIT $3)";
 
+/// $1 ids.
+pub const GET_MANY: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM batches WHERE batch_id = ANY($1)"
+);
+
 /// $1 id.
 pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
 
@@ -164,7 +171,10 @@ impl<'q> Listing<'q> {
         if let Some(cursor) = &query.after {
             let time = listing.bind(Param::Time(&cursor.start_time));
             let id = listing.bind(Param::Text(cursor.batch_id.as_str()));
-            let _ = write!(listing.sql, " AND (start_time, batch_id) {past} ({time}, {id})");
+            let _ = write!(
+                listing.sql,
+                " AND (start_time, batch_id) {past} ({time}, {id})"
+            );
         }
         let limit = listing.bind(Param::Limit(i64::from(query.page_size.get()) + 1));
         let _ = write!(
