@@ -11,6 +11,7 @@ use std::{
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 use tonic::{Status, codegen::tokio_stream::Stream};
 
@@ -37,21 +38,78 @@ pub enum Change {
     Interrupted,
 }
 
-/// The in-memory fan-out of changes.
+/// How long a watch lease lasts; renewed every [`LEASE_RENEWAL`] while the
+/// process has watchers.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+const LEASE_RENEWAL: Duration = Duration::from_secs(10);
+
+/// The in-memory fan-out of changes, and this process's watch lease.
 #[derive(Clone)]
 pub struct Hub {
     sender: broadcast::Sender<Arc<Change>>,
+    /// This process's name in `batch_watch_leases`.
+    replica: Arc<str>,
+    /// Until when this process's lease is surely live, as far as it knows.
+    lease: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// Whether the feed is listening right now.
+    listening: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
+        let mut id = [0_u8; 8];
+        // Without randomness, a clash only shares a lease between replicas.
+        let _ = getrandom::fill(&mut id);
         Self {
             sender: broadcast::channel(FAN_OUT_CAPACITY).0,
+            replica: id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+            lease: Arc::default(),
+            listening: Arc::new(watch::channel(false).0),
         }
     }
 }
 
 impl Hub {
+    /// Makes sure every change from now on is announced and heard, before a
+    /// watcher reads its snapshot: the feed is listening, this process holds
+    /// a live lease, and, if the lease is new, writes that began before it
+    /// (and so were not announced) have ended and will be in the snapshot.
+    async fn prepare_watch(&self, store: &Store) -> Result<(), StoreError> {
+        let mut listening = self.listening.subscribe();
+        tokio::time::timeout(store.timeout(), listening.wait_for(|listening| *listening))
+            .await
+            .map_err(|_| StoreError::TimedOut(store.timeout()))?
+            .map_err(|e| StoreError::internal("waiting for the change feed", e))?;
+        let mut lease = self.lease.lock().await;
+        let now = Instant::now();
+        if lease.is_some_and(|until| until > now + LEASE_RENEWAL) {
+            return Ok(());
+        }
+        let lapsed = lease.is_none_or(|until| until <= now);
+        store.renew_watch_lease(&self.replica, LEASE_TTL).await?;
+        *lease = Some(now + LEASE_TTL - Duration::from_secs(1));
+        if lapsed {
+            store.wait_for_writes_in_progress().await?;
+        }
+        Ok(())
+    }
+
+    /// Extends the lease while the process has watchers.
+    async fn renew_lease(&self, store: &Store) -> Result<(), StoreError> {
+        if !self.has_watchers() {
+            return Ok(());
+        }
+        let mut lease = self.lease.lock().await;
+        let now = Instant::now();
+        store.renew_watch_lease(&self.replica, LEASE_TTL).await?;
+        *lease = Some(now + LEASE_TTL - Duration::from_secs(1));
+        Ok(())
+    }
+
     fn publish(&self, change: Change) {
         // No watchers is fine: nobody misses anything.
         let _ = self.sender.send(Arc::new(change));
@@ -70,7 +128,9 @@ pub async fn feed(
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
-        match listen(&database, &store, &hub, &mut stopped).await {
+        let listened = listen(&database, &store, &hub, &mut stopped).await;
+        hub.listening.send_replace(false);
+        match listened {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(error = %cause_chain(&error), "change feed interrupted; reconnecting");
@@ -109,11 +169,23 @@ async fn listen(
         }
     });
     client.batch_execute("LISTEN batch_changes").await?;
+    hub.listening.send_replace(true);
     tracing::debug!("change feed listening");
+    let mut renewals = tokio::time::interval(LEASE_RENEWAL);
+    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
-            _ = stopped.wait_for(|stopped| *stopped) => return Ok(()),
-            payload = payloads.recv() => payload,
+            _ = stopped.wait_for(|stopped| *stopped) => Wake::Stop,
+            _ = renewals.tick() => Wake::Renew,
+            payload = payloads.recv() => Wake::Payload(payload),
+        };
+        let first = match first {
+            Wake::Stop => return Ok(()),
+            Wake::Renew => {
+                hub.renew_lease(store).await?;
+                continue;
+            }
+            Wake::Payload(payload) => payload,
         };
         let Some(first) = first else {
             return Err(StoreError::internal(
@@ -134,6 +206,13 @@ async fn listen(
             publish_burst(store, hub, &burst).await?;
         }
     }
+}
+
+/// Why the feed woke up.
+enum Wake {
+    Stop,
+    Renew,
+    Payload(Option<String>),
 }
 
 /// Notifications handled in one go, at most.
@@ -274,6 +353,7 @@ pub async fn watch_batch(
 ) -> Result<EventStream, StoreError> {
     // Subscribed before the snapshot is read, so no change falls between.
     let mut changes = hub.sender.subscribe();
+    hub.prepare_watch(store).await?;
     let batch = store.get(&batch_id).await?;
     let (sink, stream) = stream();
     let running = batch.state == State::Running;
@@ -319,6 +399,7 @@ pub async fn watch_batches(
     filter: BatchFilter,
 ) -> Result<EventStream, StoreError> {
     let mut changes = hub.sender.subscribe();
+    hub.prepare_watch(store).await?;
     let (sink, stream) = stream();
     let mut known = HashSet::new();
     if filter.states.is_empty() || filter.states.contains(&State::Running) {

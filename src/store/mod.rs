@@ -77,6 +77,11 @@ impl Store {
         })
     }
 
+    /// The bound on every operation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(async {
@@ -174,6 +179,34 @@ impl Store {
                 Some(row) => batch_from_row(&row),
                 None => Err(StoreError::NotFound(batch_id.clone())),
             }
+        })
+        .await
+    }
+
+    /// Takes or extends this replica's watch lease: while any lease is
+    /// live, every change to a batch is announced (see migration V2).
+    pub async fn renew_watch_lease(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::RENEW_WATCH_LEASE).await?;
+            client
+                .execute(&statement, &[&replica, &ttl.as_secs_f64()])
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Returns once every write that was in progress when called has ended,
+    /// so that writes not announced before a lease was taken are visible to
+    /// a snapshot taken afterwards.
+    pub async fn wait_for_writes_in_progress(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut client = self.pool.get().await?;
+            let transaction = client.transaction().await?;
+            transaction.batch_execute(sql::WRITE_BARRIER).await?;
+            transaction.commit().await?;
+            Ok(())
         })
         .await
     }

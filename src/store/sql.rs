@@ -75,6 +75,15 @@ pub const PURGE_CHUNK: &str = "DELETE FROM batches WHERE batch_id IN (
         WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1
         LIMIT $3)";
 
+/// Takes or extends replica $1's watch lease by $2 seconds.
+pub const RENEW_WATCH_LEASE: &str = "INSERT INTO batch_watch_leases (replica, expires_at)
+    VALUES ($1, now() + make_interval(secs => $2::float8))
+    ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at";
+
+/// Waits for every write transaction in progress to end (SHARE conflicts
+/// with the writers' ROW EXCLUSIVE); released at once by the commit.
+pub const WRITE_BARRIER: &str = "LOCK TABLE batches IN SHARE MODE";
+
 /// $1 ids.
 pub const GET_MANY: &str = concat!(
     "SELECT ",
