@@ -47,7 +47,8 @@ for rows in $SIZES; do
     echo "seeding $rows batches" >&2
     psql -qd "$DB" -v rows="$rows" -f bench/seed.sql >/dev/null
 
-    LISTEN_ADDR=127.0.0.1:$PORT LOG_FORMAT=json RUST_LOG=warn "$BIN" serve &
+    # The seeded RUNNING batches are old: the stale sweep would stop them.
+    STALE_AFTER=0 LISTEN_ADDR=127.0.0.1:$PORT LOG_FORMAT=json RUST_LOG=warn "$BIN" serve &
     SERVER=$!
     until "$BIN" healthcheck --addr "127.0.0.1:$PORT" 2>/dev/null; do sleep 0.2; done
     idle=$(rss_kb "$SERVER" VmRSS)

@@ -8,6 +8,7 @@ use jiff::tz::TimeZone;
 use tokio_postgres::config::{Host, SslMode};
 
 use crate::import::ImportOptions;
+use crate::maintenance::Upkeep;
 use crate::store::OnConflict;
 
 /// The batch-history service and its tools.
@@ -53,8 +54,41 @@ pub struct ServeArgs {
     /// `authorization: Bearer <token>` (health and reflection stay open).
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// RUNNING batches not updated for this long are stopped: minutes, or a
+    /// number with s, m or h (`90s`, `2h`); 0 turns the sweep off.
+    #[arg(long, env = "STALE_AFTER", default_value = "120m", value_parser = parse_stale_after)]
+    pub stale_after: StaleAfter,
+    /// Finished batches that ended this many days ago are deleted; 0 or
+    /// unset keeps them forever.
+    #[arg(long, env = "RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// The stale-batch threshold; `None` turns the sweep off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleAfter(pub Option<Duration>);
+
+fn parse_stale_after(text: &str) -> Result<StaleAfter, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, "m"),
+    };
+    let number: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 120m, 90s or 2h"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3_600),
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Ok(StaleAfter(
+        (seconds > 0).then(|| Duration::from_secs(seconds)),
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +183,7 @@ pub struct ServeConfig {
     pub listen_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub auth_token: Option<Secret>,
+    pub upkeep: Upkeep,
     pub database: DatabaseConfig,
 }
 
@@ -183,6 +218,13 @@ impl TryFrom<ServeArgs> for ServeConfig {
                 .auth_token
                 .filter(|token| !token.is_empty())
                 .map(Secret::new),
+            upkeep: Upkeep {
+                stale_after: args.stale_after.0,
+                retention: args
+                    .retention_days
+                    .filter(|days| *days > 0)
+                    .map(|days| Duration::from_secs(u64::from(days) * 86_400)),
+            },
             database: args.database.try_into()?,
         })
     }
@@ -319,6 +361,21 @@ mod tests {
         assert_eq!(tls.pg.get_ssl_mode(), SslMode::Require);
         let plain = DatabaseConfig::try_from(args("postgres://app:s3cret@db/x")).unwrap();
         assert_eq!(plain.pg.get_ssl_mode(), SslMode::Disable);
+    }
+
+    #[test]
+    fn stale_thresholds_read_like_people_write_them() {
+        let minutes = |m: u64| StaleAfter(Some(Duration::from_secs(m * 60)));
+        assert_eq!(parse_stale_after("120m"), Ok(minutes(120)));
+        assert_eq!(parse_stale_after("120"), Ok(minutes(120)));
+        assert_eq!(parse_stale_after("2h"), Ok(minutes(120)));
+        assert_eq!(
+            parse_stale_after("90s"),
+            Ok(StaleAfter(Some(Duration::from_secs(90))))
+        );
+        assert_eq!(parse_stale_after("0"), Ok(StaleAfter(None)));
+        assert!(parse_stale_after("soon").is_err());
+        assert!(parse_stale_after("5d").is_err());
     }
 
     #[test]

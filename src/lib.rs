@@ -12,6 +12,8 @@
 //! - [`import`]: `import-sqlite`, which copies the legacy SQLite history in.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`health`]: what `grpc.health.v1` reports, and the database probe behind it.
+//! - [`watch`]: live change streams fed by PostgreSQL LISTEN/NOTIFY.
+//! - [`maintenance`]: background stale-batch sweep and retention.
 //! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
@@ -21,10 +23,12 @@ pub mod grpc;
 pub mod health;
 pub mod healthcheck;
 pub mod import;
+pub mod maintenance;
 pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod watch;
 
 /// Messages, client and server generated from the gRPC contract.
 pub mod proto {

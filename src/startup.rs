@@ -7,12 +7,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, server::TcpIncoming};
 use tower::util::MapResponseLayer;
 
-use crate::config::{Secret, ServeConfig};
+use crate::config::{DatabaseConfig, Secret, ServeConfig};
 use crate::grpc::{BatchHistoryService, BearerAuth, MAX_REQUEST_BYTES, remap_decoding_errors};
 use crate::health::{self, Health};
+use crate::maintenance::Upkeep;
 use crate::metrics::Metrics;
 use crate::proto::{self, batch_history_server::BatchHistoryServer};
 use crate::store::{self, MigrateError, Probe, Store, StoreError};
+use crate::watch::Hub;
 
 pub use crate::health::SERVICE_NAME;
 
@@ -48,6 +50,8 @@ pub struct App {
     store: Store,
     probe: Probe,
     auth: BearerAuth,
+    database: DatabaseConfig,
+    upkeep: Upkeep,
 }
 
 impl App {
@@ -70,6 +74,8 @@ impl App {
             store,
             probe: Probe::new(&config.database),
             auth: BearerAuth::new(config.auth_token.as_ref().map(Secret::expose)),
+            database: config.database,
+            upkeep: config.upkeep,
         })
     }
 
@@ -102,9 +108,12 @@ impl App {
             .map_err(StartupError::Reflection)?;
         let addr = self.local_addr().ok();
         let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
+        let hub = Hub::default();
         let batch_history = BatchHistoryServer::new(BatchHistoryService::new(
             self.store.clone(),
             metrics.clone(),
+            hub.clone(),
+            self.upkeep.stale_after,
         ))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
@@ -121,6 +130,17 @@ impl App {
                 },
             ));
         }
+        tokio::spawn(crate::watch::feed(
+            self.database,
+            self.store.clone(),
+            hub,
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::maintenance::run(
+            self.store.clone(),
+            self.upkeep,
+            stopped.clone(),
+        ));
         health.set_database_reachable(true).await;
         tokio::spawn(health::watch_database(
             self.probe,

@@ -25,6 +25,26 @@ pub struct BatchFilter {
 }
 
 impl BatchFilter {
+    /// Whether `batch` is one this filter keeps (as the listing's SQL does).
+    pub fn matches(&self, batch: &Batch) -> bool {
+        let label = |wanted: &Option<Label>, actual: &str| {
+            wanted
+                .as_ref()
+                .is_none_or(|wanted| wanted.as_str() == actual)
+        };
+        (self.states.is_empty() || self.states.contains(&batch.state))
+            && label(&self.provider, &batch.provider)
+            && label(&self.model, &batch.model)
+            && label(&self.topic_filter, &batch.topic_filter)
+            && label(&self.difficulty_filter, &batch.difficulty_filter)
+            && self
+                .started_after
+                .is_none_or(|after| batch.start_time >= after)
+            && self
+                .started_before
+                .is_none_or(|before| batch.start_time < before)
+    }
+
     /// Feeds a canonical encoding of the filter to `hash`.
     fn fingerprint_into(&self, hash: &mut Fnv1a) {
         hash.write(&[self.states.len() as u8]);
@@ -82,6 +102,11 @@ impl PageSize {
             0 => Ok(Self(Self::DEFAULT)),
             n => Ok(Self(n.min(i32::from(Self::MAX)) as u16)),
         }
+    }
+
+    /// The largest page.
+    pub const fn largest() -> Self {
+        Self(Self::MAX)
     }
 
     pub fn get(self) -> u16 {

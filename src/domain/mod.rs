@@ -5,6 +5,7 @@ mod batch;
 mod batch_id;
 mod json;
 mod list;
+mod stats;
 mod text;
 
 pub use batch::{
@@ -14,6 +15,7 @@ pub use batch::{
 pub use batch_id::BatchId;
 pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};
 pub use list::{BatchFilter, Cursor, ListQuery, Order, Page, PageSize};
+pub use stats::{BatchStats, ModelStats, Purge, StatsGroup};
 pub use text::{Label, Prose};
 
 /// Why a value was rejected, before it is known which request field held it.

@@ -1,16 +1,19 @@
 //! Protobuf messages to domain types and back. Requests are parsed here, once;
 //! every violation names the request field that caused it.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 use prost_types::{ListValue, Struct, Value as ProtoValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
 use crate::domain::{
-    Batch, BatchError, BatchFilter, BatchId, Cursor, FieldViolation, Finish, InvalidValue,
-    JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, ModelSwitch, NewBatch, NonNegative,
-    Order, PageSize, Progress, Prose, State, TerminalState,
+    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
+    InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, ModelSwitch, NewBatch,
+    NonNegative, Order, PageSize, Progress, Prose, Purge, State, TerminalState,
 };
 use crate::proto;
+use crate::watch::Event;
 
 impl TryFrom<proto::CreateBatchRequest> for NewBatch {
     type Error = FieldViolation;
@@ -107,27 +110,15 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
     type Error = FieldViolation;
 
     fn try_from(request: proto::ListBatchesRequest) -> Result<Self, Self::Error> {
-        let states = request
-            .states
-            .iter()
-            .enumerate()
-            .map(|(i, &number)| state(number).map_err(|e| e.at(format!("states[{i}]"))))
-            .collect::<Result<_, _>>()?;
-        let filter = BatchFilter {
-            states,
-            provider: optional_label(request.provider, "provider")?,
-            model: optional_label(request.model, "model")?,
-            topic_filter: optional_label(request.topic_filter, "topic_filter")?,
-            difficulty_filter: optional_label(request.difficulty_filter, "difficulty_filter")?,
-            started_after: request
-                .started_after
-                .map(|time| timestamp(time, "started_after"))
-                .transpose()?,
-            started_before: request
-                .started_before
-                .map(|time| timestamp(time, "started_before"))
-                .transpose()?,
-        };
+        let filter = filter(
+            &request.states,
+            request.provider,
+            request.model,
+            request.started_after,
+            request.started_before,
+            request.topic_filter,
+            request.difficulty_filter,
+        )?;
         let order = match proto::list_batches_request::Order::try_from(request.order) {
             Ok(proto::list_batches_request::Order::Unspecified)
             | Ok(proto::list_batches_request::Order::StartTimeDesc) => Order::NewestFirst,
@@ -155,6 +146,168 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
             after,
         })
     }
+}
+
+impl TryFrom<proto::WatchBatchesRequest> for BatchFilter {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::WatchBatchesRequest) -> Result<Self, Self::Error> {
+        filter(
+            &request.states,
+            request.provider,
+            request.model,
+            request.started_after,
+            request.started_before,
+            request.topic_filter,
+            request.difficulty_filter,
+        )
+    }
+}
+
+impl TryFrom<proto::GetBatchStatsRequest> for BatchFilter {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::GetBatchStatsRequest) -> Result<Self, Self::Error> {
+        filter(
+            &request.states,
+            request.provider,
+            request.model,
+            request.started_after,
+            request.started_before,
+            request.topic_filter,
+            request.difficulty_filter,
+        )
+    }
+}
+
+impl TryFrom<proto::PurgeBatchesRequest> for Purge {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::PurgeBatchesRequest) -> Result<Self, Self::Error> {
+        let older_than = request
+            .older_than
+            .ok_or_else(|| InvalidValue("is required".into()).at("older_than"))
+            .and_then(|time| timestamp(time, "older_than"))?;
+        let mut states = request
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, &number)| {
+                state(number)
+                    .and_then(TerminalState::try_from)
+                    .map(TerminalState::state)
+                    .map_err(|e| e.at(format!("states[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if states.is_empty() {
+            states = vec![State::Completed, State::Stopped, State::Failed];
+        }
+        Ok(Self {
+            older_than,
+            states,
+            dry_run: request.dry_run,
+        })
+    }
+}
+
+/// The stale threshold a sweep request asks for, else `default`.
+pub fn stale_after(
+    request: &proto::SweepStaleBatchesRequest,
+    default: Option<Duration>,
+) -> Result<Duration, FieldViolation> {
+    let Some(requested) = request.stale_after else {
+        return default.ok_or_else(|| {
+            InvalidValue("is required: the server's STALE_AFTER is 0 (sweeping off)".into())
+                .at("stale_after")
+        });
+    };
+    if requested.seconds < 1 || !(0..1_000_000_000).contains(&requested.nanos) {
+        return Err(InvalidValue("must be at least one second".into()).at("stale_after"));
+    }
+    Ok(Duration::new(
+        requested.seconds.unsigned_abs(),
+        requested.nanos.unsigned_abs(),
+    ))
+}
+
+impl From<Event> for proto::BatchEvent {
+    fn from(event: Event) -> Self {
+        use proto::batch_event::Kind;
+        let (kind, batch) = match event {
+            Event::Snapshot(batch) => (Kind::Snapshot, batch.into()),
+            Event::Created(batch) => (Kind::Created, batch.into()),
+            Event::Updated(batch) => (Kind::Updated, batch.into()),
+            Event::Deleted(batch_id) => (
+                Kind::Deleted,
+                proto::Batch {
+                    batch_id: batch_id.to_string(),
+                    ..Default::default()
+                },
+            ),
+        };
+        Self {
+            kind: kind as i32,
+            batch: Some(batch),
+        }
+    }
+}
+
+impl From<BatchStats> for proto::BatchStats {
+    fn from(stats: BatchStats) -> Self {
+        Self {
+            batch_count: stats.batch_count,
+            samples_generated: stats.samples_generated,
+            total_tokens: stats.total_tokens,
+            by_state: stats
+                .by_state
+                .into_iter()
+                .map(|(state, batch_count)| proto::StateCount {
+                    state: proto_state(state) as i32,
+                    batch_count,
+                })
+                .collect(),
+            by_model: stats
+                .by_model
+                .into_iter()
+                .map(|model| proto::ModelStats {
+                    provider: model.provider,
+                    model: model.model,
+                    batch_count: model.batch_count,
+                    samples_generated: model.samples_generated,
+                    total_tokens: model.total_tokens,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The filter fields that ListBatches, WatchBatches and GetBatchStats share.
+fn filter(
+    states: &[i32],
+    provider: String,
+    model: String,
+    started_after: Option<prost_types::Timestamp>,
+    started_before: Option<prost_types::Timestamp>,
+    topic_filter: String,
+    difficulty_filter: String,
+) -> Result<BatchFilter, FieldViolation> {
+    Ok(BatchFilter {
+        states: states
+            .iter()
+            .enumerate()
+            .map(|(i, &number)| state(number).map_err(|e| e.at(format!("states[{i}]"))))
+            .collect::<Result<_, _>>()?,
+        provider: optional_label(provider, "provider")?,
+        model: optional_label(model, "model")?,
+        topic_filter: optional_label(topic_filter, "topic_filter")?,
+        difficulty_filter: optional_label(difficulty_filter, "difficulty_filter")?,
+        started_after: started_after
+            .map(|time| timestamp(time, "started_after"))
+            .transpose()?,
+        started_before: started_before
+            .map(|time| timestamp(time, "started_before"))
+            .transpose()?,
+    })
 }
 
 /// The batch id of a request that names one.

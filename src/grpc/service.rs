@@ -2,7 +2,7 @@
 //! call the store, convert the answer. Every call also gets a request id,
 //! a span, and a place in the metrics.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::{
@@ -11,15 +11,22 @@ use tonic::{
 };
 use tracing::{Instrument, Span, field};
 
-use super::convert::parse_batch_id;
-use crate::domain::{Finish, ListQuery, NewBatch, Progress};
+use super::convert::{parse_batch_id, stale_after};
+use crate::domain::{BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge};
 use crate::metrics::Metrics;
 use crate::proto::{
     self, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
-    ListBatchesRequest, ListBatchesResponse, RecordProgressRequest,
+    GetBatchStatsRequest, ListBatchesRequest, ListBatchesResponse, PurgeBatchesRequest,
+    PurgeBatchesResponse, RecordProgressRequest, SweepStaleBatchesRequest,
+    SweepStaleBatchesResponse, WatchBatchRequest, WatchBatchesRequest,
     batch_history_server::BatchHistory,
 };
 use crate::store::Store;
+use crate::watch::{self, Hub};
+use tonic::codegen::tokio_stream::{Stream, StreamExt};
+
+/// A watch RPC's stream of events.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::BatchEvent, Status>> + Send>>;
 
 /// Metadata key of the request id, read from requests and set on responses.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -29,11 +36,24 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct BatchHistoryService {
     store: Store,
     metrics: Arc<Metrics>,
+    hub: Hub,
+    /// The server's stale threshold, for sweeps that name none.
+    stale_after: Option<Duration>,
 }
 
 impl BatchHistoryService {
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        hub: Hub,
+        stale_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            store,
+            metrics,
+            hub,
+            stale_after,
+        }
     }
 
     /// Runs `handler` on the request's message inside a span that carries the
@@ -181,6 +201,77 @@ impl BatchHistory for BatchHistoryService {
             let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
             self.store.delete(&batch_id).await?;
             Ok(())
+        })
+        .await
+    }
+
+    type WatchBatchStream = EventStream;
+
+    async fn watch_batch(
+        &self,
+        request: Request<WatchBatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.call("WatchBatch", request, |request| async {
+            record_batch_id(&request.batch_id);
+            let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
+            let events = watch::watch_batch(&self.store, &self.hub, batch_id).await?;
+            Ok(Box::pin(events.map(|event| event.map(Into::into))) as EventStream)
+        })
+        .await
+    }
+
+    type WatchBatchesStream = EventStream;
+
+    async fn watch_batches(
+        &self,
+        request: Request<WatchBatchesRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.call("WatchBatches", request, |request| async {
+            let filter = BatchFilter::try_from(request)?;
+            let events = watch::watch_batches(&self.store, &self.hub, filter).await?;
+            Ok(Box::pin(events.map(|event| event.map(Into::into))) as EventStream)
+        })
+        .await
+    }
+
+    async fn get_batch_stats(
+        &self,
+        request: Request<GetBatchStatsRequest>,
+    ) -> Result<Response<proto::BatchStats>, Status> {
+        self.call("GetBatchStats", request, |request| async {
+            let filter = BatchFilter::try_from(request)?;
+            Ok(self.store.stats(&filter).await?.into())
+        })
+        .await
+    }
+
+    async fn sweep_stale_batches(
+        &self,
+        request: Request<SweepStaleBatchesRequest>,
+    ) -> Result<Response<SweepStaleBatchesResponse>, Status> {
+        self.call("SweepStaleBatches", request, |request| async move {
+            let threshold = stale_after(&request, self.stale_after)?;
+            let stopped = self.store.sweep_stale(threshold).await?;
+            Ok(SweepStaleBatchesResponse {
+                stopped: stopped.into_iter().map(Into::into).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn purge_batches(
+        &self,
+        request: Request<PurgeBatchesRequest>,
+    ) -> Result<Response<PurgeBatchesResponse>, Status> {
+        self.call("PurgeBatches", request, |request| async {
+            let purge = Purge::try_from(request)?;
+            let purged = self
+                .store
+                .purge(purge.older_than, &purge.states, purge.dry_run)
+                .await?;
+            Ok(PurgeBatchesResponse {
+                purged_count: i64::try_from(purged).unwrap_or(i64::MAX),
+            })
         })
         .await
     }

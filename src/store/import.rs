@@ -105,6 +105,10 @@ impl BulkLoad {
         // connection; if the load is dropped midway, closing the connection
         // rolls it back.
         client.batch_execute("BEGIN").await?;
+        // Watchers are not told of each imported row (see migration V2).
+        client
+            .batch_execute("SET LOCAL batch_history.bulk_load = 'on'")
+            .await?;
         client.batch_execute(STAGE).await?;
         let sink = client.copy_in(COPY).await?;
         Ok(Self {

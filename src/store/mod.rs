@@ -18,8 +18,8 @@ use tokio_postgres::{Row, types::Json};
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    Batch, BatchError, BatchId, Cursor, Finish, ListQuery, MAX_KEPT_ERRORS, NewBatch, Page,
-    Progress, State,
+    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, Finish, JsonObject, ListQuery,
+    MAX_KEPT_ERRORS, NewBatch, Page, Progress, Prose, State, StatsGroup,
 };
 
 pub use error::StoreError;
@@ -27,6 +27,13 @@ pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
 pub use probe::Probe;
 pub use tls::connector;
+
+/// Key of the transaction-level advisory lock that lets one replica sweep
+/// at a time.
+const SWEEP_LOCK_KEY: i64 = 0x6268_7377_6565_7000; // "bhsweep"
+
+/// Rows a purge deletes per statement.
+const PURGE_CHUNK_ROWS: i64 = 1_000;
 
 /// How often a write that lost a race with a concurrent writer is retried
 /// before it is reported as unavailable. One retry settles every race the
@@ -68,6 +75,11 @@ impl Store {
             pool,
             timeout: config.timeout,
         })
+    }
+
+    /// The bound on every operation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Checks that the database answers.
@@ -167,6 +179,49 @@ impl Store {
                 Some(row) => batch_from_row(&row),
                 None => Err(StoreError::NotFound(batch_id.clone())),
             }
+        })
+        .await
+    }
+
+    /// Takes or extends this replica's watch lease: while any lease is
+    /// live, every change to a batch is announced (see migration V2).
+    pub async fn renew_watch_lease(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::RENEW_WATCH_LEASE).await?;
+            client
+                .execute(&statement, &[&replica, &ttl.as_secs_f64()])
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Returns once every write that was in progress when called has ended,
+    /// so that writes not announced before a lease was taken are visible to
+    /// a snapshot taken afterwards.
+    pub async fn wait_for_writes_in_progress(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut client = self.pool.get().await?;
+            let transaction = client.transaction().await?;
+            transaction.batch_execute(sql::WRITE_BARRIER).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The batches with these ids that exist, in no particular order.
+    pub async fn get_many(&self, batch_ids: &[&str]) -> Result<Vec<Batch>, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::GET_MANY).await?;
+            client
+                .query(&statement, &[&batch_ids])
+                .await?
+                .iter()
+                .map(batch_from_row)
+                .collect()
         })
         .await
     }
@@ -274,6 +329,107 @@ impl Store {
             Err(StoreError::Contended)
         })
         .await
+    }
+
+    /// Totals over the batches `filter` keeps, in one query.
+    pub async fn stats(&self, filter: &BatchFilter) -> Result<BatchStats, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let listing = sql::Listing::stats(filter);
+            let statement = client.prepare_cached(listing.sql()).await?;
+            client
+                .query(&statement, &listing.params())
+                .await?
+                .iter()
+                .map(|row| {
+                    let state: &str = row.try_get(0)?;
+                    Ok(StatsGroup {
+                        state: State::from_name(state).ok_or_else(|| {
+                            StoreError::internal(
+                                "reading stats",
+                                format!("unknown state {state:?}"),
+                            )
+                        })?,
+                        provider: row.try_get(1)?,
+                        model: row.try_get(2)?,
+                        batch_count: row.try_get(3)?,
+                        samples_generated: row.try_get(4)?,
+                        total_tokens: row.try_get(5)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Stops running batches not updated for `stale_after`, unless another
+    /// replica is sweeping right now; returns those it stopped.
+    pub async fn sweep_stale(&self, stale_after: Duration) -> Result<Vec<Batch>, StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::SWEEP_STALE).await?;
+            let minutes = stale_after.as_secs_f64() / 60.0;
+            let reason = [BatchError {
+                message: Prose::parse(format!(
+                    "stopped by the stale-batch sweep: no update for {minutes:.1} minutes"
+                ))
+                .map_err(|e| StoreError::internal("writing the sweep's reason", e))?,
+                time: jiff::Timestamp::now(),
+                details: JsonObject::default(),
+            }];
+            client
+                .query(
+                    &statement,
+                    &[&stale_after.as_secs_f64(), &Json(&reason), &SWEEP_LOCK_KEY],
+                )
+                .await?
+                .iter()
+                .map(batch_from_row)
+                .collect()
+        })
+        .await
+    }
+
+    /// Deletes (or on a dry run counts) finished batches that ended before
+    /// `older_than` in `states`, in bounded chunks; returns how many.
+    pub async fn purge(
+        &self,
+        older_than: jiff::Timestamp,
+        states: &[State],
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
+        if dry_run {
+            return self
+                .bounded(async {
+                    let client = self.pool.get().await?;
+                    let statement = client.prepare_cached(sql::COUNT_PURGEABLE).await?;
+                    let count: i64 = client
+                        .query_one(&statement, &[&older_than, &states])
+                        .await?
+                        .try_get(0)?;
+                    Ok(count.unsigned_abs())
+                })
+                .await;
+        }
+        let mut purged = 0;
+        loop {
+            // Each chunk is its own bounded operation, so a long purge never
+            // holds one connection past the timeout.
+            let deleted = self
+                .bounded(async {
+                    let client = self.pool.get().await?;
+                    let statement = client.prepare_cached(sql::PURGE_CHUNK).await?;
+                    Ok(client
+                        .execute(&statement, &[&older_than, &states, &PURGE_CHUNK_ROWS])
+                        .await?)
+                })
+                .await?;
+            purged += deleted;
+            if deleted < PURGE_CHUNK_ROWS.unsigned_abs() {
+                return Ok(purged);
+            }
+        }
     }
 
     /// Deletes a batch in any state.

@@ -6,7 +6,7 @@ use tokio_postgres::types::ToSql;
 
 use jiff::Timestamp;
 
-use crate::domain::{ListQuery, Order};
+use crate::domain::{BatchFilter, ListQuery, Order};
 
 /// Every column of `batches`, in the order [`super::batch_from_row`] reads by name.
 macro_rules! columns {
@@ -45,6 +45,51 @@ pub const GET: &str = concat!("SELECT ", columns!(), " FROM batches WHERE batch_
 
 /// Batches per state; an index-only scan of the state index.
 pub const COUNT_BY_STATE: &str = "SELECT state, count(*) FROM batches GROUP BY state";
+
+/// Stops running batches not updated for $1 seconds, appending error $2
+/// (a JSON array of one), unless another replica holds sweep lock $3.
+pub const SWEEP_STALE: &str = concat!(
+    "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($3) AS holds)
+    UPDATE batches SET
+        state = 'STOPPED',
+        end_time = greatest(now(), start_time),
+        errors = jsonb_append_keep_newest(errors, $2::jsonb, 1000),
+        error_count = error_count + 1,
+        update_time = now(),
+        version = version + 1
+    FROM sweeper
+    WHERE sweeper.holds AND state = 'RUNNING'
+      AND update_time < now() - make_interval(secs => $1::float8)
+    RETURNING ",
+    columns!()
+);
+
+/// Finished batches that ended before $1, in states $2: counted.
+pub const COUNT_PURGEABLE: &str = "SELECT count(*) FROM batches
+    WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1";
+
+/// Deletes up to $3 finished batches that ended before $1, in states $2.
+/// Bounded so that a large purge never holds many row locks at once.
+pub const PURGE_CHUNK: &str = "DELETE FROM batches WHERE batch_id IN (
+        SELECT batch_id FROM batches
+        WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1
+        LIMIT $3)";
+
+/// Takes or extends replica $1's watch lease by $2 seconds.
+pub const RENEW_WATCH_LEASE: &str = "INSERT INTO batch_watch_leases (replica, expires_at)
+    VALUES ($1, now() + make_interval(secs => $2::float8))
+    ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at";
+
+/// Waits for every write transaction in progress to end (SHARE conflicts
+/// with the writers' ROW EXCLUSIVE); released at once by the commit.
+pub const WRITE_BARRIER: &str = "LOCK TABLE batches IN SHARE MODE";
+
+/// $1 ids.
+pub const GET_MANY: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM batches WHERE batch_id = ANY($1)"
+);
 
 /// $1 id.
 pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
@@ -124,9 +169,47 @@ enum Param<'q> {
 
 impl<'q> Listing<'q> {
     pub fn new(query: &'q ListQuery) -> Self {
-        let filter = &query.filter;
+        let mut listing = Listing::filtered(
+            concat!("SELECT ", columns!(), " FROM batches WHERE true"),
+            &query.filter,
+        );
+        let (direction, past) = match query.order {
+            Order::NewestFirst => ("DESC", "<"),
+            Order::OldestFirst => ("ASC", ">"),
+        };
+        if let Some(cursor) = &query.after {
+            let time = listing.bind(Param::Time(&cursor.start_time));
+            let id = listing.bind(Param::Text(cursor.batch_id.as_str()));
+            let _ = write!(
+                listing.sql,
+                " AND (start_time, batch_id) {past} ({time}, {id})"
+            );
+        }
+        let limit = listing.bind(Param::Limit(i64::from(query.page_size.get()) + 1));
+        let _ = write!(
+            listing.sql,
+            " ORDER BY start_time {direction}, batch_id {direction} LIMIT {limit}"
+        );
+        listing
+    }
+
+    /// Totals per (state, provider, model) of the batches `filter` keeps,
+    /// in one scan; the caller sums them up per state and per model.
+    pub fn stats(filter: &'q BatchFilter) -> Self {
+        let mut listing = Listing::filtered(
+            "SELECT state, provider, model, count(*), \
+             coalesce(sum(samples_generated), 0)::bigint, coalesce(sum(total_tokens), 0)::bigint \
+             FROM batches WHERE true",
+            filter,
+        );
+        listing.sql.push_str(" GROUP BY state, provider, model");
+        listing
+    }
+
+    /// `select` (ending in a WHERE clause) narrowed to the batches `filter` keeps.
+    fn filtered(select: &str, filter: &'q BatchFilter) -> Self {
         let mut listing = Listing {
-            sql: concat!("SELECT ", columns!(), " FROM batches WHERE true").to_owned(),
+            sql: select.to_owned(),
             params: Vec::new(),
         };
         for (column, value) in [
@@ -149,23 +232,6 @@ impl<'q> Listing<'q> {
         if let Some(before) = &filter.started_before {
             listing.condition("start_time", "<", Param::Time(before));
         }
-        let (direction, past) = match query.order {
-            Order::NewestFirst => ("DESC", "<"),
-            Order::OldestFirst => ("ASC", ">"),
-        };
-        if let Some(cursor) = &query.after {
-            let time = listing.bind(Param::Time(&cursor.start_time));
-            let id = listing.bind(Param::Text(cursor.batch_id.as_str()));
-            let _ = write!(
-                listing.sql,
-                " AND (start_time, batch_id) {past} ({time}, {id})"
-            );
-        }
-        let limit = listing.bind(Param::Limit(i64::from(query.page_size.get()) + 1));
-        let _ = write!(
-            listing.sql,
-            " ORDER BY start_time {direction}, batch_id {direction} LIMIT {limit}"
-        );
         listing
     }
 

@@ -6,6 +6,7 @@ mod health;
 mod helpers;
 mod import;
 mod list;
+mod live;
 mod observability;
 mod outage;
 mod process;

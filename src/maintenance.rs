@@ -1,0 +1,78 @@
+//! Background upkeep: stopping stale batches and purging old ones. Every
+//! replica runs it; the sweep's advisory lock lets one sweep at a time, and
+//! purging the same rows twice deletes them once.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::State;
+use crate::store::Store;
+use crate::telemetry::cause_chain;
+
+/// How the upkeep is configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Upkeep {
+    /// RUNNING batches not updated for this long are stopped; `None` never.
+    pub stale_after: Option<Duration>,
+    /// Finished batches that ended this long ago are deleted; `None` never.
+    pub retention: Option<Duration>,
+}
+
+impl Upkeep {
+    /// A quarter of the stale threshold (so a batch is stopped within 1.25
+    /// thresholds), between 100 ms and a minute.
+    fn interval(&self) -> Duration {
+        self.stale_after
+            .map_or(Duration::from_secs(60), |stale| stale / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+}
+
+/// Runs the upkeep until `stopped` turns true.
+pub async fn run(store: Store, upkeep: Upkeep, mut stopped: watch::Receiver<bool>) {
+    if upkeep.stale_after.is_none() && upkeep.retention.is_none() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(upkeep.interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stopped| *stopped) => return,
+            _ = ticks.tick() => {}
+        }
+        if let Some(stale_after) = upkeep.stale_after {
+            match store.sweep_stale(stale_after).await {
+                Ok(stopped) if !stopped.is_empty() => {
+                    let ids: Vec<&str> = stopped.iter().map(|b| b.batch_id.as_str()).collect();
+                    tracing::info!(count = stopped.len(), ?ids, "stopped stale batches");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(error = %cause_chain(&error), "stale-batch sweep failed")
+                }
+            }
+        }
+        if let Some(retention) = upkeep.retention {
+            let cutoff = jiff::Timestamp::now()
+                .checked_sub(
+                    jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX),
+                )
+                .unwrap_or(jiff::Timestamp::MIN);
+            match store
+                .purge(
+                    cutoff,
+                    &[State::Completed, State::Stopped, State::Failed],
+                    false,
+                )
+                .await
+            {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged batches past retention"),
+                Err(error) => {
+                    tracing::warn!(error = %cause_chain(&error), "retention purge failed")
+                }
+            }
+        }
+    }
+}

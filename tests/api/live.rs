@@ -1,0 +1,507 @@
+//! Watch streams, stats, the stale-batch sweep and retention.
+
+use std::time::Duration;
+
+use batch_history::config::ServeConfig;
+use batch_history::maintenance::Upkeep;
+use batch_history::proto::{
+    self, BatchEvent, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
+    GetBatchStatsRequest, PurgeBatchesRequest, RecordProgressRequest, SweepStaleBatchesRequest,
+    WatchBatchRequest, WatchBatchesRequest, batch::State, batch_event::Kind,
+    batch_history_client::BatchHistoryClient,
+};
+use batch_history::startup::App;
+use tonic::{Code, Streaming, transport::Channel};
+
+use crate::helpers::{TestApp, TestDb, timestamp};
+
+const SOON: Duration = Duration::from_secs(1);
+
+async fn next(stream: &mut Streaming<BatchEvent>) -> BatchEvent {
+    tokio::time::timeout(SOON, stream.message())
+        .await
+        .expect("an event within a second")
+        .expect("no error")
+        .expect("the stream goes on")
+}
+
+fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
+    RecordProgressRequest {
+        batch_id: batch_id.into(),
+        samples_delta: samples,
+        ..Default::default()
+    }
+}
+
+/// A second server on `db`, with `upkeep`.
+async fn replica(db: &TestDb, upkeep: Upkeep) -> BatchHistoryClient<Channel> {
+    let app = App::build(ServeConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        auth_token: None,
+        upkeep,
+        database: db.database_config(Duration::from_secs(5)),
+    })
+    .await
+    .unwrap();
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    BatchHistoryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn watch_batch_streams_its_changes_until_it_finishes() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.create("w", "groq").await;
+    let mut stream = client
+        .watch_batch(WatchBatchRequest {
+            batch_id: "w".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next(&mut stream).await;
+    assert_eq!(snapshot.kind(), Kind::Snapshot);
+    assert_eq!(snapshot.batch.unwrap().state(), State::Running);
+
+    client.record_progress(progress("w", 3)).await.unwrap();
+    let update = next(&mut stream).await;
+    assert_eq!(update.kind(), Kind::Updated);
+    assert_eq!(update.batch.unwrap().samples_generated, 3);
+
+    client
+        .finish_batch(FinishBatchRequest {
+            batch_id: "w".into(),
+            state: State::Completed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut stream).await.batch.unwrap().state(),
+        State::Completed
+    );
+    let end = tokio::time::timeout(SOON, stream.message()).await.unwrap();
+    assert!(
+        matches!(end, Ok(None)),
+        "the stream ends once the batch finished: {end:?}"
+    );
+
+    let status = client
+        .watch_batch(WatchBatchRequest {
+            batch_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_change_through_one_replica_reaches_a_watcher_on_another() {
+    let app = TestApp::spawn().await;
+    let mut other = replica(&app.db, Upkeep::default()).await;
+    app.create("already-running", "groq").await;
+    app.create("other-provider", "cerebras").await;
+
+    let mut stream = other
+        .watch_batches(WatchBatchesRequest {
+            provider: "groq".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next(&mut stream).await;
+    assert_eq!(snapshot.kind(), Kind::Snapshot);
+    assert_eq!(snapshot.batch.unwrap().batch_id, "already-running");
+
+    let started = std::time::Instant::now();
+    app.create("fresh", "groq").await;
+    let created = next(&mut stream).await;
+    eprintln!("seen on the other replica after {:?}", started.elapsed());
+    assert_eq!(created.kind(), Kind::Created);
+    assert_eq!(created.batch.unwrap().batch_id, "fresh");
+
+    // Not matching the filter: not sent. Then a matching change and a delete.
+    app.create("cerebras-2", "cerebras").await;
+    app.client
+        .clone()
+        .record_progress(progress("fresh", 2))
+        .await
+        .unwrap();
+    let update = next(&mut stream).await;
+    assert_eq!(update.kind(), Kind::Updated);
+    assert_eq!(update.batch.unwrap().batch_id, "fresh");
+    app.client
+        .clone()
+        .delete_batch(DeleteBatchRequest {
+            batch_id: "fresh".into(),
+        })
+        .await
+        .unwrap();
+    let deleted = next(&mut stream).await;
+    assert_eq!(deleted.kind(), Kind::Deleted);
+    assert_eq!(deleted.batch.unwrap().batch_id, "fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_cut_off_without_holding_back_others() {
+    let app = TestApp::spawn().await;
+    app.create("busy", "groq").await;
+    let mut client = app.client.clone();
+    // Never read: it falls behind.
+    let mut slow = client
+        .watch_batches(WatchBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut prompt = client
+        .watch_batch(WatchBatchRequest {
+            batch_id: "busy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut prompt).await;
+    let reader = tokio::spawn(async move {
+        let mut updates = 0;
+        while let Ok(Some(event)) = prompt.message().await {
+            updates += 1;
+            if event.batch.unwrap().samples_generated == 1_000 {
+                return updates;
+            }
+        }
+        updates
+    });
+    // Distinct, large batches: the changes cannot be coalesced, and they
+    // overflow the HTTP/2 windows and the watcher's buffer.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                for n in 0..250 {
+                    client
+                        .create_batch(CreateBatchRequest {
+                            batch_id: format!("flood-{w}-{n}"),
+                            batch: Some(proto::Batch {
+                                reasoning_instruction: "x".repeat(30_000),
+                                ..Default::default()
+                            }),
+                        })
+                        .await
+                        .unwrap();
+                    client.record_progress(progress("busy", 1)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let updates = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(updates >= 1, "the prompt watcher kept up");
+
+    let mut events = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), slow.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => events += 1,
+            other => break other,
+        }
+    };
+    let status = ended.expect_err("the slow watcher's stream ends with a status");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("fresh snapshot"));
+    assert!(events < 1_001, "it was cut off, after {events} events");
+    eprintln!("the slow watcher was cut off after {events} events");
+}
+
+#[tokio::test]
+async fn stats_total_the_filtered_batches() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    for (id, provider, model, samples) in [
+        ("a", "groq", "llama", 5),
+        ("b", "groq", "llama", 7),
+        ("c", "groq", "qwen", 11),
+        ("d", "cerebras", "llama", 13),
+    ] {
+        client
+            .create_batch(CreateBatchRequest {
+                batch_id: id.into(),
+                batch: Some(proto::Batch {
+                    provider: provider.into(),
+                    model: model.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        client
+            .record_progress(RecordProgressRequest {
+                tokens_delta: samples * 100,
+                ..progress(id, samples)
+            })
+            .await
+            .unwrap();
+    }
+    client
+        .finish_batch(FinishBatchRequest {
+            batch_id: "a".into(),
+            state: State::Completed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let all = client
+        .get_batch_stats(GetBatchStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (all.batch_count, all.samples_generated, all.total_tokens),
+        (4, 36, 3_600)
+    );
+    let states: Vec<(i32, i64)> = all
+        .by_state
+        .iter()
+        .map(|s| (s.state, s.batch_count))
+        .collect();
+    assert_eq!(
+        states,
+        [(State::Running as i32, 3), (State::Completed as i32, 1)]
+    );
+    let top = &all.by_model[0];
+    assert_eq!(
+        (
+            top.provider.as_str(),
+            top.model.as_str(),
+            top.batch_count,
+            top.samples_generated
+        ),
+        ("groq", "llama", 2, 12)
+    );
+    assert_eq!(all.by_model.len(), 3);
+
+    let groq_running = client
+        .get_batch_stats(GetBatchStatsRequest {
+            provider: "groq".into(),
+            states: vec![State::Running as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (groq_running.batch_count, groq_running.samples_generated),
+        (2, 18)
+    );
+
+    let status = client
+        .get_batch_stats(GetBatchStatsRequest {
+            states: vec![9],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn the_sweep_stops_only_stale_batches_and_says_why() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.create("stale", "groq").await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    app.create("fresh", "groq").await;
+
+    let swept = client
+        .sweep_stale_batches(SweepStaleBatchesRequest {
+            stale_after: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = swept.stopped.iter().map(|b| b.batch_id.as_str()).collect();
+    assert_eq!(ids, ["stale"]);
+    let stale = client
+        .get_batch(GetBatchRequest {
+            batch_id: "stale".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stale.state(), State::Stopped);
+    assert!(stale.end_time.is_some());
+    assert!(
+        stale.errors[0].message.contains("stale-batch sweep"),
+        "{:?}",
+        stale.errors
+    );
+    let fresh = client
+        .get_batch(GetBatchRequest {
+            batch_id: "fresh".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fresh.state(), State::Running);
+
+    let status = client
+        .sweep_stale_batches(SweepStaleBatchesRequest {
+            stale_after: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 5,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn background_upkeep_sweeps_and_purges() {
+    let app = TestApp::spawn().await;
+    let mut client = replica(
+        &app.db,
+        Upkeep {
+            stale_after: Some(Duration::from_secs(1)),
+            retention: Some(Duration::from_secs(86_400)),
+        },
+    )
+    .await;
+    client
+        .create_batch(CreateBatchRequest {
+            batch_id: "old".into(),
+            batch: Some(proto::Batch {
+                start_time: Some(timestamp(1_600_000_000)),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    client
+        .finish_batch(FinishBatchRequest {
+            batch_id: "old".into(),
+            state: State::Completed as i32,
+            end_time: Some(timestamp(1_600_000_600)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app.create("forgotten", "groq").await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let old = client
+            .get_batch(GetBatchRequest {
+                batch_id: "old".into(),
+            })
+            .await;
+        let forgotten = client
+            .get_batch(GetBatchRequest {
+                batch_id: "forgotten".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Err(status) = &old
+            && forgotten.state() == State::Stopped
+        {
+            assert_eq!(status.code(), Code::NotFound);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upkeep did not run: {forgotten:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn purge_deletes_old_finished_batches_or_counts_them() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    for (id, state) in [
+        ("old-done", State::Completed),
+        ("old-failed", State::Failed),
+    ] {
+        client
+            .create_batch(CreateBatchRequest {
+                batch_id: id.into(),
+                batch: Some(proto::Batch {
+                    start_time: Some(timestamp(1_600_000_000)),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        client
+            .finish_batch(FinishBatchRequest {
+                batch_id: id.into(),
+                state: state as i32,
+                end_time: Some(timestamp(1_600_000_060)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    app.create("running", "groq").await;
+    let request = |states: Vec<i32>, dry_run| PurgeBatchesRequest {
+        older_than: Some(timestamp(1_700_000_000)),
+        states,
+        dry_run,
+    };
+
+    let counted = client
+        .purge_batches(request(vec![], true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counted.purged_count, 2);
+    let failed_only = client
+        .purge_batches(request(vec![State::Failed as i32], false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed_only.purged_count, 1);
+    let rest = client
+        .purge_batches(request(vec![], false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.purged_count, 1);
+    let left: i64 = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM batches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "the running batch stays");
+
+    let status = client
+        .purge_batches(request(vec![State::Running as i32], false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .purge_batches(PurgeBatchesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
