@@ -24,19 +24,54 @@ pub struct BatchFilter {
     pub started_before: Option<Timestamp>,
 }
 
+/// What a [`BatchFilter`] looks at in a batch: enough to filter a batch
+/// that is gone, from what its deletion announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facets<'a> {
+    pub state: State,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub topic_filter: &'a str,
+    pub difficulty_filter: &'a str,
+    pub start_time: Timestamp,
+}
+
+impl Batch {
+    /// The parts of this batch that filters look at.
+    pub fn facets(&self) -> Facets<'_> {
+        Facets {
+            state: self.state,
+            provider: &self.provider,
+            model: &self.model,
+            topic_filter: &self.topic_filter,
+            difficulty_filter: &self.difficulty_filter,
+            start_time: self.start_time,
+        }
+    }
+}
+
 impl BatchFilter {
-    /// Whether `batch` is one this filter keeps (as the listing's SQL does).
-    pub fn matches(&self, batch: &Batch) -> bool {
+    /// Whether this filter keeps a batch (as the listing's SQL does).
+    pub fn matches(&self, batch: Facets<'_>) -> bool {
+        self.matches_state(batch.state) && self.matches_all_but_state(batch)
+    }
+
+    /// Whether this filter's states keep `state`.
+    pub fn matches_state(&self, state: State) -> bool {
+        self.states.is_empty() || self.states.contains(&state)
+    }
+
+    /// Whether this filter keeps a batch in some state.
+    pub fn matches_all_but_state(&self, batch: Facets<'_>) -> bool {
         let label = |wanted: &Option<Label>, actual: &str| {
             wanted
                 .as_ref()
                 .is_none_or(|wanted| wanted.as_str() == actual)
         };
-        (self.states.is_empty() || self.states.contains(&batch.state))
-            && label(&self.provider, &batch.provider)
-            && label(&self.model, &batch.model)
-            && label(&self.topic_filter, &batch.topic_filter)
-            && label(&self.difficulty_filter, &batch.difficulty_filter)
+        label(&self.provider, batch.provider)
+            && label(&self.model, batch.model)
+            && label(&self.topic_filter, batch.topic_filter)
+            && label(&self.difficulty_filter, batch.difficulty_filter)
             && self
                 .started_after
                 .is_none_or(|after| batch.start_time >= after)

@@ -14,7 +14,7 @@ pub use batch::{
 };
 pub use batch_id::BatchId;
 pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};
-pub use list::{BatchFilter, Cursor, ListQuery, Order, Page, PageSize};
+pub use list::{BatchFilter, Cursor, Facets, ListQuery, Order, Page, PageSize};
 pub use stats::{BatchStats, ModelStats, Purge, StatsGroup};
 pub use text::{Label, Prose};
 

@@ -148,6 +148,136 @@ async fn a_change_through_one_replica_reaches_a_watcher_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_progress_reaches_watchers_in_order_and_once() {
+    let app = TestApp::spawn().await;
+    app.create("hot", "groq").await;
+    let mut client = app.client.clone();
+    let mut one = client
+        .watch_batch(WatchBatchRequest {
+            batch_id: "hot".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = client
+        .watch_batches(WatchBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut one).await.kind(), Kind::Snapshot);
+    assert_eq!(next(&mut all).await.kind(), Kind::Snapshot);
+
+    const WORKERS: i64 = 8;
+    const REPORTS: i64 = 50;
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                for _ in 0..REPORTS {
+                    client.record_progress(progress("hot", 1)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // Every report adds a sample, so in each stream the samples must
+    // strictly increase (no change repeated, none older than one sent), up
+    // to the final count.
+    let read = |mut stream: Streaming<BatchEvent>| async move {
+        let mut samples = Vec::new();
+        loop {
+            let batch = next(&mut stream).await.batch.unwrap();
+            samples.push(batch.samples_generated);
+            if batch.samples_generated == WORKERS * REPORTS {
+                return samples;
+            }
+        }
+    };
+    let (one, all) = tokio::join!(read(one), read(all));
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    for samples in [one, all] {
+        assert!(
+            samples.windows(2).all(|pair| pair[0] < pair[1]),
+            "each event is news: {samples:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn state_filtered_watchers_see_finishes_and_their_deletions() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.create("a", "groq").await;
+    app.create("b", "groq").await;
+    let watch = |states: Vec<State>| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .watch_batches(WatchBatchesRequest {
+                    states: states.into_iter().map(|state| state as i32).collect(),
+                    provider: "groq".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut running = watch(vec![State::Running]).await;
+    let mut completed = watch(vec![State::Completed]).await;
+    assert_eq!(next(&mut running).await.kind(), Kind::Snapshot);
+    assert_eq!(next(&mut running).await.kind(), Kind::Snapshot);
+
+    client
+        .finish_batch(FinishBatchRequest {
+            batch_id: "a".into(),
+            state: State::Completed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for stream in [&mut running, &mut completed] {
+        let finished = next(stream).await;
+        assert_eq!(finished.kind(), Kind::Updated);
+        assert_eq!(finished.batch.unwrap().state(), State::Completed);
+    }
+
+    // A finished batch's deletion is for those whose filter keeps finished
+    // batches; a running one's for those who watch running ones.
+    for batch_id in ["a", "b"] {
+        client
+            .delete_batch(DeleteBatchRequest {
+                batch_id: batch_id.into(),
+            })
+            .await
+            .unwrap();
+    }
+    app.create("c", "cerebras").await;
+    app.create("d", "groq").await;
+    let deleted = next(&mut running).await;
+    assert_eq!(
+        (deleted.kind(), deleted.batch.unwrap().batch_id.as_str()),
+        (Kind::Deleted, "b")
+    );
+    let created = next(&mut running).await;
+    assert_eq!(
+        (created.kind(), created.batch.unwrap().batch_id.as_str()),
+        (Kind::Created, "d")
+    );
+    let deleted = next(&mut completed).await;
+    assert_eq!(
+        (deleted.kind(), deleted.batch.unwrap().batch_id.as_str()),
+        (Kind::Deleted, "a")
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), completed.message()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing else is for COMPLETED watchers: {quiet:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_is_cut_off_without_holding_back_others() {
     let app = TestApp::spawn().await;
     app.create("busy", "groq").await;

@@ -1,0 +1,392 @@
+//! The change feed: listens for the notifications of migration V3's trigger
+//! on a connection of its own, reads the rows they name, and publishes each
+//! change to the hub once, in the order the changes committed.
+
+use std::{collections::HashMap, time::Duration};
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::AsyncMessage;
+
+use super::{Change, DeletedBatch, FAN_OUT_CAPACITY, Hub, LEASE_RENEWAL};
+use crate::config::DatabaseConfig;
+use crate::domain::{Batch, BatchId};
+use crate::store::{Store, StoreError, connector};
+use crate::telemetry::cause_chain;
+
+/// Pause before reconnecting a lost listener connection.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Notifications handled in one go, at most.
+const MAX_BURST: usize = 1_000;
+
+/// Listens for changes until `stopped`, reconnecting after failures.
+pub async fn feed(
+    database: DatabaseConfig,
+    store: Store,
+    hub: Hub,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let listened = listen(&database, &store, &hub, &mut stopped).await;
+        hub.listening.send_replace(false);
+        match listened {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(error = %cause_chain(&error), "change feed interrupted; reconnecting");
+                hub.publish(Change::Interrupted);
+            }
+        }
+        tokio::select! {
+            _ = stopped.wait_for(|stopped| *stopped) => return,
+            () = tokio::time::sleep(RECONNECT_DELAY) => {}
+        }
+    }
+}
+
+async fn listen(
+    database: &DatabaseConfig,
+    store: &Store,
+    hub: &Hub,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let connect = database.pg.connect(connector()?);
+    let (client, mut connection) = tokio::time::timeout(database.timeout, connect)
+        .await
+        .map_err(|_| StoreError::TimedOut(database.timeout))??;
+    let (notifications, mut payloads) = mpsc::channel::<String>(FAN_OUT_CAPACITY);
+    tokio::spawn(async move {
+        // Polling for messages also drives the connection's I/O.
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(notification) = message
+                && notifications
+                    .send(notification.payload().to_owned())
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    client.batch_execute("LISTEN batch_changes").await?;
+    hub.listening.send_replace(true);
+    tracing::debug!("change feed listening");
+    let mut renewals = tokio::time::interval(LEASE_RENEWAL);
+    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ahead = AheadOfNotices::default();
+    loop {
+        let woke = tokio::select! {
+            _ = stopped.wait_for(|stopped| *stopped) => Wake::Stop,
+            _ = renewals.tick() => Wake::Renew,
+            payload = payloads.recv() => Wake::Payload(payload),
+        };
+        let first = match woke {
+            Wake::Stop => return Ok(()),
+            Wake::Renew => {
+                hub.renew_lease(store).await?;
+                continue;
+            }
+            Wake::Payload(payload) => payload,
+        };
+        let Some(first) = first else {
+            return Err(StoreError::internal(
+                "listening for changes",
+                "the connection closed",
+            ));
+        };
+        // Everything already queued is handled together: one query for all
+        // the changed rows, and a burst of changes to one batch becomes one
+        // event with its latest state.
+        let mut burst = vec![first];
+        while burst.len() < MAX_BURST
+            && let Ok(payload) = payloads.try_recv()
+        {
+            burst.push(payload);
+        }
+        if hub.has_watchers() {
+            publish_burst(store, hub, &mut ahead, &burst).await?;
+        } else {
+            // Nothing was published, so nothing is ahead.
+            ahead = AheadOfNotices::default();
+        }
+    }
+}
+
+/// Why the feed woke up. (The stop signal's guard must not live across an
+/// await, so the select only decides.)
+enum Wake {
+    Stop,
+    Renew,
+    Payload(Option<String>),
+}
+
+async fn publish_burst(
+    store: &Store,
+    hub: &Hub,
+    ahead: &mut AheadOfNotices,
+    payloads: &[String],
+) -> Result<(), StoreError> {
+    let notices = payloads
+        .iter()
+        .filter_map(|payload| match serde_json::from_str(payload) {
+            Ok(notice) => Some(notice),
+            Err(error) => {
+                tracing::warn!(%error, payload, "ignoring an unreadable change notification");
+                None
+            }
+        });
+    let mut fates = coalesce(notices);
+    for (batch_id, fate) in &mut fates {
+        if fate.deleted.is_some() {
+            ahead.forget(batch_id);
+        }
+        if fate
+            .live
+            .is_some_and(|live| ahead.covers(batch_id, live.version))
+        {
+            fate.live = None;
+        }
+    }
+    let to_read: Vec<&str> = fates
+        .iter()
+        .filter(|(_, fate)| fate.live.is_some())
+        .map(|(batch_id, _)| batch_id.as_str())
+        .collect();
+    let mut rows: HashMap<BatchId, Batch> = if to_read.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .get_many(&to_read)
+            .await?
+            .into_iter()
+            .map(|batch| (batch.batch_id.clone(), batch))
+            .collect()
+    };
+    for (batch_id, fate) in fates {
+        if let Some(deleted) = fate.deleted {
+            hub.publish(Change::Deleted(deleted));
+        }
+        let Some(live) = fate.live else { continue };
+        // Gone, or created anew since: the notices of that are on their way.
+        let Some(batch) = rows
+            .remove(&batch_id)
+            .filter(|batch| batch.version >= live.version)
+        else {
+            continue;
+        };
+        if batch.version > live.version {
+            ahead.record(batch_id, batch.version);
+        }
+        hub.publish(if live.created {
+            Change::Created(batch)
+        } else {
+            Change::Updated(batch)
+        });
+    }
+    Ok(())
+}
+
+/// A notification, as migration V3's trigger writes it.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "UPPERCASE")]
+enum Notice {
+    Insert { batch_id: BatchId, version: i64 },
+    Update { batch_id: BatchId, version: i64 },
+    Delete(DeletedBatch),
+}
+
+/// What a burst of notices says happened to one batch.
+#[derive(Debug, Default, PartialEq)]
+struct Fate {
+    /// Its last deletion in the burst.
+    deleted: Option<DeletedBatch>,
+    /// What happened to it after that deletion, if anything.
+    live: Option<Live>,
+}
+
+/// The newest version announced, and whether the batch was created in the burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Live {
+    version: i64,
+    created: bool,
+}
+
+/// The fate of each batch the notices name, in order of first notice. A
+/// deletion stays apart from what follows it: a batch deleted and created
+/// again is told as both.
+fn coalesce(notices: impl IntoIterator<Item = Notice>) -> Vec<(BatchId, Fate)> {
+    let mut fates: Vec<(BatchId, Fate)> = Vec::new();
+    let mut positions: HashMap<BatchId, usize> = HashMap::new();
+    for notice in notices {
+        let batch_id = match &notice {
+            Notice::Insert { batch_id, .. } | Notice::Update { batch_id, .. } => batch_id,
+            Notice::Delete(deleted) => &deleted.batch_id,
+        };
+        let position = *positions.entry(batch_id.clone()).or_insert_with(|| {
+            fates.push((batch_id.clone(), Fate::default()));
+            fates.len() - 1
+        });
+        let fate = &mut fates[position].1;
+        match notice {
+            Notice::Insert { version, .. } => {
+                fate.live = Some(Live {
+                    version,
+                    created: true,
+                });
+            }
+            Notice::Update { version, .. } => {
+                let created = fate.live.is_some_and(|live| live.created);
+                fate.live = Some(Live { version, created });
+            }
+            Notice::Delete(deleted) => {
+                fate.deleted = Some(deleted);
+                fate.live = None;
+            }
+        }
+    }
+    fates
+}
+
+/// Versions published before their notices came: the row read for one
+/// notice may already hold later changes, whose notices then tell nothing
+/// new. An entry goes once its own notice comes, so only batches with
+/// notices still in flight are held.
+#[derive(Debug, Default)]
+struct AheadOfNotices(HashMap<BatchId, i64>);
+
+impl AheadOfNotices {
+    fn record(&mut self, batch_id: BatchId, version: i64) {
+        self.0.insert(batch_id, version);
+    }
+
+    fn forget(&mut self, batch_id: &BatchId) {
+        self.0.remove(batch_id);
+    }
+
+    /// Whether a notice of `version` was already published.
+    fn covers(&mut self, batch_id: &BatchId, version: i64) -> bool {
+        let Some(&ahead) = self.0.get(batch_id) else {
+            return false;
+        };
+        if version >= ahead {
+            self.0.remove(batch_id);
+        }
+        version <= ahead
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::State;
+
+    fn id(name: &str) -> BatchId {
+        BatchId::parse(name.into()).unwrap()
+    }
+
+    fn parse(payload: &str) -> Notice {
+        serde_json::from_str(payload).unwrap()
+    }
+
+    fn deleted(name: &str) -> DeletedBatch {
+        DeletedBatch {
+            batch_id: id(name),
+            state: State::Completed,
+            provider: "groq".into(),
+            model: String::new(),
+            topic_filter: String::new(),
+            difficulty_filter: "advanced".into(),
+            start_time: "2025-01-01T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn reads_notices_as_postgres_writes_them() {
+        assert_eq!(
+            parse(r#"{"op" : "UPDATE", "batch_id" : "a", "version" : 7}"#),
+            Notice::Update {
+                batch_id: id("a"),
+                version: 7
+            }
+        );
+        assert_eq!(
+            parse(
+                r#"{"op" : "DELETE", "batch_id" : "a", "state" : "COMPLETED", "provider" : "groq", "model" : "", "topic_filter" : "", "difficulty_filter" : "advanced", "start_time" : "2025-01-01T01:00:00+01:00"}"#
+            ),
+            Notice::Delete(deleted("a"))
+        );
+        assert!(serde_json::from_str::<Notice>(r#"{"op" : "TRUNCATE"}"#).is_err());
+    }
+
+    #[test]
+    fn coalesces_per_batch_in_order_of_first_notice() {
+        let insert = |name: &str, version| Notice::Insert {
+            batch_id: id(name),
+            version,
+        };
+        let update = |name: &str, version| Notice::Update {
+            batch_id: id(name),
+            version,
+        };
+        let fates = coalesce([
+            update("b", 4),
+            insert("a", 1),
+            update("b", 5),
+            update("a", 2),
+            Notice::Delete(deleted("c")),
+            insert("c", 1),
+            update("d", 9),
+            Notice::Delete(deleted("d")),
+        ]);
+        let live = |version, created| Some(Live { version, created });
+        assert_eq!(
+            fates,
+            [
+                (
+                    id("b"),
+                    Fate {
+                        deleted: None,
+                        live: live(5, false)
+                    }
+                ),
+                (
+                    id("a"),
+                    Fate {
+                        deleted: None,
+                        live: live(2, true)
+                    }
+                ),
+                (
+                    id("c"),
+                    Fate {
+                        deleted: Some(deleted("c")),
+                        live: live(1, true)
+                    }
+                ),
+                (
+                    id("d"),
+                    Fate {
+                        deleted: Some(deleted("d")),
+                        live: None
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_version_published_ahead_covers_its_notices_until_its_own_comes() {
+        let mut ahead = AheadOfNotices::default();
+        assert!(!ahead.covers(&id("a"), 3));
+        ahead.record(id("a"), 5);
+        assert!(ahead.covers(&id("a"), 4));
+        assert!(ahead.covers(&id("a"), 5));
+        assert!(!ahead.covers(&id("a"), 5), "its own notice ended the entry");
+        ahead.record(id("a"), 8);
+        assert!(!ahead.covers(&id("a"), 9), "a newer change is news");
+        assert!(ahead.0.is_empty());
+        ahead.record(id("a"), 8);
+        ahead.forget(&id("a"));
+        assert!(!ahead.covers(&id("a"), 1), "deleted and created again");
+    }
+}

@@ -1,0 +1,155 @@
+//! Live changes: one PostgreSQL `LISTEN batch_changes` connection per
+//! process feeds an in-memory fan-out to every watcher, so a change made
+//! through any replica reaches watchers on all of them.
+//!
+//! - [`feed`]: the listener, which turns notifications into [`Change`]s.
+//! - [`streams`]: the watch RPCs' streams, each a snapshot then changes.
+
+mod feed;
+mod streams;
+
+use std::{sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::domain::{Batch, BatchId, Facets, State};
+use crate::store::{Store, StoreError};
+
+pub use feed::feed;
+pub use streams::{Event, EventStream, watch_batch, watch_batches};
+
+/// Changes buffered for all watchers of a process; a watcher further behind
+/// than this is cut off.
+const FAN_OUT_CAPACITY: usize = 1_024;
+
+/// How long a watch lease lasts; renewed every [`LEASE_RENEWAL`] while the
+/// process has watchers.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+const LEASE_RENEWAL: Duration = Duration::from_secs(10);
+
+/// One change to one batch, as the feed saw it.
+#[derive(Debug)]
+pub enum Change {
+    Created(Batch),
+    Updated(Batch),
+    Deleted(DeletedBatch),
+    /// The feed lost its connection: changes may have been missed.
+    Interrupted,
+}
+
+/// A deleted batch, as its deletion announced it: enough to filter on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeletedBatch {
+    pub batch_id: BatchId,
+    #[serde(deserialize_with = "state_by_name")]
+    pub state: State,
+    pub provider: String,
+    pub model: String,
+    pub topic_filter: String,
+    pub difficulty_filter: String,
+    pub start_time: Timestamp,
+}
+
+impl DeletedBatch {
+    /// What filters look at.
+    pub fn facets(&self) -> Facets<'_> {
+        Facets {
+            state: self.state,
+            provider: &self.provider,
+            model: &self.model,
+            topic_filter: &self.topic_filter,
+            difficulty_filter: &self.difficulty_filter,
+            start_time: self.start_time,
+        }
+    }
+}
+
+fn state_by_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<State, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    State::from_name(&name)
+        .ok_or_else(|| serde::de::Error::custom(format_args!("unknown state {name:?}")))
+}
+
+/// The in-memory fan-out of changes, and this process's watch lease.
+#[derive(Clone)]
+pub struct Hub {
+    sender: broadcast::Sender<Arc<Change>>,
+    /// This process's name in `batch_watch_leases`.
+    replica: Arc<str>,
+    /// Until when this process's lease is surely live, as far as it knows.
+    lease: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// Whether the feed is listening right now.
+    listening: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        let mut id = [0_u8; 8];
+        // Without randomness, a clash only shares a lease between replicas.
+        let _ = getrandom::fill(&mut id);
+        Self {
+            sender: broadcast::channel(FAN_OUT_CAPACITY).0,
+            replica: id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+            lease: Arc::default(),
+            listening: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Hub {
+    /// Makes sure every change from now on is announced and heard, before a
+    /// watcher reads its snapshot: the feed is listening, this process holds
+    /// a live lease, and, if the lease is new, writes that began before it
+    /// (and so were not announced) have ended and will be in the snapshot.
+    async fn prepare_watch(&self, store: &Store) -> Result<(), StoreError> {
+        let mut listening = self.listening.subscribe();
+        tokio::time::timeout(store.timeout(), listening.wait_for(|listening| *listening))
+            .await
+            .map_err(|_| StoreError::TimedOut(store.timeout()))?
+            .map_err(|e| StoreError::internal("waiting for the change feed", e))?;
+        let mut lease = self.lease.lock().await;
+        let now = Instant::now();
+        if lease.is_some_and(|until| until > now + LEASE_RENEWAL) {
+            return Ok(());
+        }
+        let lapsed = lease.is_none_or(|until| until <= now);
+        store.renew_watch_lease(&self.replica, LEASE_TTL).await?;
+        *lease = Some(now + LEASE_TTL - Duration::from_secs(1));
+        if lapsed {
+            store.wait_for_writes_in_progress().await?;
+        }
+        Ok(())
+    }
+
+    /// Extends the lease while the process has watchers.
+    async fn renew_lease(&self, store: &Store) -> Result<(), StoreError> {
+        if !self.has_watchers() {
+            return Ok(());
+        }
+        let mut lease = self.lease.lock().await;
+        let now = Instant::now();
+        store.renew_watch_lease(&self.replica, LEASE_TTL).await?;
+        *lease = Some(now + LEASE_TTL - Duration::from_secs(1));
+        Ok(())
+    }
+
+    fn publish(&self, change: Change) {
+        // No watchers is fine: nobody misses anything.
+        let _ = self.sender.send(Arc::new(change));
+    }
+
+    fn has_watchers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.sender.subscribe()
+    }
+}

@@ -1,0 +1,244 @@
+//! The watch RPCs' streams: a snapshot read after subscribing to the hub,
+//! then the changes a watcher follows, each sent at most once and never
+//! older than what the watcher already has.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::{Status, codegen::tokio_stream::Stream};
+
+use super::{Change, Hub};
+use crate::domain::{Batch, BatchFilter, BatchId, Facets, ListQuery, Order, PageSize, State};
+use crate::store::{Store, StoreError};
+
+/// Events buffered for one watcher's client.
+const WATCHER_BUFFER: usize = 256;
+
+/// What a watcher sends its client.
+#[derive(Debug)]
+pub enum Event {
+    Snapshot(Batch),
+    Created(Batch),
+    Updated(Batch),
+    Deleted(BatchId),
+}
+
+/// The stream a watch RPC returns: events, then possibly a final status
+/// saying why the server ended it.
+pub struct EventStream {
+    events: mpsc::Receiver<Event>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(event) = std::task::ready!(self.events.poll_recv(cx)) {
+            return Poll::Ready(Some(Ok(event)));
+        }
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = std::task::ready!(Pin::new(end).poll(cx));
+        self.end = None;
+        Poll::Ready(status.ok().map(Err))
+    }
+}
+
+/// A watcher's side of its stream.
+struct Sink {
+    events: mpsc::Sender<Event>,
+    end: oneshot::Sender<Status>,
+}
+
+enum Sent {
+    Ok,
+    /// The client went away or fell behind; the stream is over.
+    Over,
+}
+
+impl Sink {
+    fn send(&self, event: Event) -> Sent {
+        match self.events.try_send(event) {
+            Ok(()) => Sent::Ok,
+            Err(_) => Sent::Over,
+        }
+    }
+
+    fn fell_behind(self) {
+        let _ = self.end.send(Status::aborted(
+            "this watcher fell behind the changes; watch again for a fresh snapshot",
+        ));
+    }
+
+    fn interrupted(self) {
+        let _ = self.end.send(Status::aborted(
+            "the change feed was interrupted; watch again for a fresh snapshot",
+        ));
+    }
+}
+
+fn stream() -> (Sink, EventStream) {
+    let (events_tx, events_rx) = mpsc::channel(WATCHER_BUFFER);
+    let (end_tx, end_rx) = oneshot::channel();
+    (
+        Sink {
+            events: events_tx,
+            end: end_tx,
+        },
+        EventStream {
+            events: events_rx,
+            end: Some(end_rx),
+        },
+    )
+}
+
+/// Watches one batch: its snapshot, then its changes until it leaves RUNNING
+/// or is deleted.
+pub async fn watch_batch(
+    store: &Store,
+    hub: &Hub,
+    batch_id: BatchId,
+) -> Result<EventStream, StoreError> {
+    // Subscribed before the snapshot is read, so no change falls between.
+    let mut changes = hub.subscribe();
+    hub.prepare_watch(store).await?;
+    let batch = store.get(&batch_id).await?;
+    let (sink, stream) = stream();
+    let running = batch.state == State::Running;
+    // The feed may still hold changes it read before the snapshot.
+    let mut sent_version = batch.version;
+    if matches!(sink.send(Event::Snapshot(batch)), Sent::Over) || !running {
+        return Ok(stream);
+    }
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                () = sink.events.closed() => return,
+                change = changes.recv() => change,
+            };
+            let change = match change {
+                Ok(change) => change,
+                Err(broadcast::error::RecvError::Lagged(_)) => return sink.fell_behind(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let (event, last) = match &*change {
+                Change::Created(batch) | Change::Updated(batch)
+                    if batch.batch_id == batch_id && batch.version > sent_version =>
+                {
+                    sent_version = batch.version;
+                    (Event::Updated(batch.clone()), batch.state != State::Running)
+                }
+                Change::Deleted(deleted) if deleted.batch_id == batch_id => {
+                    (Event::Deleted(batch_id.clone()), true)
+                }
+                Change::Interrupted => return sink.interrupted(),
+                _ => continue,
+            };
+            if matches!(sink.send(event), Sent::Over) {
+                return sink.fell_behind();
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    Ok(stream)
+}
+
+/// Watches the batches `filter` keeps: a snapshot of the running ones, then
+/// every change that [`follows`] them, until the client goes away.
+pub async fn watch_batches(
+    store: &Store,
+    hub: &Hub,
+    filter: BatchFilter,
+) -> Result<EventStream, StoreError> {
+    let mut changes = hub.subscribe();
+    hub.prepare_watch(store).await?;
+    let (sink, stream) = stream();
+    // The version each snapshot batch was sent at, until a newer one is: the
+    // feed may still hold changes it read before the snapshot. Only shrinks.
+    let mut snapshot_versions = HashMap::new();
+    if filter.matches_state(State::Running) {
+        let mut query = ListQuery {
+            filter: BatchFilter {
+                states: [State::Running].into(),
+                ..filter.clone()
+            },
+            order: Order::OldestFirst,
+            page_size: PageSize::largest(),
+            after: None,
+        };
+        loop {
+            let page = store.list(&query).await?;
+            for batch in page.batches {
+                snapshot_versions.insert(batch.batch_id.clone(), batch.version);
+                if matches!(sink.send(Event::Snapshot(batch)), Sent::Over) {
+                    sink.fell_behind();
+                    return Ok(stream);
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                () = sink.events.closed() => return,
+                change = changes.recv() => change,
+            };
+            let change = match change {
+                Ok(change) => change,
+                Err(broadcast::error::RecvError::Lagged(_)) => return sink.fell_behind(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let event = match &*change {
+                Change::Created(batch) | Change::Updated(batch) => {
+                    let seen = snapshot_versions.get(&batch.batch_id).copied();
+                    if !follows(&filter, batch.facets())
+                        || seen.is_some_and(|seen| batch.version <= seen)
+                    {
+                        continue;
+                    }
+                    if seen.is_some() {
+                        snapshot_versions.remove(&batch.batch_id);
+                    }
+                    match &*change {
+                        Change::Created(_) => Event::Created(batch.clone()),
+                        _ => Event::Updated(batch.clone()),
+                    }
+                }
+                Change::Deleted(deleted) => {
+                    snapshot_versions.remove(&deleted.batch_id);
+                    if !filter.matches(deleted.facets()) {
+                        continue;
+                    }
+                    Event::Deleted(deleted.batch_id.clone())
+                }
+                Change::Interrupted => return sink.interrupted(),
+            };
+            if matches!(sink.send(event), Sent::Over) {
+                return sink.fell_behind();
+            }
+        }
+    });
+    Ok(stream)
+}
+
+/// Whether a watcher of `filter` hears of a change that left a batch so: the
+/// filter keeps it, or the filter keeps RUNNING batches and this one has just
+/// finished (finished batches never change again, so a change that leaves
+/// one finished is the one that finished it). A deletion is heard only if
+/// the filter keeps the batch as it was.
+fn follows(filter: &BatchFilter, batch: Facets<'_>) -> bool {
+    filter.matches_all_but_state(batch)
+        && (filter.matches_state(batch.state) || filter.matches_state(State::Running))
+}
