@@ -9,7 +9,8 @@
 #   bench/run.sh --smoke         # a few seconds, for CI: no thresholds
 #
 # Environment: PGHOST/PGPORT/PGUSER (default 127.0.0.1:5432 postgres) of a
-# server where a scratch database may be created; SIZES, CLIENTS, BENCH_SECONDS
+# server where a scratch database may be created; SIZES, CLIENTS, STATS_CLIENTS
+# (default 1: GetBatchStats reads the whole table), BENCH_SECONDS
 # (bash reserves SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,8 @@ export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postg
 DB=bh_bench_$$
 PORT=${BENCH_PORT:-50651}
 OPS=(create progress get list-deep list-filtered)
+# GetBatchStats reads the whole table: a dashboard panel, one caller at a time.
+STATS_CLIENTS=${STATS_CLIENTS:-1}
 
 cargo build --release --locked --quiet --bin batch-history --example loadgen
 BIN=target/release/batch-history
@@ -54,12 +57,17 @@ for rows in $SIZES; do
     idle=$(rss_kb "$SERVER" VmRSS)
 
     "$LOADGEN" --addr "http://127.0.0.1:$PORT" --clients "$CLIENTS" --seconds "$SECONDS_PER_OP" \
-        --seeded "$rows" --json > "$RESULTS/service-$rows.jsonl"
+        --seeded "$rows" --ops "$(IFS=,; echo "${OPS[*]}")" --json > "$RESULTS/service-$rows.jsonl"
+    "$LOADGEN" --addr "http://127.0.0.1:$PORT" --clients "$STATS_CLIENTS" --seconds "$SECONDS_PER_OP" \
+        --seeded "$rows" --ops stats --json >> "$RESULTS/service-$rows.jsonl"
     peak=$(rss_kb "$SERVER" VmHWM)
     kill "$SERVER"; wait "$SERVER" || true; SERVER=
 
-    for op in "${OPS[@]}"; do
-        pgbench -n -M prepared -c "$CLIENTS" -j 2 -T "$SECONDS_PER_OP" -D seeded="$rows" \
+    for op in "${OPS[@]}" stats; do
+        clients=$CLIENTS
+        [[ $op == stats ]] && clients=$STATS_CLIENTS
+        pgbench -n -M prepared -c "$clients" -j "$(( clients < 2 ? 1 : 2 ))" -T "$SECONDS_PER_OP" \
+            -D seeded="$rows" \
             -f "bench/pgbench/$op.sql" "$DB" 2>&1 \
             | awk -v op="$op" '/^tps = / { print op, $3 } /^latency average/ { print op "-latency", $4 }' \
             >> "$RESULTS/pgbench-$rows.txt"
@@ -67,9 +75,9 @@ for rows in $SIZES; do
     echo "$rows $idle $peak" >> "$RESULTS/rss.txt"
 done
 
-python3 - "$RESULTS" "$CLIENTS" <<'PY'
+python3 - "$RESULTS" <<'PY'
 import json, pathlib, sys
-results, clients = pathlib.Path(sys.argv[1]), sys.argv[2]
+results = pathlib.Path(sys.argv[1])
 rows_list = [line.split() for line in (results / "rss.txt").read_text().splitlines()]
 print(f"\n{'operation':<14} {'rows':>9} {'clients':>7} {'service/s':>10} {'pgbench/s':>10} {'ratio':>6}"
       f" {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}  errors")
@@ -80,7 +88,7 @@ for rows, idle, peak in rows_list:
         r = json.loads(line)
         tps = float(pg.get(r["op"], "nan"))
         p50[(r["op"], rows)] = r["p50_ms"]
-        print(f"{r['op']:<14} {rows:>9} {clients:>7} {r['ops_per_second']:>10.0f} {tps:>10.0f}"
+        print(f"{r['op']:<14} {rows:>9} {r['clients']:>7} {r['ops_per_second']:>10.0f} {tps:>10.0f}"
               f" {r['ops_per_second'] / tps:>6.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
               f" {r['p999_ms']:>9.2f}  {r['errors'] or 'none'}")
 print()

@@ -13,8 +13,8 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use batch_history::proto::{
-    self, CreateBatchRequest, GetBatchRequest, ListBatchesRequest, RecordProgressRequest,
-    batch::State, batch_history_client::BatchHistoryClient,
+    self, CreateBatchRequest, GetBatchRequest, GetBatchStatsRequest, ListBatchesRequest,
+    RecordProgressRequest, batch::State, batch_history_client::BatchHistoryClient,
 };
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -63,6 +63,8 @@ enum Op {
     ListDeep,
     /// ListBatches: the first page of 50 RUNNING batches.
     ListFiltered,
+    /// GetBatchStats over every batch: the largest aggregate.
+    Stats,
 }
 
 impl Op {
@@ -73,6 +75,7 @@ impl Op {
             Op::Get => "get",
             Op::ListDeep => "list-deep",
             Op::ListFiltered => "list-filtered",
+            Op::Stats => "stats",
         }
     }
 }
@@ -225,6 +228,10 @@ async fn drive(
                     states: vec![State::Running as i32],
                     ..Default::default()
                 })
+                .await
+                .map(drop),
+            Op::Stats => client
+                .get_batch_stats(GetBatchStatsRequest::default())
                 .await
                 .map(drop),
         };
