@@ -380,7 +380,12 @@ impl Store {
             client
                 .query(
                     &statement,
-                    &[&stale_after.as_secs_f64(), &Json(&reason), &SWEEP_LOCK_KEY],
+                    &[
+                        &stale_after.as_secs_f64(),
+                        &Json(&reason),
+                        &SWEEP_LOCK_KEY,
+                        &(MAX_KEPT_ERRORS as i32),
+                    ],
                 )
                 .await?
                 .iter()

@@ -47,13 +47,14 @@ pub const GET: &str = concat!("SELECT ", columns!(), " FROM batches WHERE batch_
 pub const COUNT_BY_STATE: &str = "SELECT state, count(*) FROM batches GROUP BY state";
 
 /// Stops running batches not updated for $1 seconds, appending error $2
-/// (a JSON array of one), unless another replica holds sweep lock $3.
+/// (a JSON array of one) and keeping the newest $4 errors, unless another
+/// replica holds sweep lock $3.
 pub const SWEEP_STALE: &str = concat!(
     "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($3) AS holds)
     UPDATE batches SET
         state = 'STOPPED',
         end_time = greatest(now(), start_time),
-        errors = jsonb_append_keep_newest(errors, $2::jsonb, 1000),
+        errors = jsonb_append_keep_newest(errors, $2::jsonb, $4),
         error_count = error_count + 1,
         update_time = now(),
         version = version + 1
@@ -197,8 +198,11 @@ impl<'q> Listing<'q> {
     /// in one scan; the caller sums them up per state and per model.
     pub fn stats(filter: &'q BatchFilter) -> Self {
         let mut listing = Listing::filtered(
+            // The sums saturate, as the per-state and per-model totals do:
+            // no caller should see an error for an overflowing total.
             "SELECT state, provider, model, count(*), \
-             coalesce(sum(samples_generated), 0)::bigint, coalesce(sum(total_tokens), 0)::bigint \
+             least(coalesce(sum(samples_generated), 0), 9223372036854775807)::bigint, \
+             least(coalesce(sum(total_tokens), 0), 9223372036854775807)::bigint \
              FROM batches WHERE true",
             filter,
         );

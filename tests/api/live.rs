@@ -447,6 +447,30 @@ async fn stats_total_the_filtered_batches() {
 }
 
 #[tokio::test]
+async fn stats_saturate_instead_of_failing_on_huge_totals() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    for batch_id in ["big-1", "big-2"] {
+        app.create(batch_id, "groq").await;
+        client
+            .record_progress(RecordProgressRequest {
+                batch_id: batch_id.into(),
+                tokens_delta: i64::MAX,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let stats = client
+        .get_batch_stats(GetBatchStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.batch_count, stats.total_tokens), (2, i64::MAX));
+    assert_eq!(stats.by_model[0].total_tokens, i64::MAX);
+}
+
+#[tokio::test]
 async fn the_sweep_stops_only_stale_batches_and_says_why() {
     let app = TestApp::spawn().await;
     let mut client = app.client.clone();
