@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -70,14 +71,20 @@ impl Sink {
         }
     }
 
+    /// Ends the stream with `status` after the events already sent.
+    fn end(self, status: Status) {
+        // The client may be gone already: then nobody needs to know.
+        let _ = self.end.send(status);
+    }
+
     fn fell_behind(self) {
-        let _ = self.end.send(Status::aborted(
+        self.end(Status::aborted(
             "this watcher fell behind the changes; watch again for a fresh snapshot",
         ));
     }
 
     fn interrupted(self) {
-        let _ = self.end.send(Status::aborted(
+        self.end(Status::aborted(
             "the change feed was interrupted; watch again for a fresh snapshot",
         ));
     }
@@ -98,6 +105,49 @@ fn stream() -> (Sink, EventStream) {
     )
 }
 
+/// What a watcher makes of one change.
+enum Step {
+    Skip,
+    Send(Event),
+    /// Send, then end the stream.
+    SendLast(Event),
+}
+
+/// Feeds the watcher `sink` with what `step` makes of each change, until the
+/// client goes away, `step` sends its last event, or the watcher must start
+/// over (it fell behind, or the feed was interrupted).
+async fn forward(
+    sink: Sink,
+    mut changes: broadcast::Receiver<Arc<Change>>,
+    mut step: impl FnMut(&Change) -> Step,
+) {
+    loop {
+        let change = tokio::select! {
+            () = sink.events.closed() => return,
+            change = changes.recv() => change,
+        };
+        let change = match change {
+            Ok(change) => change,
+            Err(broadcast::error::RecvError::Lagged(_)) => return sink.fell_behind(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if matches!(*change, Change::Interrupted) {
+            return sink.interrupted();
+        }
+        let (event, last) = match step(&change) {
+            Step::Skip => continue,
+            Step::Send(event) => (event, false),
+            Step::SendLast(event) => (event, true),
+        };
+        if matches!(sink.send(event), Sent::Over) {
+            return sink.fell_behind();
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 /// Watches one batch: its snapshot, then its changes until it leaves RUNNING
 /// or is deleted.
 pub async fn watch_batch(
@@ -106,7 +156,7 @@ pub async fn watch_batch(
     batch_id: BatchId,
 ) -> Result<EventStream, StoreError> {
     // Subscribed before the snapshot is read, so no change falls between.
-    let mut changes = hub.subscribe();
+    let changes = hub.subscribe();
     hub.prepare_watch(store).await?;
     let batch = store.get(&batch_id).await?;
     let (sink, stream) = stream();
@@ -116,38 +166,23 @@ pub async fn watch_batch(
     if matches!(sink.send(Event::Snapshot(batch)), Sent::Over) || !running {
         return Ok(stream);
     }
-    tokio::spawn(async move {
-        loop {
-            let change = tokio::select! {
-                () = sink.events.closed() => return,
-                change = changes.recv() => change,
-            };
-            let change = match change {
-                Ok(change) => change,
-                Err(broadcast::error::RecvError::Lagged(_)) => return sink.fell_behind(),
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            let (event, last) = match &*change {
-                Change::Created(batch) | Change::Updated(batch)
-                    if batch.batch_id == batch_id && batch.version > sent_version =>
-                {
-                    sent_version = batch.version;
-                    (Event::Updated(batch.clone()), batch.state != State::Running)
-                }
-                Change::Deleted(deleted) if deleted.batch_id == batch_id => {
-                    (Event::Deleted(batch_id.clone()), true)
-                }
-                Change::Interrupted => return sink.interrupted(),
-                _ => continue,
-            };
-            if matches!(sink.send(event), Sent::Over) {
-                return sink.fell_behind();
-            }
-            if last {
-                return;
+    tokio::spawn(forward(sink, changes, move |change| match change {
+        Change::Created(batch) | Change::Updated(batch)
+            if batch.batch_id == batch_id && batch.version > sent_version =>
+        {
+            sent_version = batch.version;
+            let event = Event::Updated(batch.clone());
+            if batch.state == State::Running {
+                Step::Send(event)
+            } else {
+                Step::SendLast(event)
             }
         }
-    });
+        Change::Deleted(deleted) if deleted.batch_id == batch_id => {
+            Step::SendLast(Event::Deleted(batch_id.clone()))
+        }
+        _ => Step::Skip,
+    }));
     Ok(stream)
 }
 
@@ -158,77 +193,74 @@ pub async fn watch_batches(
     hub: &Hub,
     filter: BatchFilter,
 ) -> Result<EventStream, StoreError> {
-    let mut changes = hub.subscribe();
+    let changes = hub.subscribe();
     hub.prepare_watch(store).await?;
+    let mut snapshot = filter.matches_state(State::Running).then(|| ListQuery {
+        filter: BatchFilter {
+            states: [State::Running].into(),
+            ..filter.clone()
+        },
+        order: Order::OldestFirst,
+        page_size: PageSize::largest(),
+        after: None,
+    });
+    // The first page is read before answering, so that an unreachable
+    // database fails the call itself.
+    let mut page = match &snapshot {
+        Some(query) => Some(store.list(query).await?),
+        None => None,
+    };
     let (sink, stream) = stream();
-    // The version each snapshot batch was sent at, until a newer one is: the
-    // feed may still hold changes it read before the snapshot. Only shrinks.
-    let mut snapshot_versions = HashMap::new();
-    if filter.matches_state(State::Running) {
-        let mut query = ListQuery {
-            filter: BatchFilter {
-                states: [State::Running].into(),
-                ..filter.clone()
-            },
-            order: Order::OldestFirst,
-            page_size: PageSize::largest(),
-            after: None,
-        };
-        loop {
-            let page = store.list(&query).await?;
-            for batch in page.batches {
-                snapshot_versions.insert(batch.batch_id.clone(), batch.version);
-                if matches!(sink.send(Event::Snapshot(batch)), Sent::Over) {
-                    sink.fell_behind();
-                    return Ok(stream);
-                }
-            }
-            match page.next {
-                Some(next) => query.after = Some(next),
-                None => break,
-            }
-        }
-    }
+    let store = store.clone();
     tokio::spawn(async move {
-        loop {
-            let change = tokio::select! {
-                () = sink.events.closed() => return,
-                change = changes.recv() => change,
-            };
-            let change = match change {
-                Ok(change) => change,
-                Err(broadcast::error::RecvError::Lagged(_)) => return sink.fell_behind(),
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            let event = match &*change {
-                Change::Created(batch) | Change::Updated(batch) => {
-                    let seen = snapshot_versions.get(&batch.batch_id).copied();
-                    if !follows(&filter, batch.facets())
-                        || seen.is_some_and(|seen| batch.version <= seen)
-                    {
-                        continue;
-                    }
-                    if seen.is_some() {
-                        snapshot_versions.remove(&batch.batch_id);
-                    }
-                    match &*change {
-                        Change::Created(_) => Event::Created(batch.clone()),
-                        _ => Event::Updated(batch.clone()),
-                    }
+        // The version each snapshot batch was sent at, until a newer one is:
+        // the feed may still hold changes it read before the snapshot.
+        let mut snapshot_versions = HashMap::new();
+        while let Some(current) = page.take() {
+            for batch in current.batches {
+                snapshot_versions.insert(batch.batch_id.clone(), batch.version);
+                // The snapshot waits for the client; changes meanwhile queue
+                // up in the hub, and overflowing it is falling behind.
+                if sink.events.send(Event::Snapshot(batch)).await.is_err() {
+                    return;
                 }
-                Change::Deleted(deleted) => {
-                    snapshot_versions.remove(&deleted.batch_id);
-                    if !filter.matches(deleted.facets()) {
-                        continue;
-                    }
-                    Event::Deleted(deleted.batch_id.clone())
+            }
+            if let (Some(next), Some(query)) = (current.next, snapshot.as_mut()) {
+                query.after = Some(next);
+                match store.list(query).await {
+                    Ok(next_page) => page = Some(next_page),
+                    Err(error) => return sink.end(error.into()),
                 }
-                Change::Interrupted => return sink.interrupted(),
-            };
-            if matches!(sink.send(event), Sent::Over) {
-                return sink.fell_behind();
             }
         }
+        forward(sink, changes, |change| match change {
+            Change::Created(batch) | Change::Updated(batch) => {
+                let seen = snapshot_versions.get(&batch.batch_id).copied();
+                if !follows(&filter, batch.facets())
+                    || seen.is_some_and(|seen| batch.version <= seen)
+                {
+                    return Step::Skip;
+                }
+                if seen.is_some() {
+                    snapshot_versions.remove(&batch.batch_id);
+                }
+                Step::Send(match change {
+                    Change::Created(_) => Event::Created(batch.clone()),
+                    _ => Event::Updated(batch.clone()),
+                })
+            }
+            Change::Deleted(deleted) => {
+                snapshot_versions.remove(&deleted.batch_id);
+                if filter.matches(deleted.facets()) {
+                    Step::Send(Event::Deleted(deleted.batch_id.clone()))
+                } else {
+                    Step::Skip
+                }
+            }
+            // `forward` has ended the stream before asking.
+            Change::Interrupted => Step::Skip,
+        })
+        .await;
     });
     Ok(stream)
 }

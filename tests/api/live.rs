@@ -277,6 +277,42 @@ async fn state_filtered_watchers_see_finishes_and_their_deletions() {
     );
 }
 
+#[tokio::test]
+async fn a_large_snapshot_streams_whole_then_changes_follow() {
+    let app = TestApp::spawn().await;
+    const RUNNING: usize = 3_000;
+    app.db
+        .client()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO batches (batch_id, state, provider, start_time, update_time)
+             SELECT 'running-' || i, 'RUNNING', 'groq', now(), now()
+             FROM generate_series(1, {RUNNING}) AS i"
+        ))
+        .await
+        .unwrap();
+    let mut stream = app
+        .client
+        .clone()
+        .watch_batches(WatchBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut snapshot = std::collections::HashSet::new();
+    for _ in 0..RUNNING {
+        let event = next(&mut stream).await;
+        assert_eq!(event.kind(), Kind::Snapshot);
+        snapshot.insert(event.batch.unwrap().batch_id);
+    }
+    assert_eq!(snapshot.len(), RUNNING);
+    app.create("after", "groq").await;
+    let created = next(&mut stream).await;
+    assert_eq!(
+        (created.kind(), created.batch.unwrap().batch_id.as_str()),
+        (Kind::Created, "after")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_is_cut_off_without_holding_back_others() {
     let app = TestApp::spawn().await;
