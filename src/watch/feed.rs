@@ -31,14 +31,14 @@ pub async fn feed(
         let listened = listen(&database, &store, &hub, &mut stopped).await;
         hub.listening.send_replace(false);
         match listened {
-            Ok(()) => return,
+            Ok(()) => return hub.publish(Change::ShuttingDown),
             Err(error) => {
                 tracing::warn!(error = %cause_chain(&error), "change feed interrupted; reconnecting");
                 hub.publish(Change::Interrupted);
             }
         }
         tokio::select! {
-            _ = stopped.wait_for(|stopped| *stopped) => return,
+            _ = stopped.wait_for(|stopped| *stopped) => return hub.publish(Change::ShuttingDown),
             () = tokio::time::sleep(RECONNECT_DELAY) => {}
         }
     }

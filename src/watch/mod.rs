@@ -38,6 +38,8 @@ pub enum Change {
     Deleted(DeletedBatch),
     /// The feed lost its connection: changes may have been missed.
     Interrupted,
+    /// The server is shutting down: watchers should go to another replica.
+    ShuttingDown,
 }
 
 /// A deleted batch, as its deletion announced it: enough to filter on.

@@ -115,7 +115,7 @@ enum Step {
 
 /// Feeds the watcher `sink` with what `step` makes of each change, until the
 /// client goes away, `step` sends its last event, or the watcher must start
-/// over (it fell behind, or the feed was interrupted).
+/// over (it fell behind, the feed was interrupted, or the server is stopping).
 async fn forward(
     sink: Sink,
     mut changes: broadcast::Receiver<Arc<Change>>,
@@ -131,8 +131,14 @@ async fn forward(
             Err(broadcast::error::RecvError::Lagged(_)) => return sink.fell_behind(),
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if matches!(*change, Change::Interrupted) {
-            return sink.interrupted();
+        match *change {
+            Change::Interrupted => return sink.interrupted(),
+            Change::ShuttingDown => {
+                return sink.end(Status::unavailable(
+                    "the server is shutting down; watch again",
+                ));
+            }
+            _ => {}
         }
         let (event, last) = match step(&change) {
             Step::Skip => continue,
@@ -258,7 +264,7 @@ pub async fn watch_batches(
                 }
             }
             // `forward` has ended the stream before asking.
-            Change::Interrupted => Step::Skip,
+            Change::Interrupted | Change::ShuttingDown => Step::Skip,
         })
         .await;
     });

@@ -278,6 +278,40 @@ async fn state_filtered_watchers_see_finishes_and_their_deletions() {
 }
 
 #[tokio::test]
+async fn shutdown_ends_watch_streams_with_unavailable_at_once() {
+    let app = TestApp::spawn().await;
+    app.create("w", "groq").await;
+    let mut client = app.client.clone();
+    let mut one = client
+        .watch_batch(WatchBatchRequest {
+            batch_id: "w".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = client
+        .watch_batches(WatchBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut one).await;
+    next(&mut all).await;
+
+    // Well within the drain timeout: watchers do not hold the server open.
+    let stopping = tokio::spawn(app.stop());
+    for stream in [&mut one, &mut all] {
+        let end = tokio::time::timeout(SOON, stream.message())
+            .await
+            .expect("the stream ends at once");
+        assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    }
+    tokio::time::timeout(Duration::from_secs(3), stopping)
+        .await
+        .expect("the server stops without waiting out the drain timeout")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_large_snapshot_streams_whole_then_changes_follow() {
     let app = TestApp::spawn().await;
     const RUNNING: usize = 3_000;
