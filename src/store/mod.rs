@@ -32,6 +32,9 @@ pub use tls::connector;
 /// at a time.
 const SWEEP_LOCK_KEY: i64 = 0x6268_7377_6565_7000; // "bhsweep"
 
+/// How often [`Store::wait_for_writes_in_progress`] looks again.
+const WRITERS_POLL: Duration = Duration::from_millis(5);
+
 /// Rows a purge deletes per statement.
 const PURGE_CHUNK_ROWS: i64 = 1_000;
 
@@ -199,13 +202,24 @@ impl Store {
 
     /// Returns once every write that was in progress when called has ended,
     /// so that writes not announced before a lease was taken are visible to
-    /// a snapshot taken afterwards.
+    /// a snapshot taken afterwards. It watches the writers rather than
+    /// queueing for a lock that conflicts with theirs: such a lock would stall
+    /// every new write behind a long one, such as an import.
     pub async fn wait_for_writes_in_progress(&self) -> Result<(), StoreError> {
         self.bounded(async {
-            let mut client = self.pool.get().await?;
-            let transaction = client.transaction().await?;
-            transaction.batch_execute(sql::WRITE_BARRIER).await?;
-            transaction.commit().await?;
+            let client = self.pool.get().await?;
+            let statement = client.prepare_cached(sql::WRITERS_IN_PROGRESS).await?;
+            let mut writers: Vec<String> = client
+                .query_one(&statement, &[&None::<Vec<String>>])
+                .await?
+                .try_get(0)?;
+            while !writers.is_empty() {
+                tokio::time::sleep(WRITERS_POLL).await;
+                writers = client
+                    .query_one(&statement, &[&writers])
+                    .await?
+                    .try_get(0)?;
+            }
             Ok(())
         })
         .await

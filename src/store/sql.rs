@@ -81,9 +81,15 @@ pub const RENEW_WATCH_LEASE: &str = "INSERT INTO batch_watch_leases (replica, ex
     VALUES ($1, now() + make_interval(secs => $2::float8))
     ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at";
 
-/// Waits for every write transaction in progress to end (SHARE conflicts
-/// with the writers' ROW EXCLUSIVE); released at once by the commit.
-pub const WRITE_BARRIER: &str = "LOCK TABLE batches IN SHARE MODE";
+/// The other transactions that hold a write lock on `batches` (writes take
+/// ROW EXCLUSIVE and keep it until they end); $1 narrows them to these, or
+/// NULL for all.
+pub const WRITERS_IN_PROGRESS: &str =
+    "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}')
+    FROM pg_locks
+    WHERE locktype = 'relation' AND relation = 'batches'::regclass
+      AND mode = 'RowExclusiveLock' AND granted AND pid <> pg_backend_pid()
+      AND ($1::text[] IS NULL OR virtualtransaction = ANY($1))";
 
 /// $1 ids.
 pub const GET_MANY: &str = concat!(

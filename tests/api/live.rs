@@ -277,6 +277,48 @@ async fn state_filtered_watchers_see_finishes_and_their_deletions() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_waits_for_unannounced_writes_without_stalling_others() {
+    let app = TestApp::spawn().await;
+    app.create("w", "groq").await;
+    app.create("x", "groq").await;
+    // A write that began while nobody watched, so it is not announced.
+    let mut db = app.db.client().await;
+    let early = db.transaction().await.unwrap();
+    early
+        .execute(
+            "UPDATE batches SET samples_generated = 7 WHERE batch_id = 'w'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let mut client = app.client.clone();
+    let watch = tokio::spawn(async move {
+        client
+            .watch_batch(WatchBatchRequest {
+                batch_id: "w".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!watch.is_finished(), "the watch waits for the write");
+    tokio::time::timeout(
+        Duration::from_millis(500),
+        app.client.clone().record_progress(progress("x", 1)),
+    )
+    .await
+    .expect("other writes go on meanwhile")
+    .unwrap();
+
+    early.commit().await.unwrap();
+    let mut stream = tokio::time::timeout(SOON, watch).await.unwrap().unwrap();
+    let snapshot = next(&mut stream).await;
+    assert_eq!(snapshot.batch.unwrap().samples_generated, 7);
+}
+
 #[tokio::test]
 async fn shutdown_ends_watch_streams_with_unavailable_at_once() {
     let app = TestApp::spawn().await;
