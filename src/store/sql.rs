@@ -76,8 +76,13 @@ pub const PURGE_CHUNK: &str = "DELETE FROM batches WHERE batch_id IN (
         WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1
         LIMIT $3)";
 
-/// Takes or extends replica $1's watch lease by $2 seconds.
-pub const RENEW_WATCH_LEASE: &str = "INSERT INTO batch_watch_leases (replica, expires_at)
+/// Takes or extends replica $1's watch lease by $2 seconds, and clears
+/// the lapsed leases of others: every process start names a new replica,
+/// and every write reads this table.
+pub const RENEW_WATCH_LEASE: &str = "WITH lapsed AS (
+        DELETE FROM batch_watch_leases WHERE expires_at < now() AND replica <> $1
+    )
+    INSERT INTO batch_watch_leases (replica, expires_at)
     VALUES ($1, now() + make_interval(secs => $2::float8))
     ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at";
 

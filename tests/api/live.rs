@@ -320,6 +320,35 @@ async fn a_watch_waits_for_unannounced_writes_without_stalling_others() {
 }
 
 #[tokio::test]
+async fn watching_clears_the_lapsed_leases_of_replicas_gone() {
+    let app = TestApp::spawn().await;
+    app.create("w", "groq").await;
+    let db = app.db.client().await;
+    db.batch_execute(
+        "INSERT INTO batch_watch_leases (replica, expires_at)
+         SELECT 'gone-' || i, now() - interval '1 hour' FROM generate_series(1, 100) AS i",
+    )
+    .await
+    .unwrap();
+    let mut stream = app
+        .client
+        .clone()
+        .watch_batch(WatchBatchRequest {
+            batch_id: "w".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut stream).await;
+    let leases: i64 = db
+        .query_one("SELECT count(*) FROM batch_watch_leases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leases, 1, "only this server's live lease is left");
+}
+
+#[tokio::test]
 async fn shutdown_ends_watch_streams_with_unavailable_at_once() {
     let app = TestApp::spawn().await;
     app.create("w", "groq").await;
