@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::tz::TimeZone;
 use tokio_postgres::config::{Host, SslMode};
 
+use crate::domain::StaleThreshold;
 use crate::import::ImportOptions;
 use crate::maintenance::Upkeep;
 use crate::store::OnConflict;
@@ -68,7 +69,7 @@ pub struct ServeArgs {
 
 /// The stale-batch threshold; `None` turns the sweep off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaleAfter(pub Option<Duration>);
+pub struct StaleAfter(pub Option<StaleThreshold>);
 
 fn parse_stale_after(text: &str) -> Result<StaleAfter, String> {
     let text = text.trim();
@@ -86,9 +87,12 @@ fn parse_stale_after(text: &str) -> Result<StaleAfter, String> {
         "h" => number.saturating_mul(3_600),
         _ => return Err(format!("{text:?}: the unit must be s, m or h")),
     };
-    Ok(StaleAfter(
-        (seconds > 0).then(|| Duration::from_secs(seconds)),
-    ))
+    if seconds == 0 {
+        return Ok(StaleAfter(None));
+    }
+    StaleThreshold::parse(Duration::from_secs(seconds))
+        .map(|threshold| StaleAfter(Some(threshold)))
+        .map_err(|e| format!("{text:?} {e}"))
 }
 
 #[derive(Debug, Args)]
@@ -365,17 +369,20 @@ mod tests {
 
     #[test]
     fn stale_thresholds_read_like_people_write_them() {
-        let minutes = |m: u64| StaleAfter(Some(Duration::from_secs(m * 60)));
+        let seconds =
+            |s: u64| StaleAfter(Some(StaleThreshold::parse(Duration::from_secs(s)).unwrap()));
+        let minutes = |m: u64| seconds(m * 60);
         assert_eq!(parse_stale_after("120m"), Ok(minutes(120)));
         assert_eq!(parse_stale_after("120"), Ok(minutes(120)));
         assert_eq!(parse_stale_after("2h"), Ok(minutes(120)));
-        assert_eq!(
-            parse_stale_after("90s"),
-            Ok(StaleAfter(Some(Duration::from_secs(90))))
-        );
+        assert_eq!(parse_stale_after("90s"), Ok(seconds(90)));
         assert_eq!(parse_stale_after("0"), Ok(StaleAfter(None)));
         assert!(parse_stale_after("soon").is_err());
         assert!(parse_stale_after("5d").is_err());
+        assert_eq!(
+            parse_stale_after("100000h"),
+            Err(r#""100000h" must be at most 3,650 days"#.into())
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::domain::State;
+use crate::domain::{StaleThreshold, State};
 use crate::store::Store;
 use crate::telemetry::cause_chain;
 
@@ -14,7 +14,7 @@ use crate::telemetry::cause_chain;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Upkeep {
     /// RUNNING batches not updated for this long are stopped; `None` never.
-    pub stale_after: Option<Duration>,
+    pub stale_after: Option<StaleThreshold>,
     /// Finished batches that ended this long ago are deleted; `None` never.
     pub retention: Option<Duration>,
 }
@@ -24,7 +24,7 @@ impl Upkeep {
     /// thresholds), between 100 ms and a minute.
     fn interval(&self) -> Duration {
         self.stale_after
-            .map_or(Duration::from_secs(60), |stale| stale / 4)
+            .map_or(Duration::from_secs(60), |stale| stale.get() / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(60))
     }
 }

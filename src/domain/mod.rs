@@ -7,6 +7,7 @@ mod json;
 mod list;
 mod stats;
 mod text;
+mod upkeep;
 
 pub use batch::{
     Batch, BatchError, Finish, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERRORS, ModelSwitch, NewBatch,
@@ -15,8 +16,9 @@ pub use batch::{
 pub use batch_id::BatchId;
 pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};
 pub use list::{BatchFilter, Cursor, Facets, ListQuery, Order, Page, PageSize};
-pub use stats::{BatchStats, ModelStats, Purge, StatsGroup};
+pub use stats::{BatchStats, ModelStats, StatsGroup};
 pub use text::{Label, Prose};
+pub use upkeep::{Purge, StaleThreshold};
 
 /// Why a value was rejected, before it is known which request field held it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

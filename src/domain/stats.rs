@@ -4,16 +4,6 @@ use std::collections::BTreeMap;
 
 use super::State;
 
-/// Which finished batches a purge deletes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Purge {
-    /// Batches that ended before this.
-    pub older_than: jiff::Timestamp,
-    /// Final states only; never empty.
-    pub states: Vec<State>,
-    pub dry_run: bool,
-}
-
 /// Totals over a set of batches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchStats {

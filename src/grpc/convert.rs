@@ -10,7 +10,7 @@ use serde_json::{Map, Number, Value};
 use crate::domain::{
     Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
     InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, ModelSwitch, NewBatch,
-    NonNegative, Order, PageSize, Progress, Prose, Purge, State, TerminalState,
+    NonNegative, Order, PageSize, Progress, Prose, Purge, StaleThreshold, State, TerminalState,
 };
 use crate::proto;
 use crate::watch::Event;
@@ -213,21 +213,18 @@ impl TryFrom<proto::PurgeBatchesRequest> for Purge {
 /// The stale threshold a sweep request asks for, else `default`.
 pub fn stale_after(
     request: &proto::SweepStaleBatchesRequest,
-    default: Option<Duration>,
-) -> Result<Duration, FieldViolation> {
+    default: Option<StaleThreshold>,
+) -> Result<StaleThreshold, FieldViolation> {
     let Some(requested) = request.stale_after else {
         return default.ok_or_else(|| {
             InvalidValue("is required: the server's STALE_AFTER is 0 (sweeping off)".into())
                 .at("stale_after")
         });
     };
-    if requested.seconds < 1 || !(0..1_000_000_000).contains(&requested.nanos) {
-        return Err(InvalidValue("must be at least one second".into()).at("stale_after"));
-    }
-    Ok(Duration::new(
-        requested.seconds.unsigned_abs(),
-        requested.nanos.unsigned_abs(),
-    ))
+    Duration::try_from(requested)
+        .map_err(|_| InvalidValue("must be at least one second".into()))
+        .and_then(StaleThreshold::parse)
+        .map_err(|e| e.at("stale_after"))
 }
 
 impl From<Event> for proto::BatchEvent {

@@ -2,7 +2,7 @@
 //! call the store, convert the answer. Every call also gets a request id,
 //! a span, and a place in the metrics.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use tokio::time::Instant;
 use tonic::{
@@ -12,7 +12,7 @@ use tonic::{
 use tracing::{Instrument, Span, field};
 
 use super::convert::{parse_batch_id, stale_after};
-use crate::domain::{BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge};
+use crate::domain::{BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, StaleThreshold};
 use crate::metrics::Metrics;
 use crate::proto::{
     self, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
@@ -38,7 +38,7 @@ pub struct BatchHistoryService {
     metrics: Arc<Metrics>,
     hub: Hub,
     /// The server's stale threshold, for sweeps that name none.
-    stale_after: Option<Duration>,
+    stale_after: Option<StaleThreshold>,
 }
 
 impl BatchHistoryService {
@@ -46,7 +46,7 @@ impl BatchHistoryService {
         store: Store,
         metrics: Arc<Metrics>,
         hub: Hub,
-        stale_after: Option<Duration>,
+        stale_after: Option<StaleThreshold>,
     ) -> Self {
         Self {
             store,

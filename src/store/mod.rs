@@ -19,7 +19,7 @@ use tokio_postgres::{Row, types::Json};
 use crate::config::DatabaseConfig;
 use crate::domain::{
     Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, Finish, JsonObject, ListQuery,
-    MAX_KEPT_ERRORS, NewBatch, Page, Progress, Prose, State, StatsGroup,
+    MAX_KEPT_ERRORS, NewBatch, Page, Progress, Prose, StaleThreshold, State, StatsGroup,
 };
 
 pub use error::StoreError;
@@ -378,7 +378,8 @@ impl Store {
 
     /// Stops running batches not updated for `stale_after`, unless another
     /// replica is sweeping right now; returns those it stopped.
-    pub async fn sweep_stale(&self, stale_after: Duration) -> Result<Vec<Batch>, StoreError> {
+    pub async fn sweep_stale(&self, stale_after: StaleThreshold) -> Result<Vec<Batch>, StoreError> {
+        let stale_after = stale_after.get();
         self.bounded(async {
             let client = self.pool.get().await?;
             let statement = client.prepare_cached(sql::SWEEP_STALE).await?;

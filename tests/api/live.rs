@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use batch_history::config::ServeConfig;
+use batch_history::domain::StaleThreshold;
 use batch_history::maintenance::Upkeep;
 use batch_history::proto::{
     self, BatchEvent, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
@@ -654,16 +655,17 @@ async fn the_sweep_stops_only_stale_batches_and_says_why() {
         .into_inner();
     assert_eq!(fresh.state(), State::Running);
 
-    let status = client
-        .sweep_stale_batches(SweepStaleBatchesRequest {
-            stale_after: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 5,
-            }),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    // Too short, and longer than PostgreSQL can subtract from now.
+    for seconds in [0, 315_576_000_000] {
+        let status = client
+            .sweep_stale_batches(SweepStaleBatchesRequest {
+                stale_after: Some(prost_types::Duration { seconds, nanos: 5 }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with("stale_after"), "{status:?}");
+    }
 }
 
 #[tokio::test]
@@ -672,7 +674,7 @@ async fn background_upkeep_sweeps_and_purges() {
     let mut client = replica(
         &app.db,
         Upkeep {
-            stale_after: Some(Duration::from_secs(1)),
+            stale_after: Some(StaleThreshold::parse(Duration::from_secs(1)).unwrap()),
             retention: Some(Duration::from_secs(86_400)),
         },
     )
