@@ -26,6 +26,31 @@ async fn next(stream: &mut Streaming<BatchEvent>) -> BatchEvent {
         .expect("the stream goes on")
 }
 
+/// A WatchBatch stream of `batch_id`.
+async fn watch_one(client: &BatchHistoryClient<Channel>, batch_id: &str) -> Streaming<BatchEvent> {
+    client
+        .clone()
+        .watch_batch(WatchBatchRequest {
+            batch_id: batch_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A WatchBatches stream for `request`.
+async fn watch_all(
+    client: &BatchHistoryClient<Channel>,
+    request: WatchBatchesRequest,
+) -> Streaming<BatchEvent> {
+    client
+        .clone()
+        .watch_batches(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
     RecordProgressRequest {
         batch_id: batch_id.into(),
@@ -57,13 +82,7 @@ async fn watch_batch_streams_its_changes_until_it_finishes() {
     let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     app.create("w", "groq").await;
-    let mut stream = client
-        .watch_batch(WatchBatchRequest {
-            batch_id: "w".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_one(&client, "w").await;
     let snapshot = next(&mut stream).await;
     assert_eq!(snapshot.kind(), Kind::Snapshot);
     assert_eq!(snapshot.batch.unwrap().state(), State::Running);
@@ -103,18 +122,18 @@ async fn watch_batch_streams_its_changes_until_it_finishes() {
 #[tokio::test]
 async fn a_change_through_one_replica_reaches_a_watcher_on_another() {
     let app = TestApp::spawn().await;
-    let mut other = replica(&app.db, Upkeep::default()).await;
+    let other = replica(&app.db, Upkeep::default()).await;
     app.create("already-running", "groq").await;
     app.create("other-provider", "cerebras").await;
 
-    let mut stream = other
-        .watch_batches(WatchBatchesRequest {
+    let mut stream = watch_all(
+        &other,
+        WatchBatchesRequest {
             provider: "groq".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        },
+    )
+    .await;
     let snapshot = next(&mut stream).await;
     assert_eq!(snapshot.kind(), Kind::Snapshot);
     assert_eq!(snapshot.batch.unwrap().batch_id, "already-running");
@@ -152,19 +171,9 @@ async fn a_change_through_one_replica_reaches_a_watcher_on_another() {
 async fn concurrent_progress_reaches_watchers_in_order_and_once() {
     let app = TestApp::spawn().await;
     app.create("hot", "groq").await;
-    let mut client = app.client.clone();
-    let mut one = client
-        .watch_batch(WatchBatchRequest {
-            batch_id: "hot".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut all = client
-        .watch_batches(WatchBatchesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let client = app.client.clone();
+    let mut one = watch_one(&client, "hot").await;
+    let mut all = watch_all(&client, WatchBatchesRequest::default()).await;
     assert_eq!(next(&mut one).await.kind(), Kind::Snapshot);
     assert_eq!(next(&mut all).await.kind(), Kind::Snapshot);
 
@@ -211,22 +220,18 @@ async fn state_filtered_watchers_see_finishes_and_their_deletions() {
     let mut client = app.client.clone();
     app.create("a", "groq").await;
     app.create("b", "groq").await;
-    let watch = |states: Vec<State>| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .watch_batches(WatchBatchesRequest {
-                    states: states.into_iter().map(|state| state as i32).collect(),
-                    provider: "groq".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        }
+    let watch = |state: State| {
+        watch_all(
+            &app.client,
+            WatchBatchesRequest {
+                states: vec![state as i32],
+                provider: "groq".into(),
+                ..Default::default()
+            },
+        )
     };
-    let mut running = watch(vec![State::Running]).await;
-    let mut completed = watch(vec![State::Completed]).await;
+    let mut running = watch(State::Running).await;
+    let mut completed = watch(State::Completed).await;
     assert_eq!(next(&mut running).await.kind(), Kind::Snapshot);
     assert_eq!(next(&mut running).await.kind(), Kind::Snapshot);
 
@@ -294,16 +299,8 @@ async fn a_watch_waits_for_unannounced_writes_without_stalling_others() {
         .await
         .unwrap();
 
-    let mut client = app.client.clone();
-    let watch = tokio::spawn(async move {
-        client
-            .watch_batch(WatchBatchRequest {
-                batch_id: "w".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    });
+    let client = app.client.clone();
+    let watch = tokio::spawn(async move { watch_one(&client, "w").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!watch.is_finished(), "the watch waits for the write");
     tokio::time::timeout(
@@ -331,15 +328,7 @@ async fn watching_clears_the_lapsed_leases_of_replicas_gone() {
     )
     .await
     .unwrap();
-    let mut stream = app
-        .client
-        .clone()
-        .watch_batch(WatchBatchRequest {
-            batch_id: "w".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_one(&app.client, "w").await;
     next(&mut stream).await;
     let leases: i64 = db
         .query_one("SELECT count(*) FROM batch_watch_leases", &[])
@@ -353,19 +342,9 @@ async fn watching_clears_the_lapsed_leases_of_replicas_gone() {
 async fn shutdown_ends_watch_streams_with_unavailable_at_once() {
     let app = TestApp::spawn().await;
     app.create("w", "groq").await;
-    let mut client = app.client.clone();
-    let mut one = client
-        .watch_batch(WatchBatchRequest {
-            batch_id: "w".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut all = client
-        .watch_batches(WatchBatchesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let client = app.client.clone();
+    let mut one = watch_one(&client, "w").await;
+    let mut all = watch_all(&client, WatchBatchesRequest::default()).await;
     next(&mut one).await;
     next(&mut all).await;
 
@@ -397,13 +376,7 @@ async fn a_large_snapshot_streams_whole_then_changes_follow() {
         ))
         .await
         .unwrap();
-    let mut stream = app
-        .client
-        .clone()
-        .watch_batches(WatchBatchesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_all(&app.client, WatchBatchesRequest::default()).await;
     let mut snapshot = std::collections::HashSet::new();
     for _ in 0..RUNNING {
         let event = next(&mut stream).await;
@@ -423,20 +396,10 @@ async fn a_large_snapshot_streams_whole_then_changes_follow() {
 async fn a_slow_watcher_is_cut_off_without_holding_back_others() {
     let app = TestApp::spawn().await;
     app.create("busy", "groq").await;
-    let mut client = app.client.clone();
+    let client = app.client.clone();
     // Never read: it falls behind.
-    let mut slow = client
-        .watch_batches(WatchBatchesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut prompt = client
-        .watch_batch(WatchBatchRequest {
-            batch_id: "busy".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = watch_all(&client, WatchBatchesRequest::default()).await;
+    let mut prompt = watch_one(&client, "busy").await;
     next(&mut prompt).await;
     let reader = tokio::spawn(async move {
         let mut updates = 0;
