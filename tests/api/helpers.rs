@@ -157,11 +157,16 @@ impl TestApp {
         }
     }
 
-    /// Stops the server gracefully and waits until it has.
-    pub async fn stop(mut self) {
+    /// Tells the server to shut down gracefully, without waiting.
+    pub fn begin_stop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        self.begin_stop();
         (&mut self.server).await.expect("the server panicked");
     }
 
@@ -213,6 +218,21 @@ pub fn assert_invalid(status: Status, field: &str) {
         .get_details_bad_request()
         .expect("no BadRequest detail");
     assert_eq!(bad_request.field_violations[0].field, field);
+}
+
+/// Whether `status` is how tonic's client reports a stream that a server
+/// shutting down gracefully never took: the h2 error of a final
+/// `GOAWAY(NO_ERROR)` from the server, which tonic maps to INTERNAL although
+/// the call was not processed (see `goaway.rs`).
+pub fn refused_by_goaway(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        source = error.source();
+    }
+    false
 }
 
 pub fn rand_u64() -> u64 {

@@ -2,6 +2,7 @@
 
 mod batches;
 mod cluster;
+mod goaway;
 mod health;
 mod helpers;
 mod import;
