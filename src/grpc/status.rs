@@ -33,6 +33,13 @@ impl From<StoreError> for Status {
                 tracing::warn!(error = %cause_chain(&error), "database unavailable");
                 Status::unavailable("the database is unavailable; retry later")
             }
+            StoreError::OutcomeUnknown(_) => {
+                tracing::warn!(error = %cause_chain(&error), "outcome unknown");
+                Status::unavailable(
+                    "the database did not confirm in time whether this call was applied; \
+                     retry with the same request_id",
+                )
+            }
             StoreError::Internal { .. } => {
                 tracing::error!(error = %cause_chain(&error), "internal error");
                 Status::internal("internal error; it has been logged")

@@ -25,8 +25,13 @@ pub enum StoreError {
     /// Too many concurrent writers kept winning the race for the same row.
     #[error("the batch was changed concurrently too often; retry")]
     Contended,
+    /// Nothing was applied.
     #[error("the database did not answer within {0:?}")]
     TimedOut(Duration),
+    /// A statement ran past the deadline and neither its result nor its
+    /// cancellation could be confirmed: it may or may not have been applied.
+    #[error("the database did not answer within {0:?}; the outcome is unknown")]
+    OutcomeUnknown(Duration),
     #[error("the database is unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
     /// A defect: a query or a stored row that should not be possible.

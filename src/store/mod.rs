@@ -5,16 +5,19 @@
 //! with [`StoreError::Unavailable`] instead of hanging its caller.
 
 mod error;
+mod hot_rows;
 mod import;
 mod migrate;
 mod probe;
 mod sql;
 mod tls;
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{Row, types::Json};
+use deadpool_postgres::{Client, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio::time::Instant;
+use tokio_postgres::{Row, error::SqlState, types::Json};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
@@ -23,6 +26,7 @@ use crate::domain::{
 };
 
 pub use error::StoreError;
+use hot_rows::HotRows;
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
 pub use probe::Probe;
@@ -48,14 +52,18 @@ const MAX_ATTEMPTS: usize = 5;
 pub struct Store {
     pool: Pool,
     timeout: Duration,
+    hot_rows: HotRows,
+    /// For cancel requests, which open a connection of their own.
+    tls: MakeRustlsConnect,
 }
 
 impl Store {
     /// A pool for `config`. Connections are opened on first use.
     pub fn new(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let tls = connector()?;
         let manager = Manager::from_config(
             config.pg.clone(),
-            connector()?,
+            tls.clone(),
             ManagerConfig {
                 // Fast drops connections the server closed (restarts,
                 // terminated backends) without a round trip. Verified adds
@@ -77,6 +85,8 @@ impl Store {
         Ok(Self {
             pool,
             timeout: config.timeout,
+            hot_rows: HotRows::default(),
+            tls,
         })
     }
 
@@ -87,8 +97,7 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             client.simple_query("SELECT 1").await?;
             Ok(())
         })
@@ -102,8 +111,7 @@ impl Store {
 
     /// How many batches are stored in each state.
     pub async fn count_by_state(&self) -> Result<Vec<(State, i64)>, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let statement = client.prepare_cached(sql::COUNT_BY_STATE).await?;
             client
                 .query(&statement, &[])
@@ -129,8 +137,7 @@ impl Store {
     /// Creates `batch` in RUNNING, or returns the stored batch if the same
     /// create already happened.
     pub async fn create(&self, batch: &NewBatch) -> Result<Batch, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(batch.batch_id.as_ref(), async |client| {
             let statement = client.prepare_cached(sql::CREATE).await?;
             let metadata = Json(batch.metadata.as_map());
             for _ in 0..MAX_ATTEMPTS {
@@ -175,8 +182,7 @@ impl Store {
 
     /// The batch with this id.
     pub async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let statement = client.prepare_cached(sql::GET).await?;
             match client.query_opt(&statement, &[&batch_id.as_str()]).await? {
                 Some(row) => batch_from_row(&row),
@@ -189,8 +195,7 @@ impl Store {
     /// Takes or extends this replica's watch lease: while any lease is
     /// live, every change to a batch is announced (see migration V2).
     pub async fn renew_watch_lease(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let statement = client.prepare_cached(sql::RENEW_WATCH_LEASE).await?;
             client
                 .execute(&statement, &[&replica, &ttl.as_secs_f64()])
@@ -206,8 +211,7 @@ impl Store {
     /// queueing for a lock that conflicts with theirs: such a lock would stall
     /// every new write behind a long one, such as an import.
     pub async fn wait_for_writes_in_progress(&self) -> Result<(), StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let statement = client.prepare_cached(sql::WRITERS_IN_PROGRESS).await?;
             let mut writers: Vec<String> = client
                 .query_one(&statement, &[&None::<Vec<String>>])
@@ -227,8 +231,7 @@ impl Store {
 
     /// The batches with these ids that exist, in no particular order.
     pub async fn get_many(&self, batch_ids: &[&str]) -> Result<Vec<Batch>, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let statement = client.prepare_cached(sql::GET_MANY).await?;
             client
                 .query(&statement, &[&batch_ids])
@@ -242,8 +245,7 @@ impl Store {
 
     /// One page of batches.
     pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let listing = sql::Listing::new(query);
             let statement = client.prepare_cached(listing.sql()).await?;
             let rows = client.query(&statement, &listing.params()).await?;
@@ -267,8 +269,7 @@ impl Store {
 
     /// Applies a progress report to a running batch.
     pub async fn record_progress(&self, progress: &Progress) -> Result<Batch, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(Some(&progress.batch_id), async |client| {
             let statement = client.prepare_cached(sql::RECORD_PROGRESS).await?;
             let errors = Json(&progress.errors);
             let switches = Json(&progress.model_switches);
@@ -308,8 +309,7 @@ impl Store {
     /// Moves a running batch to its final state; repeating the same finish
     /// returns the batch unchanged.
     pub async fn finish(&self, finish: &Finish) -> Result<Batch, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(Some(&finish.batch_id), async |client| {
             let statement = client.prepare_cached(sql::FINISH).await?;
             let target = finish.state.state();
             let errors: Vec<&BatchError> = finish.error.iter().collect();
@@ -347,8 +347,7 @@ impl Store {
 
     /// Totals over the batches `filter` keeps, in one query.
     pub async fn stats(&self, filter: &BatchFilter) -> Result<BatchStats, StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let listing = sql::Listing::stats(filter);
             let statement = client.prepare_cached(listing.sql()).await?;
             client
@@ -380,8 +379,7 @@ impl Store {
     /// replica is sweeping right now; returns those it stopped.
     pub async fn sweep_stale(&self, stale_after: StaleThreshold) -> Result<Vec<Batch>, StoreError> {
         let stale_after = stale_after.get();
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(None, async |client| {
             let statement = client.prepare_cached(sql::SWEEP_STALE).await?;
             let minutes = stale_after.as_secs_f64() / 60.0;
             let reason = [BatchError {
@@ -421,8 +419,7 @@ impl Store {
         let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
         if dry_run {
             return self
-                .bounded(async {
-                    let client = self.pool.get().await?;
+                .with_connection(None, async |client| {
                     let statement = client.prepare_cached(sql::COUNT_PURGEABLE).await?;
                     let count: i64 = client
                         .query_one(&statement, &[&older_than, &states])
@@ -437,8 +434,7 @@ impl Store {
             // Each chunk is its own bounded operation, so a long purge never
             // holds one connection past the timeout.
             let deleted = self
-                .bounded(async {
-                    let client = self.pool.get().await?;
+                .with_connection(None, async |client| {
                     let statement = client.prepare_cached(sql::PURGE_CHUNK).await?;
                     Ok(client
                         .execute(&statement, &[&older_than, &states, &PURGE_CHUNK_ROWS])
@@ -454,8 +450,7 @@ impl Store {
 
     /// Deletes a batch in any state.
     pub async fn delete(&self, batch_id: &BatchId) -> Result<(), StoreError> {
-        self.bounded(async {
-            let client = self.pool.get().await?;
+        self.with_connection(Some(batch_id), async |client| {
             let statement = client.prepare_cached(sql::DELETE).await?;
             match client.execute(&statement, &[&batch_id.as_str()]).await? {
                 0 => Err(StoreError::NotFound(batch_id.clone())),
@@ -465,16 +460,71 @@ impl Store {
         .await
     }
 
-    /// Runs `operation`, giving up once the configured timeout has passed:
-    /// a database that stopped answering mid-query must not hang callers.
-    async fn bounded<T>(
+    /// Runs `operation` on a pooled connection, within the configured
+    /// timeout from the moment of the call. Writes to one batch (`batch_id`)
+    /// hold at most [`hot_rows::CONNECTIONS_PER_BATCH`] connections; the rest
+    /// wait without one.
+    ///
+    /// A statement still running at the deadline is cancelled on the server
+    /// (dropping the future would leave it running, to take effect later)
+    /// and its outcome awaited for [`CANCEL_GRACE`]: a call that answers
+    /// [`StoreError::TimedOut`] was not applied. The connection is not reused,
+    /// as a cancel request may land on whatever statement runs next.
+    async fn with_connection<T>(
         &self,
-        operation: impl Future<Output = Result<T, StoreError>>,
+        batch_id: Option<&BatchId>,
+        operation: impl AsyncFnOnce(&Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, operation)
+        let deadline = Instant::now() + self.timeout;
+        let timed_out = |_| StoreError::TimedOut(self.timeout);
+        let _permit = match batch_id {
+            Some(batch_id) => Some(
+                tokio::time::timeout_at(deadline, self.hot_rows.acquire(batch_id.as_str()))
+                    .await
+                    .map_err(timed_out)?,
+            ),
+            None => None,
+        };
+        let client = tokio::time::timeout_at(deadline, self.pool.get())
             .await
-            .unwrap_or(Err(StoreError::TimedOut(self.timeout)))
+            .map_err(timed_out)??;
+        let cancel = client.cancel_token();
+        let outcome = {
+            let mut running = std::pin::pin!(operation(&client));
+            if let Ok(outcome) = tokio::time::timeout_at(deadline, &mut running).await {
+                return outcome;
+            }
+            let cancelled = async {
+                // If the cancel cannot be delivered, the statement's own
+                // result (or its absence) below still decides.
+                let _ = cancel.cancel_query(self.tls.clone()).await;
+                running.await
+            };
+            tokio::time::timeout(CANCEL_GRACE, cancelled).await
+        };
+        drop(Object::take(client));
+        match outcome {
+            // It finished before the cancel arrived: the call succeeded, late.
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(StoreError::Unavailable(error))) if is_cancelled(&*error) => {
+                Err(StoreError::TimedOut(self.timeout))
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(StoreError::OutcomeUnknown(self.timeout)),
+        }
     }
+}
+
+/// How long a statement cancelled at its deadline is given to report how it
+/// ended before its outcome is declared unknown.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a statement failed because it was cancelled.
+fn is_cancelled(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        == Some(&SqlState::QUERY_CANCELED)
 }
 
 /// What a conditional update found.

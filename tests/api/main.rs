@@ -2,6 +2,7 @@
 
 mod batches;
 mod cluster;
+mod faults;
 mod goaway;
 mod health;
 mod helpers;
