@@ -1,6 +1,6 @@
-//! Background upkeep: stopping stale batches and purging old ones. Every
-//! replica runs it; the sweep's advisory lock lets one sweep at a time, and
-//! purging the same rows twice deletes them once.
+//! Background upkeep: stopping stale batches, purging old ones, forgetting
+//! old request ids. Every replica runs it; the sweep's advisory lock lets one
+//! sweep at a time, and deleting the same rows twice deletes them once.
 
 use std::time::Duration;
 
@@ -9,6 +9,9 @@ use tokio::sync::watch;
 use crate::domain::{StaleThreshold, State};
 use crate::store::Store;
 use crate::telemetry::cause_chain;
+
+/// How long a request id is remembered: a retry after that is applied again.
+pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3_600);
 
 /// How the upkeep is configured.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,9 +34,6 @@ impl Upkeep {
 
 /// Runs the upkeep until `stopped` turns true.
 pub async fn run(store: Store, upkeep: Upkeep, mut stopped: watch::Receiver<bool>) {
-    if upkeep.stale_after.is_none() && upkeep.retention.is_none() {
-        return;
-    }
     let mut ticks = tokio::time::interval(upkeep.interval());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -73,6 +73,9 @@ pub async fn run(store: Store, upkeep: Upkeep, mut stopped: watch::Receiver<bool
                     tracing::warn!(error = %cause_chain(&error), "retention purge failed")
                 }
             }
+        }
+        if let Err(error) = store.forget_requests(REQUEST_ID_RETENTION).await {
+            tracing::warn!(error = %cause_chain(&error), "forgetting old request ids failed");
         }
     }
 }

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{BatchId, InvalidValue, JsonObject, Label, Prose};
+use super::{BatchId, Idempotency, InvalidValue, JsonObject, Label, Prose};
 
 /// Errors kept per batch; older ones are dropped but still counted.
 pub const MAX_KEPT_ERRORS: usize = 1_000;
@@ -203,6 +203,9 @@ pub struct Progress {
     pub tokens_delta: NonNegative<i64>,
     pub errors: Vec<BatchError>,
     pub model_switches: Vec<ModelSwitch>,
+    /// Set when the caller may retry this report: a repeat is then
+    /// answered without being applied again.
+    pub idempotency: Option<Idempotency>,
 }
 
 /// The end of a running batch.

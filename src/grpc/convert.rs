@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use prost::Message;
 use prost_types::{ListValue, Struct, Value as ProtoValue, value::Kind};
 use serde_json::{Map, Number, Value};
 
 use crate::domain::{
     Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
-    InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, ModelSwitch, NewBatch,
-    NonNegative, Order, PageSize, Progress, Prose, Purge, StaleThreshold, State, TerminalState,
+    Idempotency, InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, ModelSwitch,
+    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, StaleThreshold,
+    State, TerminalState,
 };
 use crate::proto;
 use crate::watch::Event;
@@ -60,7 +62,8 @@ impl TryFrom<proto::CreateBatchRequest> for NewBatch {
 impl TryFrom<proto::RecordProgressRequest> for Progress {
     type Error = FieldViolation;
 
-    fn try_from(request: proto::RecordProgressRequest) -> Result<Self, Self::Error> {
+    fn try_from(mut request: proto::RecordProgressRequest) -> Result<Self, Self::Error> {
+        let idempotency = idempotency(&mut request)?;
         let received = now();
         limit_entries(request.errors.len(), "errors")?;
         limit_entries(request.model_switches.len(), "model_switches")?;
@@ -80,8 +83,29 @@ impl TryFrom<proto::RecordProgressRequest> for Progress {
                 .enumerate()
                 .map(|(i, switch)| model_switch(switch, &format!("model_switches[{i}]"), received))
                 .collect::<Result<_, _>>()?,
+            idempotency,
         })
     }
+}
+
+/// The report's request id, if it has one, with a digest of the rest of the
+/// report. prost encodes a message canonically (fields in order, `Struct`
+/// keys sorted), so a retry of the same report has the same digest.
+fn idempotency(
+    request: &mut proto::RecordProgressRequest,
+) -> Result<Option<Idempotency>, FieldViolation> {
+    let request_id = std::mem::take(&mut request.request_id);
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    let request_id = RequestId::parse(&request_id).map_err(|e| e.at("request_id"))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &request.encode_to_vec());
+    let mut fingerprint = [0; 32];
+    fingerprint.copy_from_slice(digest.as_ref());
+    Ok(Some(Idempotency {
+        request_id,
+        fingerprint,
+    }))
 }
 
 impl TryFrom<proto::FinishBatchRequest> for Finish {

@@ -25,7 +25,9 @@ impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(_) => Status::not_found(error.to_string()),
-            StoreError::AlreadyExists(_) => Status::already_exists(error.to_string()),
+            StoreError::AlreadyExists(_) | StoreError::RequestIdReused(_) => {
+                Status::already_exists(error.to_string())
+            }
             StoreError::NotRunning { .. } => Status::failed_precondition(error.to_string()),
             StoreError::Invalid(violation) => violation.into(),
             StoreError::Contended => Status::aborted(error.to_string()),

@@ -5,7 +5,7 @@ use std::{error::Error as StdError, time::Duration};
 use deadpool_postgres::PoolError;
 use tokio_postgres::error::SqlState;
 
-use crate::domain::{BatchId, FieldViolation, State};
+use crate::domain::{BatchId, FieldViolation, RequestId, State};
 
 /// Constraint that rejects an end time before the start time.
 const END_AFTER_START: &str = "batches_end_after_start";
@@ -17,6 +17,8 @@ pub enum StoreError {
     NotFound(BatchId),
     #[error("a different batch with id {0} already exists")]
     AlreadyExists(BatchId),
+    #[error("request_id {0} was already used for a different request")]
+    RequestIdReused(RequestId),
     #[error("batch {batch_id} is {state}, not RUNNING")]
     NotRunning { batch_id: BatchId, state: State },
     /// The request was well formed but does not fit the stored batch.

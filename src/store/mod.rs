@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::time::Instant;
-use tokio_postgres::{Row, error::SqlState, types::Json};
+use tokio_postgres::{CancelToken, Row, error::SqlState, types::Json};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
@@ -26,7 +26,7 @@ use crate::domain::{
 };
 
 pub use error::StoreError;
-use hot_rows::HotRows;
+use hot_rows::{HotRows, WritePermit};
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
 pub use probe::Probe;
@@ -267,12 +267,14 @@ impl Store {
         .await
     }
 
-    /// Applies a progress report to a running batch.
+    /// Applies a progress report to a running batch, once per request id.
     pub async fn record_progress(&self, progress: &Progress) -> Result<Batch, StoreError> {
         self.with_connection(Some(&progress.batch_id), async |client| {
             let statement = client.prepare_cached(sql::RECORD_PROGRESS).await?;
             let errors = Json(&progress.errors);
             let switches = Json(&progress.model_switches);
+            let request_id = progress.idempotency.as_ref().map(|i| i.request_id.as_str());
+            let fingerprint = progress.idempotency.as_ref().map(|i| &i.fingerprint[..]);
             for _ in 0..MAX_ATTEMPTS {
                 let row = client
                     .query_opt(
@@ -284,9 +286,30 @@ impl Store {
                             &errors,
                             &switches,
                             &(MAX_KEPT_ERRORS as i32),
+                            &request_id,
+                            &fingerprint,
                         ],
                     )
-                    .await?;
+                    .await;
+                let row = match row {
+                    // A retry of this report committed first; look again.
+                    Err(error) if violates(&error, REQUEST_ID_KEY) => continue,
+                    row => row?,
+                };
+                if let Some(row) = &row
+                    && let Some(same_report) = row.try_get::<_, Option<bool>>("replay_matches")?
+                {
+                    return match (same_report, &progress.idempotency) {
+                        (true, _) => batch_from_row(row),
+                        (false, Some(idempotency)) => {
+                            Err(StoreError::RequestIdReused(idempotency.request_id.clone()))
+                        }
+                        (false, None) => Err(StoreError::internal(
+                            "recording progress",
+                            "a report without a request id matched a recorded one",
+                        )),
+                    };
+                }
                 match Outcome::of(row)? {
                     Outcome::Applied(batch) => return Ok(batch),
                     Outcome::Missing => {
@@ -302,6 +325,15 @@ impl Store {
                 }
             }
             Err(StoreError::Contended)
+        })
+        .await
+    }
+
+    /// Forgets request ids older than `age`; returns how many.
+    pub async fn forget_requests(&self, age: Duration) -> Result<u64, StoreError> {
+        self.with_connection(None, async |client| {
+            let statement = client.prepare_cached(sql::FORGET_REQUESTS).await?;
+            Ok(client.execute(&statement, &[&age.as_secs_f64()]).await?)
         })
         .await
     }
@@ -468,8 +500,10 @@ impl Store {
     /// A statement still running at the deadline is cancelled on the server
     /// (dropping the future would leave it running, to take effect later)
     /// and its outcome awaited for [`CANCEL_GRACE`]: a call that answers
-    /// [`StoreError::TimedOut`] was not applied. The connection is not reused,
-    /// as a cancel request may land on whatever statement runs next.
+    /// [`StoreError::TimedOut`] was not applied. A caller that goes away
+    /// mid-statement (its deadline passed, it cancelled) has its statement
+    /// cancelled too. A connection that saw a cancel is not reused, as a
+    /// cancel request may land on whatever statement runs next.
     async fn with_connection<T>(
         &self,
         batch_id: Option<&BatchId>,
@@ -477,7 +511,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let timed_out = |_| StoreError::TimedOut(self.timeout);
-        let _permit = match batch_id {
+        let permit = match batch_id {
             Some(batch_id) => Some(
                 tokio::time::timeout_at(deadline, self.hot_rows.acquire(batch_id.as_str()))
                     .await
@@ -488,21 +522,28 @@ impl Store {
         let client = tokio::time::timeout_at(deadline, self.pool.get())
             .await
             .map_err(timed_out)??;
-        let cancel = client.cancel_token();
-        let outcome = {
-            let mut running = std::pin::pin!(operation(&client));
-            if let Ok(outcome) = tokio::time::timeout_at(deadline, &mut running).await {
+        let lease = Lease::new(client, permit, self.tls.clone());
+        let finished = {
+            let mut running = std::pin::pin!(operation(lease.client()));
+            match tokio::time::timeout_at(deadline, &mut running).await {
+                Ok(outcome) => Ok(outcome),
+                Err(_) => Err(tokio::time::timeout(CANCEL_GRACE, async {
+                    lease.cancel().await;
+                    running.await
+                })
+                .await),
+            }
+        };
+        let outcome = match finished {
+            Ok(outcome) => {
+                lease.keep();
                 return outcome;
             }
-            let cancelled = async {
-                // If the cancel cannot be delivered, the statement's own
-                // result (or its absence) below still decides.
-                let _ = cancel.cancel_query(self.tls.clone()).await;
-                running.await
-            };
-            tokio::time::timeout(CANCEL_GRACE, cancelled).await
+            Err(cancelled) => {
+                lease.discard();
+                cancelled
+            }
         };
-        drop(Object::take(client));
         match outcome {
             // It finished before the cancel arrived: the call succeeded, late.
             Ok(Ok(value)) => Ok(value),
@@ -515,6 +556,16 @@ impl Store {
     }
 }
 
+/// The primary key of recorded request ids.
+const REQUEST_ID_KEY: &str = "batch_requests_pkey";
+
+/// Whether `error` is a unique violation of `constraint`.
+fn violates(error: &tokio_postgres::Error, constraint: &str) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(constraint)
+    })
+}
+
 /// How long a statement cancelled at its deadline is given to report how it
 /// ended before its outcome is declared unknown.
 const CANCEL_GRACE: Duration = Duration::from_secs(1);
@@ -525,6 +576,73 @@ fn is_cancelled(error: &(dyn std::error::Error + 'static)) -> bool {
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(tokio_postgres::Error::code)
         == Some(&SqlState::QUERY_CANCELED)
+}
+
+/// A pooled connection lent to one operation, with what it may need to stop
+/// that operation's statement.
+struct Lease {
+    /// `None` once handed back to the pool or discarded.
+    client: Option<Client>,
+    cancel: CancelToken,
+    tls: MakeRustlsConnect,
+    /// Held as long as the connection is, so that an abandoned statement
+    /// still counts against its batch until it has ended.
+    permit: Option<WritePermit>,
+}
+
+impl Lease {
+    fn new(client: Client, permit: Option<WritePermit>, tls: MakeRustlsConnect) -> Self {
+        Self {
+            cancel: client.cancel_token(),
+            client: Some(client),
+            tls,
+            permit,
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client
+            .as_ref()
+            .expect("a lease holds its client until it ends")
+    }
+
+    /// Asks the server to cancel whatever statement the connection runs.
+    async fn cancel(&self) {
+        // If the cancel cannot be delivered, the statement's own result (or
+        // its absence) still decides.
+        let _ = self.cancel.cancel_query(self.tls.clone()).await;
+    }
+
+    /// Hands the connection back to the pool.
+    fn keep(mut self) {
+        drop(self.client.take());
+    }
+
+    /// Closes the connection instead of handing it back.
+    fn discard(mut self) {
+        drop(self.client.take().map(Object::take));
+    }
+}
+
+impl Drop for Lease {
+    /// Neither kept nor discarded: the caller went away mid-operation, and a
+    /// statement may still be running. It is cancelled, in the background.
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let permit = self.permit.take();
+        let (cancel, tls) = (self.cancel.clone(), self.tls.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = cancel.cancel_query(tls).await;
+                drop(Object::take(client));
+                drop(permit);
+            });
+        } else {
+            drop(Object::take(client));
+        }
+    }
 }
 
 /// What a conditional update found.

@@ -110,9 +110,16 @@ pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
 /// row, changed or not, and whether it changed (so that a missing batch and
 /// a finished one are told apart in the same round trip). $1 id, $2 samples,
 /// $3 tokens, $4 errors (JSON array), $5 model switches (JSON array),
-/// $6 errors to keep.
+/// $6 errors to keep, $7 request id or NULL, $8 the request's fingerprint.
+///
+/// A report whose request id is already recorded is not applied, and
+/// `replay_matches` says whether the record is of this same report. Two
+/// retries racing past the check both update, but the second one's claim
+/// of the request id then fails on the primary key, undoing its update.
 pub const RECORD_PROGRESS: &str = concat!(
-    "WITH updated AS (
+    "WITH prior AS (
+        SELECT batch_id, fingerprint FROM batch_requests WHERE request_id = $7::text::uuid
+    ), updated AS (
         UPDATE batches SET
             samples_generated = samples_generated + $2,
             total_tokens = total_tokens + $3,
@@ -121,20 +128,29 @@ pub const RECORD_PROGRESS: &str = concat!(
             model_switches = model_switches || $5::jsonb,
             update_time = now(),
             version = version + 1
-        WHERE batch_id = $1 AND state = 'RUNNING'
+        WHERE batch_id = $1 AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
         RETURNING ",
     columns!(),
     "
+    ), claimed AS (
+        INSERT INTO batch_requests (request_id, batch_id, fingerprint)
+        SELECT $7::text::uuid, batch_id, $8 FROM updated WHERE $7::text IS NOT NULL
     )
     SELECT ",
     columns!(),
-    ", true AS applied FROM updated
+    ", true AS applied, NULL::boolean AS replay_matches FROM updated
     UNION ALL
     SELECT ",
     columns!(),
-    ", false AS applied FROM batches
+    ", false AS applied,
+        (SELECT batch_id = $1 AND fingerprint = $8 FROM prior) AS replay_matches
+    FROM batches
     WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
 );
+
+/// Forgets request ids recorded before $1 seconds ago.
+pub const FORGET_REQUESTS: &str =
+    "DELETE FROM batch_requests WHERE created_at < now() - make_interval(secs => $1::float8)";
 
 /// Moves a running batch to a final state, like [`RECORD_PROGRESS`]. $1 id,
 /// $2 state, $3 end time or NULL for now, $4 errors to append (JSON array),

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use batch_history::proto::{RecordProgressRequest, batch_history_client::BatchHistoryClient};
+use batch_history::proto::{
+    CreateBatchRequest, RecordProgressRequest, batch_history_client::BatchHistoryClient,
+};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::helpers::{TestApp, TestDb, health_client};
+use crate::helpers::{TestApp, TestDb, assert_invalid, health_client, rand_u64};
 
 fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
     RecordProgressRequest {
@@ -101,5 +103,175 @@ async fn a_row_locked_elsewhere_starves_no_other_batch_and_timed_out_calls_never
         acknowledged,
         "exactly the acknowledged reports were applied"
     );
+    app.stop().await;
+}
+
+fn with_request_id(batch_id: &str, samples: i64, request_id: &str) -> RecordProgressRequest {
+    RecordProgressRequest {
+        request_id: request_id.into(),
+        ..progress(batch_id, samples)
+    }
+}
+
+/// A fresh random UUID, in the hyphenated form.
+fn uuid() -> String {
+    let hex = format!("{:016x}{:016x}", rand_u64(), rand_u64());
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_retried_after_a_deadline_or_unavailable_is_applied_once() {
+    let app = TestApp::spawn_on(TestDb::create().await, Duration::from_secs(1)).await;
+    app.create("b", "groq").await;
+    let mut client = app.client.clone();
+
+    // Answered, but the answer is lost: the caller retries.
+    let lost = uuid();
+    for _ in 0..3 {
+        let batch = client
+            .record_progress(with_request_id("b", 5, &lost))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            batch.samples_generated, 5,
+            "a repeat returns the batch as it is"
+        );
+    }
+
+    // The caller's deadline passes while the row is locked elsewhere.
+    let mut locker = app.db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute("SELECT FROM batches WHERE batch_id = 'b' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let late = uuid();
+    let mut request = tonic::Request::new(with_request_id("b", 7, &late));
+    request.set_timeout(Duration::from_millis(200));
+    let status = client.record_progress(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // The server's own budget runs out while the row is still locked.
+    let refused = uuid();
+    let status = client
+        .record_progress(with_request_id("b", 11, &refused))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    lock.rollback().await.unwrap();
+
+    for request_id in [&late, &refused, &late, &refused] {
+        let samples = if *request_id == late { 7 } else { 11 };
+        client
+            .record_progress(with_request_id("b", samples, request_id))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(samples_of(&app, "b").await, 5 + 7 + 11);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_workers_sending_every_report_three_times_at_once_count_each_once() {
+    const WORKERS: i64 = 32;
+    const REPORTS: i64 = 10;
+    let app = TestApp::spawn().await;
+    app.create("shared", "groq").await;
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let client = app.client.clone();
+            tokio::spawn(async move {
+                let own = format!("w{w}");
+                client
+                    .clone()
+                    .create_batch(CreateBatchRequest {
+                        batch_id: own.clone(),
+                        batch: Some(Default::default()),
+                    })
+                    .await
+                    .unwrap();
+                for n in 0..REPORTS {
+                    let request_id = uuid();
+                    let batch_id = if n % 2 == 0 { "shared" } else { own.as_str() };
+                    let copies = (0..3).map(|_| {
+                        let mut client = client.clone();
+                        let request = with_request_id(batch_id, w + 1, &request_id);
+                        tokio::spawn(async move { client.record_progress(request).await })
+                    });
+                    for copy in copies.collect::<Vec<_>>() {
+                        copy.await.unwrap().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let per_worker_sum: i64 = (1..=WORKERS).sum();
+    assert_eq!(
+        samples_of(&app, "shared").await,
+        per_worker_sum * REPORTS / 2
+    );
+    for w in 0..WORKERS {
+        assert_eq!(
+            samples_of(&app, &format!("w{w}")).await,
+            (w + 1) * REPORTS / 2
+        );
+    }
+    let recorded: i64 = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM batch_requests", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, WORKERS * REPORTS);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_id_is_a_uuid_and_names_one_report() {
+    let app = TestApp::spawn().await;
+    app.create("a", "groq").await;
+    app.create("b", "groq").await;
+    let mut client = app.client.clone();
+    let status = client
+        .record_progress(with_request_id("a", 1, "not-a-uuid"))
+        .await
+        .unwrap_err();
+    assert_invalid(status, "request_id");
+
+    let request_id = uuid();
+    client
+        .record_progress(with_request_id("a", 1, &request_id))
+        .await
+        .unwrap();
+    for other in [
+        with_request_id("a", 2, &request_id),
+        with_request_id("b", 1, &request_id),
+    ] {
+        let status = client.record_progress(other).await.unwrap_err();
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+        assert!(status.message().contains("request_id"), "{status:?}");
+    }
+    // Case does not make another id.
+    client
+        .record_progress(with_request_id("a", 1, &request_id.to_uppercase()))
+        .await
+        .unwrap();
+    assert_eq!(samples_of(&app, "a").await, 1);
+    assert_eq!(samples_of(&app, "b").await, 0);
     app.stop().await;
 }
