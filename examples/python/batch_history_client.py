@@ -10,6 +10,10 @@
 The generated stubs (batchhistory/v1/batch_history_pb2*.py) come from
 proto/ with grpcio-tools; see README.md beside this file.
 """
+import random
+import secrets
+import time
+import uuid
 from datetime import datetime, timezone
 
 import grpc
@@ -29,14 +33,34 @@ _STATUS = {
 }
 
 
-class BatchHistory:
-    """Start, advance, finish and list batches. Every call has a deadline;
-    gRPC errors (grpc.RpcError) carry the service's status code."""
+# Codes after which a call may not have reached the database, or its answer
+# was lost: every call below is safe to send again.
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
-    def __init__(self, target, timeout=5.0, channel=None):
+
+class BatchHistory:
+    """Start, advance, finish and list batches. Every call has a deadline and
+    is retried, with backoff, after UNAVAILABLE or DEADLINE_EXCEEDED; each is
+    safe to repeat (progress reports carry a request_id, see the proto).
+    Other gRPC errors (grpc.RpcError) carry the service's status code."""
+
+    def __init__(self, target, timeout=5.0, channel=None, attempts=4, backoff=0.1):
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = pb_grpc.BatchHistoryStub(self._channel)
         self._timeout = timeout
+        self._attempts = attempts
+        self._backoff = backoff
+
+    def _call(self, method, request):
+        """Sends `request`, the same message every time, until an answer that
+        is not worth retrying or the last attempt."""
+        for attempt in range(self._attempts):
+            try:
+                return method(request, timeout=self._timeout)
+            except grpc.RpcError as error:
+                if error.code() not in _RETRYABLE or attempt + 1 == self._attempts:
+                    raise
+            time.sleep(self._backoff * 2 ** attempt * random.uniform(0.5, 1.5))
 
     def close(self):
         self._channel.close()
@@ -44,16 +68,18 @@ class BatchHistory:
     def start(self, provider="", model="", target=0, topic_filter=None,
               difficulty_filter=None, reasoning_instruction=None, metadata=None,
               batch_id=""):
-        """Creates a RUNNING batch and returns its id (generated unless given).
-        Safe to retry with the same batch_id."""
+        """Creates a RUNNING batch and returns its id: `batch_id`, or a new
+        one in the legacy form batch_<unix seconds>_<8 hex>, made here so
+        that a retried create finds the batch the first attempt made."""
+        batch_id = batch_id or f"batch_{int(time.time())}_{secrets.token_hex(4)}"
         batch = Batch(
             provider=provider, model=model, target_count=target or 0,
             topic_filter=topic_filter or "", difficulty_filter=difficulty_filter or "",
             reasoning_instruction=reasoning_instruction or "")
         if metadata:
             batch.metadata.update(metadata)
-        created = self._stub.CreateBatch(
-            pb.CreateBatchRequest(batch=batch, batch_id=batch_id), timeout=self._timeout)
+        created = self._call(
+            self._stub.CreateBatch, pb.CreateBatchRequest(batch=batch, batch_id=batch_id))
         return created.batch_id
 
     def progress(self, batch_id, samples=0, tokens=0, errors=(), model_switches=()):
@@ -63,8 +89,9 @@ class BatchHistory:
         request = pb.RecordProgressRequest(
             batch_id=batch_id, samples_delta=samples, tokens_delta=tokens,
             errors=[_error(e) for e in errors],
-            model_switches=[_switch(s) for s in model_switches])
-        return self._stub.RecordProgress(request, timeout=self._timeout)
+            model_switches=[_switch(s) for s in model_switches],
+            request_id=str(uuid.uuid4()))
+        return self._call(self._stub.RecordProgress, request)
 
     def finish(self, batch_id, state=Batch.COMPLETED, error=None):
         """Ends a batch: COMPLETED by default, STOPPED or FAILED. Repeating
@@ -72,24 +99,24 @@ class BatchHistory:
         request = pb.FinishBatchRequest(batch_id=batch_id, state=state)
         if error is not None:
             request.error.CopyFrom(_error(error))
-        return self._stub.FinishBatch(request, timeout=self._timeout)
+        return self._call(self._stub.FinishBatch, request)
 
     def stop(self, batch_id, reason=None):
         """Stops a batch by hand, as the dashboard's stop button did."""
         return self.finish(batch_id, Batch.STOPPED, error=reason)
 
     def get(self, batch_id):
-        return to_legacy_dict(self._stub.GetBatch(
-            pb.GetBatchRequest(batch_id=batch_id), timeout=self._timeout))
+        return to_legacy_dict(
+            self._call(self._stub.GetBatch, pb.GetBatchRequest(batch_id=batch_id)))
 
     def history(self, limit=50, states=(), provider=""):
         """Newest batches first, as legacy to_dict() dicts; follows page
         tokens until `limit` batches."""
         out, token = [], ""
         while len(out) < limit:
-            page = self._stub.ListBatches(pb.ListBatchesRequest(
+            page = self._call(self._stub.ListBatches, pb.ListBatchesRequest(
                 page_size=min(limit - len(out), 1000), page_token=token,
-                states=list(states), provider=provider), timeout=self._timeout)
+                states=list(states), provider=provider))
             out.extend(to_legacy_dict(b) for b in page.batches)
             token = page.next_page_token
             if not token:

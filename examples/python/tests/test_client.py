@@ -64,3 +64,49 @@ def test_service_errors_surface_as_grpc_status_codes(history):
     with pytest.raises(grpc.RpcError) as finished:
         history.progress(batch_id, samples=1)
     assert finished.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+class _AnswerLost(grpc.RpcError):
+    """What a caller sees when a call ran but its answer never came back."""
+
+    def __init__(self, code):
+        self._code = code
+
+    def code(self):
+        return self._code
+
+
+class _LoseFirstAnswers(grpc.UnaryUnaryClientInterceptor):
+    """Lets each RecordProgress through to the server, then reports the first
+    `lost` of them as failed, as a deadline or a dropped connection would."""
+
+    def __init__(self, lost, code):
+        self.lost, self.code, self.sent = lost, code, []
+
+    def intercept_unary_unary(self, continuation, details, request):
+        outcome = continuation(details, request)
+        if details.method.endswith("/RecordProgress"):
+            self.sent.append(request.request_id)
+            outcome.result()
+            if self.lost > 0:
+                self.lost -= 1
+                raise _AnswerLost(self.code)
+        return outcome
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE])
+def test_a_report_whose_answers_are_lost_is_retried_and_counted_once(server_addr, code):
+    from batch_history_client import BatchHistory
+    lose = _LoseFirstAnswers(lost=2, code=code)
+    channel = grpc.intercept_channel(grpc.insecure_channel(server_addr), lose)
+    client = BatchHistory(server_addr, channel=channel, backoff=0.01)
+    try:
+        batch_id = client.start(model="m")
+        batch = client.progress(batch_id, samples=5, tokens=100)
+        client.progress(batch_id, samples=1)
+        assert (batch.samples_generated, batch.total_tokens) == (5, 100)
+        row = client.get(batch_id)
+        assert (row["samples_generated"], row["tokens_used"]) == (6, 100)
+        assert len(lose.sent) == 4 and len(set(lose.sent)) == 2, "one request id per report"
+    finally:
+        client.close()
