@@ -5,10 +5,12 @@ use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, server::TcpIncoming};
-use tower::util::MapResponseLayer;
+use tower::util::{MapRequestLayer, MapResponseLayer};
 
 use crate::config::{DatabaseConfig, Secret, ServeConfig};
-use crate::grpc::{BatchHistoryService, BearerAuth, MAX_REQUEST_BYTES, remap_decoding_errors};
+use crate::grpc::{
+    BatchHistoryService, BearerAuth, MAX_REQUEST_BYTES, remap_decoding_errors, stamp_arrival,
+};
 use crate::health::{self, Health};
 use crate::maintenance::Upkeep;
 use crate::metrics::Metrics;
@@ -158,6 +160,7 @@ impl App {
         };
         let server = Server::builder()
             .layer(MapResponseLayer::new(remap_decoding_errors as fn(_) -> _))
+            .layer(MapRequestLayer::new(stamp_arrival as fn(_) -> _))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -500,17 +500,20 @@ fn truncate_to_micros(time: Timestamp) -> Timestamp {
 /// A protobuf timestamp within the years 1 to 9999 (what RFC 3339 and the
 /// protobuf JSON mapping can show), truncated to the microsecond.
 fn timestamp(value: prost_types::Timestamp, field: &str) -> Result<Timestamp, FieldViolation> {
-    const FIRST_SECOND: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
-    const LAST_SECOND: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    if !(FIRST_SECOND..=LAST_SECOND).contains(&value.seconds) {
-        return Err(InvalidValue("must be between years 1 and 9999".into()).at(field));
-    }
+    // The first second of year 1, and the last one the time library (and so
+    // the service) can represent: two hours short of the end of year 9999.
+    const FIRST_SECOND: i64 = -62_135_596_800;
+    const LAST_SECOND: i64 = 253_402_207_200;
+    const RANGE: &str = "must be between 0001-01-01T00:00:00Z and 9999-12-30T22:00:00Z";
     if !(0..1_000_000_000).contains(&value.nanos) {
         return Err(InvalidValue("nanos must be between 0 and 999,999,999".into()).at(field));
     }
+    if !(FIRST_SECOND..=LAST_SECOND).contains(&value.seconds) {
+        return Err(InvalidValue(RANGE.into()).at(field));
+    }
+    // Truncated to the microsecond, PostgreSQL's resolution.
     let micros = value.seconds * 1_000_000 + i64::from(value.nanos / 1_000);
-    Timestamp::from_microsecond(micros)
-        .map_err(|e| InvalidValue(format!("is out of range: {e}")).at(field))
+    Timestamp::from_microsecond(micros).map_err(|_| InvalidValue(RANGE.into()).at(field))
 }
 
 fn proto_timestamp(time: Timestamp) -> prost_types::Timestamp {
@@ -587,6 +590,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(time.as_microsecond(), 1_760_000_000_123_456);
+        let last = timestamp(
+            prost_types::Timestamp {
+                seconds: 253_402_300_799,
+                nanos: 999_999_999,
+            },
+            "t",
+        );
+        assert_eq!(
+            last.unwrap_err().description,
+            "must be between 0001-01-01T00:00:00Z and 9999-12-30T22:00:00Z"
+        );
         for (seconds, nanos) in [
             (0, -1),
             (0, 1_000_000_000),

@@ -12,6 +12,7 @@ use tonic::{
 use tracing::{Instrument, Span, field};
 
 use super::convert::{parse_batch_id, stale_after};
+use super::deadline::deadline;
 use crate::domain::{BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, StaleThreshold};
 use crate::metrics::Metrics;
 use crate::proto::{
@@ -70,13 +71,20 @@ impl BatchHistoryService {
     {
         let started = Instant::now();
         let request_id = request_id(request.metadata());
+        let deadline = deadline(request.extensions().get(), request.metadata());
         let span = tracing::info_span!(
             "rpc",
             method,
             request_id = %request_id,
             batch_id = field::Empty
         );
-        let result = handler(request.into_inner()).instrument(span.clone()).await;
+        let handled = handler(request.into_inner()).instrument(span.clone());
+        let result = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, handled)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("the caller's deadline passed"))),
+            None => handled.await,
+        };
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         let elapsed = started.elapsed();
         self.metrics.observe(method, code, elapsed);

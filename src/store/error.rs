@@ -3,7 +3,6 @@
 use std::{error::Error as StdError, time::Duration};
 
 use deadpool_postgres::PoolError;
-use tokio_postgres::error::SqlState;
 
 use crate::domain::{BatchId, FieldViolation, RequestId, State};
 
@@ -64,12 +63,6 @@ impl From<tokio_postgres::Error> for StoreError {
                 return Self::Invalid(FieldViolation {
                     field: "end_time".into(),
                     description: "must not be before the batch's start_time".into(),
-                });
-            }
-            if *db.code() == SqlState::NUMERIC_VALUE_OUT_OF_RANGE {
-                return Self::Invalid(FieldViolation {
-                    field: "samples_delta".into(),
-                    description: "would take a counter of the batch past its 64-bit maximum".into(),
                 });
             }
         }

@@ -21,8 +21,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, Finish, JsonObject, ListQuery,
-    MAX_KEPT_ERRORS, NewBatch, Page, Progress, Prose, StaleThreshold, State, StatsGroup,
+    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
+    JsonObject, ListQuery, MAX_KEPT_ERRORS, NewBatch, Page, Progress, Prose, StaleThreshold, State,
+    StatsGroup,
 };
 
 pub use error::StoreError;
@@ -294,6 +295,9 @@ impl Store {
                 let row = match row {
                     // A retry of this report committed first; look again.
                     Err(error) if violates(&error, REQUEST_ID_KEY) => continue,
+                    Err(error) if is_out_of_range(&error) => {
+                        return Err(overflowed_counter(client, progress).await);
+                    }
                     row => row?,
                 };
                 if let Some(row) = &row
@@ -563,6 +567,39 @@ const REQUEST_ID_KEY: &str = "batch_requests_pkey";
 fn violates(error: &tokio_postgres::Error, constraint: &str) -> bool {
     error.as_db_error().is_some_and(|db| {
         *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(constraint)
+    })
+}
+
+/// Whether a statement failed because a number left its type's range.
+fn is_out_of_range(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
+}
+
+/// Names the delta of `progress` that would take its batch's counter past
+/// the 64-bit maximum (PostgreSQL's error does not say which).
+async fn overflowed_counter(client: &Client, progress: &Progress) -> StoreError {
+    let counters = async {
+        let statement = client.prepare_cached(sql::GET).await?;
+        let row = client
+            .query_one(&statement, &[&progress.batch_id.as_str()])
+            .await?;
+        Ok::<_, StoreError>(batch_from_row(&row)?)
+    };
+    let field = match counters.await {
+        Ok(batch)
+            if batch
+                .samples_generated
+                .checked_add(progress.samples_delta.get())
+                .is_none() =>
+        {
+            "samples_delta"
+        }
+        Ok(_) => "tokens_delta",
+        Err(error) => return error,
+    };
+    StoreError::Invalid(FieldViolation {
+        field: field.into(),
+        description: "would take the batch's counter past its 64-bit maximum".into(),
     })
 }
 

@@ -226,11 +226,20 @@ async fn progress_rejects_invalid_reports_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
-    let mut overflow = progress("b", i64::MAX, 0);
-    client.record_progress(overflow.clone()).await.unwrap();
-    overflow.samples_delta = 1;
-    let status = client.record_progress(overflow).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    client
+        .record_progress(progress("b", i64::MAX, i64::MAX - 1))
+        .await
+        .unwrap();
+    let status = client
+        .record_progress(progress("b", 1, 0))
+        .await
+        .unwrap_err();
+    assert_invalid(status, "samples_delta");
+    let status = client
+        .record_progress(progress("b", 0, 2))
+        .await
+        .unwrap_err();
+    assert_invalid(status, "tokens_delta");
 
     let stored = client
         .get_batch(proto::GetBatchRequest {
@@ -240,7 +249,7 @@ async fn progress_rejects_invalid_reports_and_changes_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(stored.samples_generated, i64::MAX);
-    assert_eq!(stored.total_tokens, 0);
+    assert_eq!(stored.total_tokens, i64::MAX - 1);
     assert_eq!(stored.error_count, created.error_count);
 }
 
