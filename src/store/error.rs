@@ -58,13 +58,13 @@ impl StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        if let Some(db) = error.as_db_error() {
-            if db.constraint() == Some(END_AFTER_START) {
-                return Self::Invalid(FieldViolation {
-                    field: "end_time".into(),
-                    description: "must not be before the batch's start_time".into(),
-                });
-            }
+        if let Some(db) = error.as_db_error()
+            && db.constraint() == Some(END_AFTER_START)
+        {
+            return Self::Invalid(FieldViolation {
+                field: "end_time".into(),
+                description: "must not be before the batch's start_time".into(),
+            });
         }
         if is_unavailable(&error) {
             Self::Unavailable(Box::new(error))

@@ -583,7 +583,7 @@ async fn overflowed_counter(client: &Client, progress: &Progress) -> StoreError 
         let row = client
             .query_one(&statement, &[&progress.batch_id.as_str()])
             .await?;
-        Ok::<_, StoreError>(batch_from_row(&row)?)
+        batch_from_row(&row)
     };
     let field = match counters.await {
         Ok(batch)
