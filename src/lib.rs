@@ -11,12 +11,14 @@
 //! - [`startup`]: [`startup::App`], which binds, migrates and serves until told to stop.
 //! - [`import`]: `import-sqlite`, which copies the legacy SQLite history in.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`background`]: the server's background tasks, supervised.
 //! - [`health`]: what `grpc.health.v1` reports, and the database probe behind it.
 //! - [`watch`]: live change streams fed by PostgreSQL LISTEN/NOTIFY.
 //! - [`maintenance`]: background stale-batch sweep and retention.
 //! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
+pub mod background;
 pub mod config;
 pub mod domain;
 pub mod grpc;

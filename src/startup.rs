@@ -7,6 +7,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, server::TcpIncoming};
 use tower::util::{MapRequestLayer, MapResponseLayer};
 
+use crate::background::Background;
 use crate::config::{DatabaseConfig, Secret, ServeConfig};
 use crate::grpc::{
     BatchHistoryService, BearerAuth, MAX_REQUEST_BYTES, remap_decoding_errors, stamp_arrival,
@@ -120,35 +121,31 @@ impl App {
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let (stopping, stopped) = watch::channel(false);
+        let mut background = Background::default();
         if let Some(listener) = self.metrics_listener {
             let mut stopped = stopped.clone();
             tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
-            tokio::spawn(crate::metrics::serve(
-                listener,
-                metrics,
-                self.store.clone(),
-                async move {
+            background.spawn(
+                "metrics endpoint",
+                crate::metrics::serve(listener, metrics, self.store.clone(), async move {
                     let _ = stopped.wait_for(|stopped| *stopped).await;
-                },
-            ));
+                }),
+            );
         }
-        tokio::spawn(crate::watch::feed(
-            self.database,
-            self.store.clone(),
-            hub,
-            stopped.clone(),
-        ));
-        tokio::spawn(crate::maintenance::run(
-            self.store.clone(),
-            self.upkeep,
-            stopped.clone(),
-        ));
+        background.spawn(
+            "change feed",
+            crate::watch::feed(self.database, self.store.clone(), hub, stopped.clone()),
+        );
+        background.spawn(
+            "upkeep",
+            crate::maintenance::run(self.store.clone(), self.upkeep, stopped.clone()),
+        );
         health.set_database_reachable(true).await;
-        tokio::spawn(health::watch_database(
-            self.probe,
-            health.clone(),
-            stopped.clone(),
-        ));
+        background.spawn(
+            "database probe",
+            health::watch_database(self.probe, health.clone(), stopped.clone()),
+        );
+        tokio::spawn(background.supervise(health.clone(), stopped.clone()));
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tracing::info!(?addr, "serving");
