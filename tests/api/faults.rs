@@ -98,6 +98,10 @@ async fn a_row_locked_elsewhere_starves_no_other_batch_and_timed_out_calls_never
 
     lock.rollback().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "other rows: 20 of 20 ok; hot row: {acknowledged} ok, {} UNAVAILABLE",
+        failed.len()
+    );
     assert_eq!(
         samples_of(&app, "hot").await,
         acknowledged,
