@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// `authorization: Bearer <token>` (health and reflection stay open).
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// File holding the shared secret instead (a Docker or Kubernetes secret).
+    #[arg(long, env = "AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
     /// RUNNING batches not updated for this long are stopped: minutes, or a
     /// number with s, m or h (`90s`, `2h`); 0 turns the sweep off.
     #[arg(long, env = "STALE_AFTER", default_value = "120m", value_parser = parse_stale_after)]
@@ -102,6 +105,9 @@ pub struct DatabaseArgs {
     // the value, password included.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// File holding the URL instead (a Docker or Kubernetes secret).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// Connections in the pool.
     #[arg(long, env = "DB_POOL_MAX_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -218,8 +224,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
         Ok(Self {
             listen_addr: args.listen_addr,
             metrics_addr: args.metrics_addr,
-            auth_token: args
-                .auth_token
+            auth_token: secret("AUTH_TOKEN", args.auth_token, args.auth_token_file)?
                 .filter(|token| !token.is_empty())
                 .map(Secret::new),
             upkeep: Upkeep {
@@ -279,8 +284,7 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
     type Error = ConfigError;
 
     fn try_from(args: DatabaseArgs) -> Result<Self, Self::Error> {
-        let url = args
-            .database_url
+        let url = secret("DATABASE_URL", args.database_url, args.database_url_file)?
             .filter(|url| !url.trim().is_empty())
             .ok_or(ConfigError::MissingDatabaseUrl)?;
         let mut pg = tokio_postgres::Config::from_str(&url)
@@ -308,6 +312,23 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
     }
 }
 
+/// A secret given as `name` or read from the file `name`_FILE names (as the
+/// postgres image does), without the file's trailing newline.
+fn secret(
+    name: &'static str,
+    value: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::SecretTwice(name)),
+        (value, None) => Ok(value),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned())),
+            Err(source) => Err(ConfigError::SecretFile { name, path, source }),
+        },
+    }
+}
+
 /// A setting that cannot work, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -323,6 +344,15 @@ pub enum ConfigError {
     InvalidDatabaseUrl(String),
     #[error("--source-timezone {0:?} is not an IANA time zone such as UTC or Europe/Paris")]
     UnknownTimeZone(String),
+    #[error("{0} and {0}_FILE are both set: keep one")]
+    SecretTwice(&'static str),
+    #[error("cannot read {name}_FILE {path:?}")]
+    SecretFile {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]
@@ -332,9 +362,44 @@ mod tests {
     fn args(url: &str) -> DatabaseArgs {
         DatabaseArgs {
             database_url: Some(url.into()),
+            database_url_file: None,
             db_pool_max_size: 4,
             db_timeout_ms: 250,
         }
+    }
+
+    #[test]
+    fn secrets_come_from_a_variable_or_a_file_but_not_both() {
+        let path = std::env::temp_dir().join(format!("bh-secret-{}", std::process::id()));
+        std::fs::write(&path, "postgres://u:p@db:5432/history\n").unwrap();
+        let from_file = DatabaseArgs {
+            database_url: None,
+            database_url_file: Some(path.clone()),
+            ..args("")
+        };
+        let config = DatabaseConfig::try_from(from_file).unwrap();
+        assert_eq!(config.pg.get_dbname(), Some("history"));
+        assert_eq!(config.pg.get_password(), Some(&b"p"[..]));
+        let both = DatabaseArgs {
+            database_url_file: Some(path.clone()),
+            ..args("postgres://u@db/x")
+        };
+        let error = DatabaseConfig::try_from(both).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "DATABASE_URL and DATABASE_URL_FILE are both set: keep one"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let missing = DatabaseArgs {
+            database_url: None,
+            database_url_file: Some(path),
+            ..args("")
+        };
+        let error = DatabaseConfig::try_from(missing).unwrap_err().to_string();
+        assert!(
+            error.starts_with("cannot read DATABASE_URL_FILE"),
+            "{error}"
+        );
     }
 
     #[test]
