@@ -10,8 +10,31 @@ use super::{BatchId, Idempotency, InvalidValue, JsonObject, Label, Prose};
 
 /// Errors kept per batch; older ones are dropped but still counted.
 pub const MAX_KEPT_ERRORS: usize = 1_000;
+/// Bytes of errors kept per batch, as stored. With the other bounds this
+/// keeps every batch well within a 4 MiB response (about 2 MiB at most).
+pub const MAX_KEPT_ERROR_BYTES: usize = 1024 * 1024;
+/// Model switches kept per batch, newest first, and their bytes as stored.
+pub const MAX_KEPT_SWITCHES: usize = 1_000;
+pub const MAX_KEPT_SWITCH_BYTES: usize = 512 * 1024;
 /// Errors, or model switches, one request may append.
 pub const MAX_ENTRIES_PER_REPORT: usize = 1_000;
+
+/// Drops the oldest of `entries` until at most `max_items` remain, within
+/// `max_bytes` of JSON: what the database keeps of a stored batch's lists.
+pub fn keep_newest<T: Serialize>(entries: &mut Vec<T>, max_items: usize, max_bytes: usize) {
+    let mut bytes = 0_usize;
+    let kept = entries
+        .iter()
+        .rev()
+        .take(max_items)
+        .take_while(|entry| {
+            let size = serde_json::to_vec(entry).map_or(usize::MAX, |json| json.len());
+            bytes = bytes.saturating_add(size);
+            bytes <= max_bytes
+        })
+        .count();
+    entries.drain(..entries.len() - kept);
+}
 
 /// Where a batch is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -223,6 +246,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn keep_newest_bounds_count_and_bytes() {
+        let mut entries: Vec<String> = (0..10).map(|n| format!("{n}{}", "x".repeat(98))).collect();
+        keep_newest(&mut entries, 5, usize::MAX);
+        assert_eq!(entries.len(), 5);
+        assert!(entries[0].starts_with('5'));
+        // Each entry is 102 bytes of JSON (quotes included).
+        keep_newest(&mut entries, 5, 350);
+        assert_eq!(entries.len(), 3);
+        assert!(entries[0].starts_with('7'));
+    }
 
     fn stored() -> Batch {
         let start = Timestamp::from_second(1_760_000_000).unwrap();

@@ -516,6 +516,15 @@ fn timestamp(value: prost_types::Timestamp, field: &str) -> Result<Timestamp, Fi
     Timestamp::from_microsecond(micros).map_err(|_| InvalidValue(RANGE.into()).at(field))
 }
 
+/// The view a listing asked for; unset means FULL, as before views existed.
+pub fn batch_view(value: i32) -> Result<proto::BatchView, FieldViolation> {
+    match proto::BatchView::try_from(value) {
+        Ok(proto::BatchView::Unspecified | proto::BatchView::Full) => Ok(proto::BatchView::Full),
+        Ok(proto::BatchView::Basic) => Ok(proto::BatchView::Basic),
+        Err(_) => Err(InvalidValue(format!("{value} is not a BatchView")).at("view")),
+    }
+}
+
 fn proto_timestamp(time: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.as_second(),

@@ -1,11 +1,46 @@
-//! The request size limit, and the codes callers get for requests that
-//! cannot even be decoded.
+//! Message size limits: requests the service accepts, responses it sends,
+//! and the codes callers get for requests that cannot even be decoded.
 
 use http::{HeaderValue, Response};
+use prost::Message;
+
+use crate::domain::{Batch, Cursor};
+use crate::proto::{self, BatchView};
 
 /// Largest request message accepted: room for a progress report with
 /// hundreds of large errors, far from what would strain the server.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Largest response the service sends: the 4 MiB a gRPC client accepts by
+/// default, less room for framing.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// Converts `batches`, in order and in `view`, while they fit in one
+/// response of [`MAX_RESPONSE_BYTES`] (the first one always fits: a stored
+/// batch is far smaller). Returns them, and the cursor after the last one
+/// if some had to be left out.
+pub fn fit_batches(batches: Vec<Batch>, view: BatchView) -> (Vec<proto::Batch>, Option<Cursor>) {
+    let mut fitted = Vec::with_capacity(batches.len());
+    let mut bytes = 0;
+    let mut last: Option<Cursor> = None;
+    for batch in batches {
+        let cursor = Cursor::after(&batch);
+        let mut batch = proto::Batch::from(batch);
+        if view == BatchView::Basic {
+            batch.errors.clear();
+            batch.model_switches.clear();
+        }
+        // The field's tag and length prefix take at most 6 more bytes.
+        let size = batch.encoded_len() + 6;
+        if last.is_some() && bytes + size > MAX_RESPONSE_BYTES {
+            return (fitted, last);
+        }
+        bytes += size;
+        fitted.push(batch);
+        last = Some(cursor);
+    }
+    (fitted, None)
+}
 
 /// tonic answers a request it cannot decode with codes that blame the
 /// server: OUT_OF_RANGE for a message over the size limit, INTERNAL for

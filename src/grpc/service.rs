@@ -11,12 +11,13 @@ use tonic::{
 };
 use tracing::{Instrument, Span, field};
 
-use super::convert::{parse_batch_id, stale_after};
+use super::convert::{batch_view, parse_batch_id, stale_after};
 use super::deadline::deadline;
+use super::limits::fit_batches;
 use crate::domain::{BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, StaleThreshold};
 use crate::metrics::Metrics;
 use crate::proto::{
-    self, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
+    self, BatchView, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
     GetBatchStatsRequest, ListBatchesRequest, ListBatchesResponse, PurgeBatchesRequest,
     PurgeBatchesResponse, RecordProgressRequest, SweepStaleBatchesRequest,
     SweepStaleBatchesResponse, WatchBatchRequest, WatchBatchesRequest,
@@ -163,14 +164,16 @@ impl BatchHistory for BatchHistoryService {
         request: Request<ListBatchesRequest>,
     ) -> Result<Response<ListBatchesResponse>, Status> {
         self.call("ListBatches", request, |request| async {
+            let view = batch_view(request.view)?;
             let query = ListQuery::try_from(request)?;
             let page = self.store.list(&query).await?;
+            let (batches, cut) = fit_batches(page.batches, view);
             Ok(ListBatchesResponse {
-                next_page_token: page
-                    .next
+                next_page_token: cut
+                    .or(page.next)
                     .map(|cursor| cursor.to_token(&query.filter, query.order))
                     .unwrap_or_default(),
-                batches: page.batches.into_iter().map(Into::into).collect(),
+                batches,
             })
         })
         .await
@@ -260,8 +263,11 @@ impl BatchHistory for BatchHistoryService {
         self.call("SweepStaleBatches", request, |request| async move {
             let threshold = stale_after(&request, self.stale_after)?;
             let stopped = self.store.sweep_stale(threshold).await?;
+            let stopped_count = i64::try_from(stopped.len()).unwrap_or(i64::MAX);
+            let (stopped, _) = fit_batches(stopped, BatchView::Full);
             Ok(SweepStaleBatchesResponse {
-                stopped: stopped.into_iter().map(Into::into).collect(),
+                stopped,
+                stopped_count,
             })
         })
         .await

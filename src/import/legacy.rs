@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use super::Problem;
 use crate::domain::{
-    Batch, BatchError, BatchId, JsonObject, Label, MAX_KEPT_ERRORS, ModelSwitch, NonNegative,
-    Prose, State,
+    Batch, BatchError, BatchId, JsonObject, Label, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
+    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NonNegative, Prose, State, keep_newest,
 };
 
 /// Columns of `batch_history`, in the order the query below selects them.
@@ -198,11 +198,14 @@ impl RowMapper<'_> {
         let errors_text = self.text(row, 12, "errors")?;
         let mut errors = self.errors(errors_text, start_time);
         let error_count = errors.len() as i64;
-        if errors.len() > MAX_KEPT_ERRORS {
-            errors.drain(..errors.len() - MAX_KEPT_ERRORS);
-        }
+        keep_newest(&mut errors, MAX_KEPT_ERRORS, MAX_KEPT_ERROR_BYTES);
         let switches_text = self.text(row, 13, "model_switches")?;
-        let model_switches = self.model_switches(switches_text, start_time);
+        let mut model_switches = self.model_switches(switches_text, start_time);
+        keep_newest(
+            &mut model_switches,
+            MAX_KEPT_SWITCHES,
+            MAX_KEPT_SWITCH_BYTES,
+        );
 
         Ok(Some(Batch {
             batch_id,

@@ -22,8 +22,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::config::DatabaseConfig;
 use crate::domain::{
     Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
-    JsonObject, ListQuery, MAX_KEPT_ERRORS, NewBatch, Page, Progress, Prose, StaleThreshold, State,
-    StatsGroup,
+    JsonObject, ListQuery, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES,
+    MAX_KEPT_SWITCHES, NewBatch, Page, Progress, Prose, StaleThreshold, State, StatsGroup,
 };
 
 pub use error::StoreError;
@@ -289,6 +289,9 @@ impl Store {
                             &(MAX_KEPT_ERRORS as i32),
                             &request_id,
                             &fingerprint,
+                            &(MAX_KEPT_ERROR_BYTES as i32),
+                            &(MAX_KEPT_SWITCHES as i32),
+                            &(MAX_KEPT_SWITCH_BYTES as i32),
                         ],
                     )
                     .await;
@@ -360,6 +363,7 @@ impl Store {
                             &finish.end_time,
                             &errors,
                             &(MAX_KEPT_ERRORS as i32),
+                            &(MAX_KEPT_ERROR_BYTES as i32),
                         ],
                     )
                     .await?;
@@ -434,6 +438,7 @@ impl Store {
                         &Json(&reason),
                         &SWEEP_LOCK_KEY,
                         &(MAX_KEPT_ERRORS as i32),
+                        &(MAX_KEPT_ERROR_BYTES as i32),
                     ],
                 )
                 .await?

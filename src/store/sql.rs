@@ -47,14 +47,14 @@ pub const GET: &str = concat!("SELECT ", columns!(), " FROM batches WHERE batch_
 pub const COUNT_BY_STATE: &str = "SELECT state, count(*) FROM batches GROUP BY state";
 
 /// Stops running batches not updated for $1 seconds, appending error $2
-/// (a JSON array of one) and keeping the newest $4 errors, unless another
-/// replica holds sweep lock $3.
+/// (a JSON array of one) and keeping the newest $4 errors within $5 bytes,
+/// unless another replica holds sweep lock $3.
 pub const SWEEP_STALE: &str = concat!(
     "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($3) AS holds)
     UPDATE batches SET
         state = 'STOPPED',
         end_time = greatest(now(), start_time),
-        errors = jsonb_append_keep_newest(errors, $2::jsonb, $4),
+        errors = jsonb_append_keep_newest(errors, $2::jsonb, $4, $5),
         error_count = error_count + 1,
         update_time = now(),
         version = version + 1
@@ -110,7 +110,8 @@ pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
 /// row, changed or not, and whether it changed (so that a missing batch and
 /// a finished one are told apart in the same round trip). $1 id, $2 samples,
 /// $3 tokens, $4 errors (JSON array), $5 model switches (JSON array),
-/// $6 errors to keep, $7 request id or NULL, $8 the request's fingerprint.
+/// $6 and $9 errors and their bytes to keep, $10 and $11 model switches and
+/// their bytes to keep, $7 request id or NULL, $8 the request's fingerprint.
 ///
 /// A report whose request id is already recorded is not applied, and
 /// `replay_matches` says whether the record is of this same report. Two
@@ -123,9 +124,9 @@ pub const RECORD_PROGRESS: &str = concat!(
         UPDATE batches SET
             samples_generated = samples_generated + $2,
             total_tokens = total_tokens + $3,
-            errors = jsonb_append_keep_newest(errors, $4::jsonb, $6),
+            errors = jsonb_append_keep_newest(errors, $4::jsonb, $6, $9),
             error_count = error_count + jsonb_array_length($4::jsonb),
-            model_switches = model_switches || $5::jsonb,
+            model_switches = jsonb_append_keep_newest(model_switches, $5::jsonb, $10, $11),
             update_time = now(),
             version = version + 1
         WHERE batch_id = $1 AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
@@ -154,13 +155,13 @@ pub const FORGET_REQUESTS: &str =
 
 /// Moves a running batch to a final state, like [`RECORD_PROGRESS`]. $1 id,
 /// $2 state, $3 end time or NULL for now, $4 errors to append (JSON array),
-/// $5 errors to keep.
+/// $5 and $6 errors and their bytes to keep.
 pub const FINISH: &str = concat!(
     "WITH updated AS (
         UPDATE batches SET
             state = $2,
             end_time = COALESCE($3::timestamptz, now()),
-            errors = jsonb_append_keep_newest(errors, $4::jsonb, $5),
+            errors = jsonb_append_keep_newest(errors, $4::jsonb, $5, $6),
             error_count = error_count + jsonb_array_length($4::jsonb),
             update_time = now(),
             version = version + 1

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use batch_history::proto::{
-    CreateBatchRequest, RecordProgressRequest, batch_history_client::BatchHistoryClient,
+    self, BatchView, CreateBatchRequest, GetBatchRequest, ListBatchesRequest,
+    RecordProgressRequest, batch_history_client::BatchHistoryClient,
 };
+use prost::Message;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 
@@ -321,5 +323,138 @@ async fn a_request_id_is_a_uuid_and_names_one_report() {
         .unwrap();
     assert_eq!(samples_of(&app, "a").await, 1);
     assert_eq!(samples_of(&app, "b").await, 0);
+    app.stop().await;
+}
+
+/// A struct with one string field of `bytes` bytes.
+fn bulky(bytes: usize) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: [(
+            "blob".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue("d".repeat(bytes))),
+            },
+        )]
+        .into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_filled_to_every_limit_fits_a_default_client_in_get_and_list() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    client
+        .create_batch(CreateBatchRequest {
+            batch_id: "full".into(),
+            batch: Some(proto::Batch {
+                reasoning_instruction: "r".repeat(64 * 1024),
+                metadata: Some(bulky(60 * 1024)),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // Each report stays under the 4 MiB request limit; together they pass
+    // every per-batch bound several times over.
+    for _ in 0..4 {
+        let errors = (0..24)
+            .map(|_| proto::BatchError {
+                message: "m".repeat(64 * 1024),
+                details: Some(bulky(60 * 1024)),
+                ..Default::default()
+            })
+            .collect();
+        let model_switches = (0..200)
+            .map(|_| proto::ModelSwitch {
+                from_model: "a".into(),
+                to_model: "b".into(),
+                reason: "s".repeat(1024),
+                details: Some(bulky(2 * 1024)),
+                ..Default::default()
+            })
+            .collect();
+        client
+            .record_progress(RecordProgressRequest {
+                batch_id: "full".into(),
+                errors,
+                model_switches,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    let full = client
+        .get_batch(GetBatchRequest {
+            batch_id: "full".into(),
+        })
+        .await
+        .expect("a default client reads the fullest batch")
+        .into_inner();
+    eprintln!(
+        "fullest batch: {} bytes, {} errors kept of {}, {} model switches kept",
+        full.encoded_len(),
+        full.errors.len(),
+        full.error_count,
+        full.model_switches.len()
+    );
+    assert!(full.encoded_len() < 2_500_000, "{}", full.encoded_len());
+    assert_eq!(full.error_count, 96);
+    assert!(!full.errors.is_empty() && full.errors.len() < 96);
+    assert!(!full.model_switches.is_empty() && full.model_switches.len() < 800);
+
+    // Eleven copies of it, then every page of a 1,000-batch listing.
+    app.db
+        .client()
+        .await
+        .execute(
+            "INSERT INTO batches (batch_id, state, reasoning_instruction, metadata, errors,
+                                  error_count, model_switches, start_time, update_time)
+             SELECT 'copy-' || n, state, reasoning_instruction, metadata, errors,
+                    error_count, model_switches, start_time, update_time
+             FROM batches, generate_series(1, 11) AS n WHERE batch_id = 'full'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for view in [BatchView::Unspecified, BatchView::Basic] {
+        let (mut listed, mut pages, mut token) = (0, 0, String::new());
+        loop {
+            let page = client
+                .list_batches(ListBatchesRequest {
+                    page_size: 1_000,
+                    page_token: token,
+                    view: view as i32,
+                    ..Default::default()
+                })
+                .await
+                .expect("every page fits a default client")
+                .into_inner();
+            assert!(page.encoded_len() <= 4 * 1024 * 1024);
+            if view == BatchView::Basic {
+                assert!(page.batches.iter().all(|b| b.errors.is_empty()));
+                assert!(page.batches.iter().all(|b| b.error_count == 96));
+            } else {
+                assert!(
+                    page.batches
+                        .iter()
+                        .all(|b| b.errors.len() == full.errors.len())
+                );
+            }
+            listed += page.batches.len();
+            pages += 1;
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(listed, 12, "{view:?}");
+        eprintln!("{view:?}: 12 batches in {pages} pages");
+        if view == BatchView::Basic {
+            assert_eq!(pages, 1, "without their lists, they fit one page");
+        } else {
+            assert!(pages > 1, "full batches are split across pages");
+        }
+    }
     app.stop().await;
 }
