@@ -11,6 +11,7 @@ use crate::domain::StaleThreshold;
 use crate::import::ImportOptions;
 use crate::maintenance::Upkeep;
 use crate::store::OnConflict;
+use crate::tls::TlsFiles;
 
 /// The batch-history service and its tools.
 #[derive(Debug, Parser)]
@@ -58,6 +59,15 @@ pub struct ServeArgs {
     /// File holding the shared secret instead (a Docker or Kubernetes secret).
     #[arg(long, env = "AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key-file).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: clients must then present a certificate they issued.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// RUNNING batches not updated for this long are stopped: minutes, or a
     /// number with s, m or h (`90s`, `2h`); 0 turns the sweep off.
     #[arg(long, env = "STALE_AFTER", default_value = "120m", value_parser = parse_stale_after)]
@@ -127,6 +137,18 @@ pub struct HealthcheckArgs {
     /// Milliseconds to wait for the answer.
     #[arg(long, default_value_t = 3_000)]
     pub timeout_ms: u64,
+    /// PEM CA certificate to verify a TLS server with; the check then speaks TLS.
+    #[arg(long, env = "HEALTHCHECK_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM certificate to present when the server asks for one (mutual TLS).
+    #[arg(long, env = "HEALTHCHECK_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "HEALTHCHECK_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Name the server's certificate must carry; default: the address's host.
+    #[arg(long, env = "HEALTHCHECK_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +215,8 @@ pub struct ServeConfig {
     pub listen_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub auth_token: Option<Secret>,
+    /// TLS on the gRPC port; plain HTTP/2 when `None`.
+    pub tls: Option<TlsFiles>,
     pub upkeep: Upkeep,
     pub database: DatabaseConfig,
 }
@@ -227,6 +251,19 @@ impl TryFrom<ServeArgs> for ServeConfig {
             auth_token: secret("AUTH_TOKEN", args.auth_token, args.auth_token_file)?
                 .filter(|token| !token.is_empty())
                 .map(Secret::new),
+            tls: match (
+                args.tls_cert_file,
+                args.tls_key_file,
+                args.tls_client_ca_file,
+            ) {
+                (None, None, None) => None,
+                (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                _ => return Err(ConfigError::IncompleteTls),
+            },
             upkeep: Upkeep {
                 stale_after: args.stale_after.0,
                 retention: args
@@ -344,6 +381,8 @@ pub enum ConfigError {
     InvalidDatabaseUrl(String),
     #[error("--source-timezone {0:?} is not an IANA time zone such as UTC or Europe/Paris")]
     UnknownTimeZone(String),
+    #[error("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE (TLS_CLIENT_CA_FILE only with them)")]
+    IncompleteTls,
     #[error("{0} and {0}_FILE are both set: keep one")]
     SecretTwice(&'static str),
     #[error("cannot read {name}_FILE {path:?}")]

@@ -15,6 +15,7 @@
 //! - [`health`]: what `grpc.health.v1` reports, and the database probe behind it.
 //! - [`watch`]: live change streams fed by PostgreSQL LISTEN/NOTIFY.
 //! - [`maintenance`]: background stale-batch sweep and retention.
+//! - [`tls`]: TLS on the gRPC port, reloaded when certificates change.
 //! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 
 /// Messages, client and server generated from the gRPC contract.

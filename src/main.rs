@@ -31,7 +31,13 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!(?applied, "schema up to date");
         }
         Command::Healthcheck(args) => {
-            healthcheck::check(&args.addr, Duration::from_millis(args.timeout_ms)).await?;
+            let tls = args.tls_ca_file.map(|ca_file| healthcheck::ClientTls {
+                ca_file,
+                identity: args.tls_cert_file.zip(args.tls_key_file),
+                server_name: args.tls_server_name,
+            });
+            let timeout = Duration::from_millis(args.timeout_ms);
+            healthcheck::check(&args.addr, timeout, tls.as_ref()).await?;
         }
         Command::ImportSqlite(args) => {
             let config = ImportConfig::try_from(args)?;

@@ -17,7 +17,9 @@ use crate::maintenance::Upkeep;
 use crate::metrics::Metrics;
 use crate::proto::{self, batch_history_server::BatchHistoryServer};
 use crate::store::{self, MigrateError, Probe, Store, StoreError};
+use crate::tls::{ReloadingTls, TlsError};
 use crate::watch::Hub;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 pub use crate::health::SERVICE_NAME;
 
@@ -40,6 +42,8 @@ pub enum StartupError {
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    #[error("cannot serve TLS")]
+    Tls(#[from] TlsError),
 }
 
 /// How long in-flight calls may take to finish once shutdown has begun.
@@ -53,6 +57,7 @@ pub struct App {
     store: Store,
     probe: Probe,
     auth: BearerAuth,
+    tls: Option<ReloadingTls>,
     database: DatabaseConfig,
     upkeep: Upkeep,
 }
@@ -61,6 +66,7 @@ impl App {
     /// Binds the listen address (port 0 picks a free port), migrates the
     /// database and checks that it answers.
     pub async fn build(config: ServeConfig) -> Result<Self, StartupError> {
+        let tls = config.tls.map(ReloadingTls::load).transpose()?;
         let listener = bind(config.listen_addr).await?;
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(bind(addr).await?),
@@ -77,6 +83,7 @@ impl App {
             store,
             probe: Probe::new(&config.database),
             auth: BearerAuth::new(config.auth_token.as_ref().map(Secret::expose)),
+            tls,
             database: config.database,
             upkeep: config.upkeep,
         })
@@ -121,6 +128,7 @@ impl App {
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let (stopping, stopped) = watch::channel(false);
+        let stopped_tls = stopped.clone();
         let mut background = Background::default();
         if let Some(listener) = self.metrics_listener {
             let mut stopped = stopped.clone();
@@ -145,24 +153,37 @@ impl App {
             "database probe",
             health::watch_database(self.probe, health.clone(), stopped.clone()),
         );
+        if let Some(tls) = &self.tls {
+            background.spawn("TLS reloader", tls.clone().watch(stopped.clone()));
+        }
         tokio::spawn(background.supervise(health.clone(), stopped.clone()));
 
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        tracing::info!(?addr, "serving");
+        tracing::info!(?addr, tls = self.tls.is_some(), "serving");
         let stop = async move {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
             health.stop().await;
             let _ = stopping.send(true);
         };
-        let server = Server::builder()
+        let router = Server::builder()
             .layer(MapResponseLayer::new(remap_decoding_errors as fn(_) -> _))
             .layer(MapRequestLayer::new(stamp_arrival as fn(_) -> _))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(batch_history, self.auth))
-            .serve_with_incoming_shutdown(incoming, stop);
+            .add_service(InterceptedService::new(batch_history, self.auth));
+        let server = async move {
+            match self.tls {
+                Some(tls) => {
+                    let incoming = ReceiverStream::new(tls.incoming(self.listener, stopped_tls));
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+                None => {
+                    let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            }
+        };
         let mut stopped = stopped;
         let drain_expired = async move {
             let _ = stopped.wait_for(|stopped| *stopped).await;

@@ -84,6 +84,7 @@ async fn the_app_waits_for_migrations_held_by_another_replica() {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         auth_token: None,
+        tls: None,
         upkeep: Default::default(),
         database: db.database_config(Duration::from_secs(5)),
     };
@@ -121,6 +122,7 @@ async fn replicas_migrating_at_once_apply_each_migration_once() {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: None,
             auth_token: None,
+            tls: None,
             upkeep: Default::default(),
             database: db.database_config(Duration::from_secs(10)),
         })

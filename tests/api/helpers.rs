@@ -129,6 +129,7 @@ impl TestApp {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
             auth_token: None,
+            tls: None,
             upkeep: Default::default(),
             database: db.database_config(timeout),
         })

@@ -65,6 +65,7 @@ async fn replica(db: &TestDb, upkeep: Upkeep) -> BatchHistoryClient<Channel> {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         auth_token: None,
+        tls: None,
         upkeep,
         database: db.database_config(Duration::from_secs(5)),
     })

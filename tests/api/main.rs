@@ -4,6 +4,7 @@ mod batches;
 mod cluster;
 mod faults;
 mod goaway;
+mod grpc_tls;
 mod health;
 mod helpers;
 mod import;

@@ -65,6 +65,7 @@ async fn a_database_restart_under_load_loses_nothing_and_heals() {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         auth_token: None,
+        tls: None,
         upkeep: Default::default(),
         database: DatabaseConfig {
             pg: pg.clone(),
@@ -260,6 +261,7 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: None,
             auth_token: None,
+            tls: None,
             upkeep: Default::default(),
             database,
         })

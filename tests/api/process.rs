@@ -36,14 +36,26 @@ impl ServerProcess {
 
     /// Waits until the healthcheck command passes, or panics with the logs.
     pub fn wait_serving(&mut self, within: Duration) {
+        self.wait_healthy(within, &[]);
+    }
+
+    /// Whether `healthcheck` with `args` added passes now.
+    pub fn healthcheck(&self, args: &[&str]) -> bool {
+        Command::new(env!("CARGO_BIN_EXE_batch-history"))
+            .args(["healthcheck", "--timeout-ms", "1000", "--addr"])
+            .arg(self.addr.to_string())
+            .args(args)
+            .output()
+            .expect("healthcheck runs")
+            .status
+            .success()
+    }
+
+    /// Waits until `healthcheck` with `args` added passes, or panics.
+    pub fn wait_healthy(&mut self, within: Duration, args: &[&str]) {
         let deadline = Instant::now() + within;
         loop {
-            let check = Command::new(env!("CARGO_BIN_EXE_batch-history"))
-                .args(["healthcheck", "--timeout-ms", "1000", "--addr"])
-                .arg(self.addr.to_string())
-                .output()
-                .expect("healthcheck runs");
-            if check.status.success() {
+            if self.healthcheck(args) {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -59,8 +71,12 @@ impl ServerProcess {
     }
 
     pub fn sigterm(&self) {
+        self.signal("-TERM");
+    }
+
+    pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(sent.success());

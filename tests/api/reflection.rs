@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 use crate::helpers::TestApp;
 
 /// grpcurl from `GRPCURL`, else from `PATH`. `.ci/run` installs it.
-fn grpcurl(args: &[&str]) -> Output {
+pub fn grpcurl(args: &[&str]) -> Output {
     let program = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
     Command::new(&program)
         .args(args)

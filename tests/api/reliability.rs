@@ -62,6 +62,7 @@ async fn build_error(db: &TestDb) -> String {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         auth_token: None,
+        tls: None,
         upkeep: Default::default(),
         database: db.database_config(Duration::from_secs(5)),
     })
@@ -508,6 +509,7 @@ async fn with_a_token_calls_need_it_but_probes_do_not() {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         auth_token: Some(Secret::new("t0ken-for-tests".into())),
+        tls: None,
         upkeep: Default::default(),
         database: db.database_config(Duration::from_secs(5)),
     })
