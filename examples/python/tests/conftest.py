@@ -3,6 +3,7 @@
 BATCH_HISTORY_BIN: the server binary (default: the repository's release build).
 TEST_DATABASE_URL: a PostgreSQL server where a scratch database may be created.
 """
+import contextlib
 import os
 import pathlib
 import socket
@@ -33,20 +34,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_addr():
+@contextlib.contextmanager
+def serve(extra_env=None, healthcheck_args=()):
+    """A server on a scratch database; yields its address."""
     binary = os.environ.get("BATCH_HISTORY_BIN", str(REPO / "target/release/batch-history"))
     admin_url = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     database = f"bh_py_{uuid.uuid4().hex[:12]}"
     _psql(admin_url, f"CREATE DATABASE {database}")
     url = urlsplit(admin_url)
     env = dict(os.environ, DATABASE_URL=urlunsplit(url._replace(path="/" + database)),
-               LISTEN_ADDR=f"127.0.0.1:{_free_port()}", LOG_FORMAT="pretty")
+               LISTEN_ADDR=f"127.0.0.1:{_free_port()}", LOG_FORMAT="pretty", **(extra_env or {}))
     addr = env["LISTEN_ADDR"]
     server = subprocess.Popen([binary, "serve"], env=env)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run([binary, "healthcheck", "--addr", addr],
+        while subprocess.run([binary, "healthcheck", "--addr", addr, *healthcheck_args],
                              capture_output=True).returncode != 0:
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the server did not start")
@@ -56,6 +58,12 @@ def server_addr():
         server.terminate()
         server.wait(timeout=15)
         _psql(admin_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def server_addr():
+    with serve() as addr:
+        yield addr
 
 
 @pytest.fixture
