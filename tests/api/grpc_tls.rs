@@ -255,4 +255,12 @@ async fn mutual_tls_serves_grpcurl_tonic_and_the_healthcheck_and_rotates_on_sigh
         server.logs()
     );
     assert!(server.logs().contains("TLS certificates not reloaded"));
+
+    // Without a signal, a changed file is noticed too.
+    pki.replace("server.key", "live.key");
+    pki.replace("server.pem", "live.pem");
+    let noticed = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(15), || server.healthcheck(&mutual))
+    });
+    assert!(noticed, "the changed files are served:\n{}", server.logs());
 }
