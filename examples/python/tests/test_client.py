@@ -110,3 +110,22 @@ def test_a_report_whose_answers_are_lost_is_retried_and_counted_once(server_addr
         assert len(lose.sent) == 4 and len(set(lose.sent)) == 2, "one request id per report"
     finally:
         client.close()
+
+
+def test_batches_filled_to_every_limit_are_read_and_listed_by_a_default_channel(history):
+    """grpcio accepts 4 MiB responses by default; no batch or page may pass it."""
+    ids = []
+    for _ in range(3):
+        batch_id = history.start(model="m", reasoning_instruction="r" * 65536,
+                                 metadata={"blob": "d" * 60000})
+        for _ in range(4):
+            history.progress(
+                batch_id,
+                errors=[{"error": "m" * 65536, "blob": "d" * 60000} for _ in range(24)],
+                model_switches=[{"from": "a", "to": "b", "reason": "s" * 1024,
+                                 "blob": "d" * 2048} for _ in range(200)])
+        ids.append(batch_id)
+    full = history.get(ids[0])
+    assert 0 < len(full["errors"]) < 96 and 0 < len(full["model_switches"]) < 800
+    listed = [row["id"] for row in history.history(limit=1000)]
+    assert set(ids) <= set(listed)
