@@ -15,7 +15,7 @@ use tonic::metadata::MetadataMap;
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(Instant);
 
-/// Stamps each request with its [`Arrival`]; meant for a
+/// Stamps each request with its arrival time; meant for a
 /// `tower::util::MapRequestLayer` around the server.
 pub fn stamp_arrival<B>(mut request: http::Request<B>) -> http::Request<B> {
     request.extensions_mut().insert(Arrival(Instant::now()));

@@ -2,7 +2,8 @@
 //!
 //! Each operation is one round trip where SQL allows it, uses statements
 //! prepared once per connection, and gives up after the configured timeout
-//! with [`StoreError::Unavailable`] instead of hanging its caller.
+//! with [`StoreError::TimedOut`] instead of hanging its caller, having
+//! cancelled its statement on the server (see `Store::with_connection`).
 
 mod error;
 mod hot_rows;
