@@ -163,14 +163,7 @@ async fn create_is_idempotent_on_the_same_body_and_refuses_a_different_one() {
     assert_eq!(status.code(), Code::AlreadyExists);
     assert!(status.message().contains("b-1"));
 
-    let count: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM batches", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = app.db.count_rows("batches").await;
     assert_eq!(count, 1);
 }
 
@@ -283,14 +276,7 @@ async fn create_rejects_invalid_fields_and_stores_nothing() {
     for (request, field) in cases {
         assert_invalid(client.create_batch(request).await.unwrap_err(), field);
     }
-    let count: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM batches", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = app.db.count_rows("batches").await;
     assert_eq!(count, 0);
 }
 
@@ -306,14 +292,7 @@ async fn get_and_delete_report_missing_batches() {
         })
         .await
         .unwrap();
-    let remaining: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM batches", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let remaining: i64 = app.db.count_rows("batches").await;
     assert_eq!(remaining, 0);
 
     let status = client

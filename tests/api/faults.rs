@@ -279,14 +279,7 @@ async fn thirty_two_workers_sending_every_report_three_times_at_once_count_each_
             (w + 1) * REPORTS / 2
         );
     }
-    let recorded: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM batch_requests", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let recorded: i64 = app.db.count_rows("batch_requests").await;
     assert_eq!(recorded, WORKERS * REPORTS);
     app.stop().await;
 }

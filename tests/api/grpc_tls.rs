@@ -217,13 +217,7 @@ async fn mutual_tls_serves_grpcurl_tonic_and_the_healthcheck_and_rotates_on_sigh
         })
         .await
         .unwrap();
-    let stored: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM batches", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let stored: i64 = db.count_rows("batches").await;
     assert_eq!(stored, 2);
 
     // Rotate to a certificate from another CA; SIGHUP makes it take effect.

@@ -58,6 +58,16 @@ impl TestDb {
         format!("postgres://{user}{password}@{host}:{port}/{}", self.name)
     }
 
+    /// How many rows `table` holds now.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// A direct connection, to check what the service stored.
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.config).await

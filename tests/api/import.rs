@@ -103,13 +103,7 @@ async fn import_with(
 }
 
 async fn stored_count(app: &TestApp) -> i64 {
-    app.db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM batches", &[])
-        .await
-        .unwrap()
-        .get(0)
+    app.db.count_rows("batches").await
 }
 
 async fn get(app: &TestApp, batch_id: &str) -> batch_history::proto::Batch {

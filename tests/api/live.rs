@@ -745,14 +745,7 @@ async fn purge_deletes_old_finished_batches_or_counts_them() {
         .unwrap()
         .into_inner();
     assert_eq!(rest.purged_count, 1);
-    let left: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM batches", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left: i64 = app.db.count_rows("batches").await;
     assert_eq!(left, 1, "the running batch stays");
 
     let status = client
