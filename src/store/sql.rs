@@ -113,6 +113,10 @@ pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
 /// $6 and $9 errors and their bytes to keep, $10 and $11 model switches and
 /// their bytes to keep, $7 request id or NULL, $8 the request's fingerprint.
 ///
+/// Lists a report adds nothing to are left as they are: the function that
+/// appends costs microseconds, and a rewritten list is stored again (TOAST
+/// and all) even when equal.
+///
 /// A report whose request id is already recorded is not applied, and
 /// `replay_matches` says whether the record is of this same report. Two
 /// retries racing past the check both update, but the second one's claim
@@ -124,9 +128,11 @@ pub const RECORD_PROGRESS: &str = concat!(
         UPDATE batches SET
             samples_generated = samples_generated + $2,
             total_tokens = total_tokens + $3,
-            errors = jsonb_append_keep_newest(errors, $4::jsonb, $6, $9),
+            errors = CASE WHEN jsonb_array_length($4::jsonb) = 0 THEN errors
+                ELSE jsonb_append_keep_newest(errors, $4::jsonb, $6, $9) END,
             error_count = error_count + jsonb_array_length($4::jsonb),
-            model_switches = jsonb_append_keep_newest(model_switches, $5::jsonb, $10, $11),
+            model_switches = CASE WHEN jsonb_array_length($5::jsonb) = 0 THEN model_switches
+                ELSE jsonb_append_keep_newest(model_switches, $5::jsonb, $10, $11) END,
             update_time = now(),
             version = version + 1
         WHERE batch_id = $1 AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
@@ -161,7 +167,8 @@ pub const FINISH: &str = concat!(
         UPDATE batches SET
             state = $2,
             end_time = COALESCE($3::timestamptz, now()),
-            errors = jsonb_append_keep_newest(errors, $4::jsonb, $5, $6),
+            errors = CASE WHEN jsonb_array_length($4::jsonb) = 0 THEN errors
+                ELSE jsonb_append_keep_newest(errors, $4::jsonb, $5, $6) END,
             error_count = error_count + jsonb_array_length($4::jsonb),
             update_time = now(),
             version = version + 1
