@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{BatchId, Idempotency, InvalidValue, JsonObject, Label, Prose};
+use super::{BatchId, Idempotency, InvalidValue, JsonObject, Label, Prose, json::json_len};
 
 /// Errors kept per batch; older ones are dropped but still counted.
 pub const MAX_KEPT_ERRORS: usize = 1_000;
@@ -28,7 +28,7 @@ pub fn keep_newest<T: Serialize>(entries: &mut Vec<T>, max_items: usize, max_byt
         .rev()
         .take(max_items)
         .take_while(|entry| {
-            let size = serde_json::to_vec(entry).map_or(usize::MAX, |json| json.len());
+            let size = json_len(entry).unwrap_or(usize::MAX);
             bytes = bytes.saturating_add(size);
             bytes <= max_bytes
         })

@@ -9,6 +9,23 @@ pub const MAX_JSON_BYTES: usize = 64 * 1024;
 /// Deepest nesting of objects and arrays.
 pub const MAX_JSON_DEPTH: usize = 32;
 
+/// Bytes of `value` as compact JSON, counted without writing them out.
+pub fn json_len(value: &impl serde::Serialize) -> Result<usize, serde_json::Error> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value)?;
+    Ok(counter.0)
+}
+
 /// A JSON object that PostgreSQL's `jsonb` accepts as is: within
 /// [`MAX_JSON_BYTES`] and [`MAX_JSON_DEPTH`], finite numbers, no NUL in any
 /// key or string.
@@ -20,9 +37,8 @@ impl JsonObject {
     /// Accepts `object` if it fits the limits above.
     pub fn parse(object: Map<String, Value>) -> Result<Self, InvalidValue> {
         check_object(&object, 1)?;
-        let size = serde_json::to_vec(&object)
-            .map_err(|e| InvalidValue(format!("is not representable as JSON: {e}")))?
-            .len();
+        let size = json_len(&object)
+            .map_err(|e| InvalidValue(format!("is not representable as JSON: {e}")))?;
         if size > MAX_JSON_BYTES {
             return Err(InvalidValue(format!(
                 "is {size} bytes as JSON; at most {MAX_JSON_BYTES} are allowed"

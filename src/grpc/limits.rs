@@ -23,13 +23,14 @@ pub fn fit_batches(batches: Vec<Batch>, view: BatchView) -> (Vec<proto::Batch>, 
     let mut fitted = Vec::with_capacity(batches.len());
     let mut bytes = 0;
     let mut last: Option<Cursor> = None;
-    for batch in batches {
+    for mut batch in batches {
         let cursor = Cursor::after(&batch);
-        let mut batch = proto::Batch::from(batch);
+        // Left out before converting, which is what costs (JSON to Struct).
         if view == BatchView::Basic {
-            batch.errors.clear();
-            batch.model_switches.clear();
+            batch.errors = Vec::new();
+            batch.model_switches = Vec::new();
         }
+        let batch = proto::Batch::from(batch);
         // The field's tag and length prefix take at most 6 more bytes.
         let size = batch.encoded_len() + 6;
         if last.is_some() && bytes + size > MAX_RESPONSE_BYTES {

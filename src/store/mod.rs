@@ -17,7 +17,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::time::Instant;
-use tokio_postgres::{CancelToken, Row, error::SqlState, types::Json};
+use tokio_postgres::{
+    Row,
+    error::SqlState,
+    types::{Json, ToSql},
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
@@ -41,8 +45,8 @@ const SWEEP_LOCK_KEY: i64 = 0x6268_7377_6565_7000; // "bhsweep"
 /// How often [`Store::wait_for_writes_in_progress`] looks again.
 const WRITERS_POLL: Duration = Duration::from_millis(5);
 
-/// Rows a purge deletes per statement.
-const PURGE_CHUNK_ROWS: i64 = 1_000;
+/// Rows a purge, or the forgetting of request ids, deletes per statement.
+const DELETE_CHUNK_ROWS: i64 = 1_000;
 
 /// How often a write that lost a race with a concurrent writer is retried
 /// before it is reported as unavailable. One retry settles every race the
@@ -304,18 +308,14 @@ impl Store {
                     }
                     row => row?,
                 };
-                if let Some(row) = &row
+                // Set only when this report's request id was already recorded.
+                if let (Some(row), Some(idempotency)) = (&row, &progress.idempotency)
                     && let Some(same_report) = row.try_get::<_, Option<bool>>("replay_matches")?
                 {
-                    return match (same_report, &progress.idempotency) {
-                        (true, _) => batch_from_row(row),
-                        (false, Some(idempotency)) => {
-                            Err(StoreError::RequestIdReused(idempotency.request_id.clone()))
-                        }
-                        (false, None) => Err(StoreError::internal(
-                            "recording progress",
-                            "a report without a request id matched a recorded one",
-                        )),
+                    return if same_report {
+                        batch_from_row(row)
+                    } else {
+                        Err(StoreError::RequestIdReused(idempotency.request_id.clone()))
                     };
                 }
                 match Outcome::of(row)? {
@@ -339,11 +339,8 @@ impl Store {
 
     /// Forgets request ids older than `age`; returns how many.
     pub async fn forget_requests(&self, age: Duration) -> Result<u64, StoreError> {
-        self.with_connection(None, async |client| {
-            let statement = client.prepare_cached(sql::FORGET_REQUESTS).await?;
-            Ok(client.execute(&statement, &[&age.as_secs_f64()]).await?)
-        })
-        .await
+        self.delete_in_chunks(sql::FORGET_REQUESTS, &[&age.as_secs_f64()])
+            .await
     }
 
     /// Moves a running batch to its final state; repeating the same finish
@@ -471,21 +468,35 @@ impl Store {
                 })
                 .await;
         }
-        let mut purged = 0;
+        self.delete_in_chunks(sql::PURGE_CHUNK, &[&older_than, &states])
+            .await
+    }
+
+    /// Runs `statement`, a DELETE of at most as many rows as its last
+    /// parameter says, until it deletes fewer; returns how many in all.
+    /// Each chunk is its own bounded operation, so that a long deletion never
+    /// holds one connection past the timeout or many row locks at once.
+    async fn delete_in_chunks(
+        &self,
+        statement: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .copied()
+            .chain([&DELETE_CHUNK_ROWS as _])
+            .collect();
+        let mut deleted = 0;
         loop {
-            // Each chunk is its own bounded operation, so a long purge never
-            // holds one connection past the timeout.
-            let deleted = self
+            let chunk = self
                 .with_connection(None, async |client| {
-                    let statement = client.prepare_cached(sql::PURGE_CHUNK).await?;
-                    Ok(client
-                        .execute(&statement, &[&older_than, &states, &PURGE_CHUNK_ROWS])
-                        .await?)
+                    let statement = client.prepare_cached(statement).await?;
+                    Ok(client.execute(&statement, &params).await?)
                 })
                 .await?;
-            purged += deleted;
-            if deleted < PURGE_CHUNK_ROWS.unsigned_abs() {
-                return Ok(purged);
+            deleted += chunk;
+            if chunk < DELETE_CHUNK_ROWS.unsigned_abs() {
+                return Ok(deleted);
             }
         }
     }
@@ -532,7 +543,7 @@ impl Store {
         let client = tokio::time::timeout_at(deadline, self.pool.get())
             .await
             .map_err(timed_out)??;
-        let lease = Lease::new(client, permit, self.tls.clone());
+        let lease = Lease::new(client, permit, &self.tls);
         let finished = {
             let mut running = std::pin::pin!(operation(lease.client()));
             match tokio::time::timeout_at(deadline, &mut running).await {
@@ -621,22 +632,20 @@ fn is_cancelled(error: &(dyn std::error::Error + 'static)) -> bool {
         == Some(&SqlState::QUERY_CANCELED)
 }
 
-/// A pooled connection lent to one operation, with what it may need to stop
+/// A pooled connection lent to one operation, with what it takes to stop
 /// that operation's statement.
-struct Lease {
+struct Lease<'s> {
     /// `None` once handed back to the pool or discarded.
     client: Option<Client>,
-    cancel: CancelToken,
-    tls: MakeRustlsConnect,
+    tls: &'s MakeRustlsConnect,
     /// Held as long as the connection is, so that an abandoned statement
     /// still counts against its batch until it has ended.
     permit: Option<WritePermit>,
 }
 
-impl Lease {
-    fn new(client: Client, permit: Option<WritePermit>, tls: MakeRustlsConnect) -> Self {
+impl<'s> Lease<'s> {
+    fn new(client: Client, permit: Option<WritePermit>, tls: &'s MakeRustlsConnect) -> Self {
         Self {
-            cancel: client.cancel_token(),
             client: Some(client),
             tls,
             permit,
@@ -653,7 +662,8 @@ impl Lease {
     async fn cancel(&self) {
         // If the cancel cannot be delivered, the statement's own result (or
         // its absence) still decides.
-        let _ = self.cancel.cancel_query(self.tls.clone()).await;
+        let cancel = self.client().cancel_token();
+        let _ = cancel.cancel_query(self.tls.clone()).await;
     }
 
     /// Hands the connection back to the pool.
@@ -667,7 +677,7 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl Drop for Lease<'_> {
     /// Neither kept nor discarded: the caller went away mid-operation, and a
     /// statement may still be running. It is cancelled, in the background.
     fn drop(&mut self) {
@@ -675,7 +685,7 @@ impl Drop for Lease {
             return;
         };
         let permit = self.permit.take();
-        let (cancel, tls) = (self.cancel.clone(), self.tls.clone());
+        let (cancel, tls) = (client.cancel_token(), self.tls.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = cancel.cancel_query(tls).await;

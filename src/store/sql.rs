@@ -155,9 +155,11 @@ pub const RECORD_PROGRESS: &str = concat!(
     WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
 );
 
-/// Forgets request ids recorded before $1 seconds ago.
-pub const FORGET_REQUESTS: &str =
-    "DELETE FROM batch_requests WHERE created_at < now() - make_interval(secs => $1::float8)";
+/// Forgets up to $2 request ids recorded before $1 seconds ago.
+pub const FORGET_REQUESTS: &str = "DELETE FROM batch_requests WHERE request_id IN (
+        SELECT request_id FROM batch_requests
+        WHERE created_at < now() - make_interval(secs => $1::float8)
+        LIMIT $2)";
 
 /// Moves a running batch to a final state, like [`RECORD_PROGRESS`]. $1 id,
 /// $2 state, $3 end time or NULL for now, $4 errors to append (JSON array),

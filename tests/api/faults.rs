@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use batch_history::maintenance::REQUEST_ID_RETENTION;
 use batch_history::proto::{
     self, BatchView, CreateBatchRequest, GetBatchRequest, ListBatchesRequest,
     RecordProgressRequest, batch_history_client::BatchHistoryClient,
 };
+use batch_history::store::Store;
 use prost::Message;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
@@ -449,5 +451,41 @@ async fn a_batch_filled_to_every_limit_fits_a_default_client_in_get_and_list() {
             assert!(pages > 1, "full batches are split across pages");
         }
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_forgotten_after_the_retention_window_in_chunks() {
+    let app = TestApp::spawn().await;
+    app.create("b", "groq").await;
+    let recent = uuid();
+    app.client
+        .clone()
+        .record_progress(with_request_id("b", 1, &recent))
+        .await
+        .unwrap();
+    app.db
+        .client()
+        .await
+        .execute(
+            "INSERT INTO batch_requests (request_id, batch_id, fingerprint, created_at)
+             SELECT gen_random_uuid(), 'b', decode(repeat('00', 32), 'hex'),
+                    now() - interval '25 hours'
+             FROM generate_series(1, 2500)",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let store = Store::new(&app.db.database_config(Duration::from_secs(5))).unwrap();
+    let forgotten = store.forget_requests(REQUEST_ID_RETENTION).await.unwrap();
+    assert_eq!(forgotten, 2_500, "three chunks, all of the old ones");
+    assert_eq!(app.db.count_rows("batch_requests").await, 1);
+    app.client
+        .clone()
+        .record_progress(with_request_id("b", 1, &recent))
+        .await
+        .unwrap();
+    assert_eq!(samples_of(&app, "b").await, 1, "a recent id is still known");
     app.stop().await;
 }
