@@ -2,11 +2,7 @@
 //! mutual TLS through the healthcheck command, grpcurl and tonic, and a
 //! certificate rotated under a running server.
 
-use std::{
-    path::PathBuf,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use batch_history::proto::{CreateBatchRequest, batch_history_client::BatchHistoryClient};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -134,17 +130,6 @@ async fn tls_client(
     Ok(BatchHistoryClient::new(channel))
 }
 
-fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_serves_grpcurl_tonic_and_the_healthcheck_and_rotates_on_sighup() {
     let pki = Pki::new();
@@ -228,14 +213,8 @@ async fn mutual_tls_serves_grpcurl_tonic_and_the_healthcheck_and_rotates_on_sigh
     server.signal("-HUP");
     let ca2 = pki.path("ca2.pem");
     let rotated = [&["--tls-ca-file", ca2.as_str()], &mutual[2..]].concat();
-    let reloaded = tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(10), || server.healthcheck(&rotated))
-    });
-    assert!(
-        reloaded,
-        "the new certificate is served:\n{}",
-        server.logs()
-    );
+    // The new certificate is served (wait_healthy panics with the logs if not).
+    tokio::task::block_in_place(|| server.wait_healthy(Duration::from_secs(10), &rotated));
     assert!(!server.healthcheck(&mutual), "the old one is gone");
     assert!(server.logs().contains("TLS certificates reloaded"));
 
@@ -253,8 +232,5 @@ async fn mutual_tls_serves_grpcurl_tonic_and_the_healthcheck_and_rotates_on_sigh
     // Without a signal, a changed file is noticed too.
     pki.replace("server.key", "live.key");
     pki.replace("server.pem", "live.pem");
-    let noticed = tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(15), || server.healthcheck(&mutual))
-    });
-    assert!(noticed, "the changed files are served:\n{}", server.logs());
+    tokio::task::block_in_place(|| server.wait_healthy(Duration::from_secs(15), &mutual));
 }
