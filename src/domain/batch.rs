@@ -128,7 +128,9 @@ impl<T: Copy + Default + PartialOrd> NonNegative<T> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchError {
     pub message: Prose,
-    pub time: Timestamp,
+    /// `None` where the reporter knew no time (legacy history, saves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Timestamp>,
     #[serde(default)]
     pub details: JsonObject,
 }
@@ -146,7 +148,9 @@ pub struct ModelSwitch {
     pub reason: Prose,
     #[serde(default)]
     pub at_sample: NonNegative<i64>,
-    pub time: Timestamp,
+    /// `None` where the reporter knew no time (legacy history, saves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "JsonObject::is_empty")]
     pub details: JsonObject,
 }
@@ -157,7 +161,10 @@ pub struct Batch {
     pub batch_id: BatchId,
     pub state: State,
     pub provider: String,
+    /// The model the batch started with.
     pub model: String,
+    /// The model it uses now.
+    pub current_model: String,
     pub topic_filter: String,
     pub difficulty_filter: String,
     pub reasoning_instruction: String,
@@ -231,6 +238,31 @@ pub struct Progress {
     pub idempotency: Option<Idempotency>,
 }
 
+/// A batch's whole state as its owner holds it (the legacy dashboard's
+/// absolute save): created if absent, else brought up to date unless the
+/// stored batch is ahead of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Save {
+    pub batch_id: BatchId,
+    /// What a create of this batch would hold; used only if it is absent.
+    pub created: NewBatch,
+    /// RUNNING, or the state to finish in.
+    pub state: State,
+    pub current_model: Label,
+    pub samples_generated: NonNegative<i64>,
+    pub total_tokens: NonNegative<i64>,
+    /// The newest errors, as storage keeps them.
+    pub errors: Vec<BatchError>,
+    /// Every error so far, including any no longer in `errors`.
+    pub error_count: i64,
+    /// The newest model switches, as storage keeps them.
+    pub model_switches: Vec<ModelSwitch>,
+    /// Every model switch so far.
+    pub switch_count: i64,
+    /// With a final state; `None` means now, by the database's clock.
+    pub end_time: Option<Timestamp>,
+}
+
 /// The end of a running batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
@@ -266,6 +298,7 @@ mod tests {
             state: State::Running,
             provider: "groq".into(),
             model: "llama".into(),
+            current_model: "llama".into(),
             topic_filter: String::new(),
             difficulty_filter: String::new(),
             reasoning_instruction: String::new(),

@@ -12,8 +12,8 @@ mod upkeep;
 
 pub use batch::{
     Batch, BatchError, Finish, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
-    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Progress, State,
-    TerminalState, keep_newest,
+    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Progress, Save,
+    State, TerminalState, keep_newest,
 };
 pub use batch_id::BatchId;
 pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};

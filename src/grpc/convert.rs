@@ -10,9 +10,10 @@ use serde_json::{Map, Number, Value};
 
 use crate::domain::{
     Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
-    Idempotency, InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, ModelSwitch,
-    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, StaleThreshold,
-    State, TerminalState,
+    Idempotency, InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT,
+    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch,
+    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, Save,
+    StaleThreshold, State, TerminalState, keep_newest,
 };
 use crate::proto;
 use crate::watch::Event;
@@ -21,13 +22,16 @@ impl TryFrom<proto::CreateBatchRequest> for NewBatch {
     type Error = FieldViolation;
 
     fn try_from(request: proto::CreateBatchRequest) -> Result<Self, Self::Error> {
-        let batch = request
+        let mut batch = request
             .batch
             .ok_or_else(|| InvalidValue("is required".into()).at("batch"))?;
         let batch_id = match (request.batch_id.is_empty(), batch.batch_id.is_empty()) {
             (true, true) => None,
             (false, true) => Some(parse_batch_id(request.batch_id, "batch_id")?),
-            (true, false) => Some(parse_batch_id(batch.batch_id, "batch.batch_id")?),
+            (true, false) => Some(parse_batch_id(
+                std::mem::take(&mut batch.batch_id),
+                "batch.batch_id",
+            )?),
             (false, false) if request.batch_id == batch.batch_id => {
                 Some(parse_batch_id(request.batch_id, "batch_id")?)
             }
@@ -39,22 +43,84 @@ impl TryFrom<proto::CreateBatchRequest> for NewBatch {
                 .at("batch_id"));
             }
         };
-        Ok(Self {
-            batch_id,
-            provider: label(batch.provider, "batch.provider")?,
-            model: label(batch.model, "batch.model")?,
-            topic_filter: label(batch.topic_filter, "batch.topic_filter")?,
-            difficulty_filter: label(batch.difficulty_filter, "batch.difficulty_filter")?,
-            reasoning_instruction: prose(
-                batch.reasoning_instruction,
-                "batch.reasoning_instruction",
-            )?,
-            target_count: non_negative(batch.target_count, "batch.target_count")?,
-            metadata: json_object(batch.metadata, "batch.metadata")?,
-            start_time: batch
-                .start_time
-                .map(|time| timestamp(time, "batch.start_time"))
+        new_batch(batch_id, batch)
+    }
+}
+
+/// The fields of a create, taken from `batch` (the request's `batch` field).
+fn new_batch(batch_id: Option<BatchId>, batch: proto::Batch) -> Result<NewBatch, FieldViolation> {
+    Ok(NewBatch {
+        batch_id,
+        provider: label(batch.provider, "batch.provider")?,
+        model: label(batch.model, "batch.model")?,
+        topic_filter: label(batch.topic_filter, "batch.topic_filter")?,
+        difficulty_filter: label(batch.difficulty_filter, "batch.difficulty_filter")?,
+        reasoning_instruction: prose(batch.reasoning_instruction, "batch.reasoning_instruction")?,
+        target_count: non_negative(batch.target_count, "batch.target_count")?,
+        metadata: json_object(batch.metadata, "batch.metadata")?,
+        start_time: batch
+            .start_time
+            .map(|time| timestamp(time, "batch.start_time"))
+            .transpose()?,
+    })
+}
+
+impl TryFrom<proto::SaveBatchRequest> for Save {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::SaveBatchRequest) -> Result<Self, Self::Error> {
+        let mut batch = request
+            .batch
+            .ok_or_else(|| InvalidValue("is required".into()).at("batch"))?;
+        if batch.batch_id.is_empty() {
+            return Err(
+                InvalidValue("is required: a save names its batch".into()).at("batch.batch_id")
+            );
+        }
+        let batch_id = parse_batch_id(std::mem::take(&mut batch.batch_id), "batch.batch_id")?;
+        let state = state(batch.state).map_err(|e| e.at("batch.state"))?;
+        let end_time = match (state, batch.end_time.take()) {
+            (State::Running, Some(_)) => {
+                return Err(InvalidValue("must be unset while state is RUNNING".into())
+                    .at("batch.end_time"));
+            }
+            (_, end_time) => end_time
+                .map(|time| timestamp(time, "batch.end_time"))
                 .transpose()?,
+        };
+        let mut errors = std::mem::take(&mut batch.errors)
+            .into_iter()
+            .enumerate()
+            .map(|(i, error)| batch_error(error, &format!("batch.errors[{i}]"), None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let error_count = errors.len() as i64;
+        keep_newest(&mut errors, MAX_KEPT_ERRORS, MAX_KEPT_ERROR_BYTES);
+        let mut model_switches = std::mem::take(&mut batch.model_switches)
+            .into_iter()
+            .enumerate()
+            .map(|(i, switch)| model_switch(switch, &format!("batch.model_switches[{i}]"), None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let switch_count = model_switches.len() as i64;
+        keep_newest(
+            &mut model_switches,
+            MAX_KEPT_SWITCHES,
+            MAX_KEPT_SWITCH_BYTES,
+        );
+        Ok(Self {
+            state,
+            current_model: label(
+                std::mem::take(&mut batch.current_model),
+                "batch.current_model",
+            )?,
+            samples_generated: non_negative(batch.samples_generated, "batch.samples_generated")?,
+            total_tokens: non_negative(batch.total_tokens, "batch.total_tokens")?,
+            errors,
+            error_count,
+            model_switches,
+            switch_count,
+            end_time,
+            created: new_batch(Some(batch_id.clone()), batch)?,
+            batch_id,
         })
     }
 }
@@ -75,13 +141,15 @@ impl TryFrom<proto::RecordProgressRequest> for Progress {
                 .errors
                 .into_iter()
                 .enumerate()
-                .map(|(i, error)| batch_error(error, &format!("errors[{i}]"), received))
+                .map(|(i, error)| batch_error(error, &format!("errors[{i}]"), Some(received)))
                 .collect::<Result<_, _>>()?,
             model_switches: request
                 .model_switches
                 .into_iter()
                 .enumerate()
-                .map(|(i, switch)| model_switch(switch, &format!("model_switches[{i}]"), received))
+                .map(|(i, switch)| {
+                    model_switch(switch, &format!("model_switches[{i}]"), Some(received))
+                })
                 .collect::<Result<_, _>>()?,
             idempotency,
         })
@@ -124,7 +192,7 @@ impl TryFrom<proto::FinishBatchRequest> for Finish {
                 .transpose()?,
             error: request
                 .error
-                .map(|error| batch_error(error, "error", now()))
+                .map(|error| batch_error(error, "error", Some(now())))
                 .transpose()?,
         })
     }
@@ -344,6 +412,7 @@ impl From<Batch> for proto::Batch {
             state: proto_state(batch.state) as i32,
             provider: batch.provider,
             model: batch.model,
+            current_model: batch.current_model,
             topic_filter: batch.topic_filter,
             difficulty_filter: batch.difficulty_filter,
             reasoning_instruction: batch.reasoning_instruction,
@@ -366,7 +435,7 @@ impl From<BatchError> for proto::BatchError {
     fn from(error: BatchError) -> Self {
         Self {
             message: error.message.into_string(),
-            time: Some(proto_timestamp(error.time)),
+            time: error.time.map(proto_timestamp),
             details: Some(json_to_struct(error.details.into_map())),
         }
     }
@@ -380,7 +449,7 @@ impl From<ModelSwitch> for proto::ModelSwitch {
             provider: switch.provider.into_string(),
             reason: switch.reason.into_string(),
             at_sample: switch.at_sample.get(),
-            time: Some(proto_timestamp(switch.time)),
+            time: switch.time.map(proto_timestamp),
             details: Some(json_to_struct(switch.details.into_map())),
         }
     }
@@ -410,10 +479,11 @@ fn state(number: i32) -> Result<State, InvalidValue> {
     }
 }
 
+/// An error entry; one without a time gets `received`, if given.
 fn batch_error(
     error: proto::BatchError,
     field: &str,
-    received: Timestamp,
+    received: Option<Timestamp>,
 ) -> Result<BatchError, FieldViolation> {
     if error.message.is_empty() {
         return Err(InvalidValue("is required".into()).at(format!("{field}.message")));
@@ -425,10 +495,11 @@ fn batch_error(
     })
 }
 
+/// A model switch; one without a time gets `received`, if given.
 fn model_switch(
     switch: proto::ModelSwitch,
     field: &str,
-    received: Timestamp,
+    received: Option<Timestamp>,
 ) -> Result<ModelSwitch, FieldViolation> {
     Ok(ModelSwitch {
         from_model: label(switch.from_model, &format!("{field}.from_model"))?,
@@ -483,9 +554,9 @@ fn json_object(value: Option<Struct>, field: &str) -> Result<JsonObject, FieldVi
 fn optional_time(
     value: Option<prost_types::Timestamp>,
     field: &str,
-    default: Timestamp,
-) -> Result<Timestamp, FieldViolation> {
-    value.map_or(Ok(default), |time| timestamp(time, field))
+    default: Option<Timestamp>,
+) -> Result<Option<Timestamp>, FieldViolation> {
+    value.map_or(Ok(default), |time| timestamp(time, field).map(Some))
 }
 
 /// The server's clock, to the microsecond that PostgreSQL stores.

@@ -14,12 +14,14 @@ use tracing::{Instrument, Span, field};
 use super::convert::{batch_view, parse_batch_id, stale_after};
 use super::deadline::deadline;
 use super::limits::fit_batches;
-use crate::domain::{BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, StaleThreshold};
+use crate::domain::{
+    BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, Save, StaleThreshold,
+};
 use crate::metrics::Metrics;
 use crate::proto::{
     self, BatchView, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
     GetBatchStatsRequest, ListBatchesRequest, ListBatchesResponse, PurgeBatchesRequest,
-    PurgeBatchesResponse, RecordProgressRequest, SweepStaleBatchesRequest,
+    PurgeBatchesResponse, RecordProgressRequest, SaveBatchRequest, SweepStaleBatchesRequest,
     SweepStaleBatchesResponse, WatchBatchRequest, WatchBatchesRequest,
     batch_history_server::BatchHistory,
 };
@@ -187,6 +189,20 @@ impl BatchHistory for BatchHistoryService {
             record_batch_id(&request.batch_id);
             let progress = Progress::try_from(request)?;
             Ok(self.store.record_progress(&progress).await?.into())
+        })
+        .await
+    }
+
+    async fn save_batch(
+        &self,
+        request: Request<SaveBatchRequest>,
+    ) -> Result<Response<proto::Batch>, Status> {
+        self.call("SaveBatch", request, |request| async {
+            if let Some(batch) = &request.batch {
+                record_batch_id(&batch.batch_id);
+            }
+            let save = Save::try_from(request)?;
+            Ok(self.store.save(&save).await?.into())
         })
         .await
     }

@@ -4,7 +4,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
+use jiff::{
+    Timestamp,
+    civil::DateTime,
+    tz::{AmbiguousOffset, TimeZone},
+};
 use rusqlite::{OpenFlags, types::ValueRef};
 use serde_json::{Map, Value};
 
@@ -42,12 +46,18 @@ pub struct Mapped {
     pub problems: Vec<Problem>,
     /// JSON columns that held text which is not JSON, kept verbatim.
     pub raw_json_kept: u64,
+    /// Times without an offset that the clocks going back made ambiguous,
+    /// resolved as [`LegacyTime`] explains.
+    pub ambiguous_times: u64,
+    /// Times without an offset that fell in the hour the clocks skipped,
+    /// moved forward by it.
+    pub skipped_times: u64,
 }
 
 /// Reads and maps every row of `path`'s `batch_history`, interpreting times
-/// without an offset in `zone`, and hands each batch to `deliver` while no
-/// row has had a problem yet; reading goes on to find every problem. Stops
-/// early if `deliver` returns false. The file is opened read-only.
+/// without an offset in `zone`, and hands each batch that has no problem to
+/// `deliver`. Stops early if `deliver` returns false. The file is opened
+/// read-only.
 pub fn read(
     path: &Path,
     zone: &TimeZone,
@@ -87,6 +97,8 @@ pub fn read(
             zone,
             problems: Vec::new(),
             raw_json_kept: 0,
+            ambiguous_times: 0,
+            skipped_times: 0,
         };
         let batch = mapper.map(row)?;
         if let Some(batch) = &batch
@@ -98,9 +110,11 @@ pub fn read(
             );
         }
         mapped.raw_json_kept += mapper.raw_json_kept;
+        mapped.ambiguous_times += mapper.ambiguous_times;
+        mapped.skipped_times += mapper.skipped_times;
         match batch {
             Some(batch) if mapper.problems.is_empty() => {
-                if mapped.problems.is_empty() && !deliver(batch) {
+                if !deliver(batch) {
                     break;
                 }
             }
@@ -116,6 +130,8 @@ struct RowMapper<'z> {
     zone: &'z TimeZone,
     problems: Vec<Problem>,
     raw_json_kept: u64,
+    ambiguous_times: u64,
+    skipped_times: u64,
 }
 
 impl RowMapper<'_> {
@@ -137,18 +153,24 @@ impl RowMapper<'_> {
         if batch_id.is_none() && self.problems.is_empty() {
             self.problem("batch_id", "is missing");
         }
+        // The id the dashboard made holds the true start, to the second.
+        let started = batch_id.as_ref().and_then(instant_in_id);
         let start_time = match self.text(row, 2, "started_at")? {
-            Some(text) => self.time(&text, "started_at"),
+            Some(text) => self
+                .time(&text, "started_at")
+                .map(|time| time.nearest_to(started)),
             None => {
                 self.problem("started_at", "is missing");
                 None
             }
         };
         let end_time = match self.text(row, 3, "completed_at")? {
-            Some(text) if !text.trim().is_empty() => self.time(&text, "completed_at"),
+            Some(text) if !text.trim().is_empty() => self
+                .time(&text, "completed_at")
+                .map(|time| time.earliest_from(start_time)),
             _ => None,
         };
-        let model = self.label(row, 4, "model")?;
+        let current_model = self.label(row, 4, "model")?;
         let topic_filter = self.label(row, 5, "topic_filter")?;
         let difficulty_filter = self.label(row, 6, "difficulty_filter")?;
         let reasoning_instruction = self
@@ -201,6 +223,14 @@ impl RowMapper<'_> {
         keep_newest(&mut errors, MAX_KEPT_ERRORS, MAX_KEPT_ERROR_BYTES);
         let switches_text = self.text(row, 13, "model_switches")?;
         let mut model_switches = self.model_switches(switches_text, start_time);
+        // The legacy row kept only the model in use at the end; the first
+        // switch says which one the batch started with.
+        let model = model_switches
+            .first()
+            .map(|switch| switch.from_model.as_str())
+            .filter(|from| !from.is_empty())
+            .unwrap_or(&current_model)
+            .to_owned();
         keep_newest(
             &mut model_switches,
             MAX_KEPT_SWITCHES,
@@ -212,6 +242,7 @@ impl RowMapper<'_> {
             state,
             provider: String::new(),
             model,
+            current_model,
             topic_filter,
             difficulty_filter,
             reasoning_instruction,
@@ -297,19 +328,32 @@ impl RowMapper<'_> {
         })
     }
 
-    fn time(&mut self, text: &str, column: &'static str) -> Option<Timestamp> {
-        parse_legacy_time(text, self.zone)
+    fn time(&mut self, text: &str, column: &'static str) -> Option<LegacyTime> {
+        let time = parse_legacy_time(text, self.zone)
             .map_err(|message| self.problem(column, message))
-            .ok()
+            .ok()?;
+        self.tally(&time);
+        Some(time)
     }
 
+    fn tally(&mut self, time: &LegacyTime) {
+        match time {
+            LegacyTime::Exact(_) => {}
+            LegacyTime::Ambiguous { .. } => self.ambiguous_times += 1,
+            LegacyTime::Skipped(_) => self.skipped_times += 1,
+        }
+    }
+
+    /// The entries of the `errors` column. Each entry's `error` is the
+    /// message; its other keys are details, but for a `timestamp` that reads
+    /// as a time.
     fn errors(&mut self, text: Option<String>, start_time: Timestamp) -> Vec<BatchError> {
         let items = match self.json_items(text) {
             Items::Entries(items) => items,
             Items::Raw(raw) => {
                 return vec![BatchError {
                     message: self.prose(raw, "errors"),
-                    time: start_time,
+                    time: None,
                     details: raw_marker(),
                 }];
             }
@@ -318,8 +362,8 @@ impl RowMapper<'_> {
             .into_iter()
             .map(|item| {
                 let mut fields = object_fields(item, "error");
-                let message = take_string(&mut fields, &["error", "message"]).unwrap_or_default();
-                let time = self.take_time(&mut fields).unwrap_or(start_time);
+                let message = take_string(&mut fields, &["error"]).unwrap_or_default();
+                let time = self.take_time(&mut fields, start_time);
                 BatchError {
                     message: self.prose(message, "errors"),
                     time,
@@ -329,6 +373,10 @@ impl RowMapper<'_> {
             .collect()
     }
 
+    /// The entries of the `model_switches` column, in either of the
+    /// dashboard's formats: `{from, to, provider, reason, at_sample}` (the
+    /// current one) or `{from_model, to_model, provider, reason, timestamp,
+    /// samples_generated}` (an older one). Other keys are details.
     fn model_switches(&mut self, text: Option<String>, start_time: Timestamp) -> Vec<ModelSwitch> {
         let items = match self.json_items(text) {
             Items::Entries(items) => items,
@@ -339,7 +387,7 @@ impl RowMapper<'_> {
                     provider: Label::default(),
                     reason: self.prose(raw, "model_switches"),
                     at_sample: NonNegative::default(),
-                    time: start_time,
+                    time: None,
                     details: raw_marker(),
                 }];
             }
@@ -353,15 +401,8 @@ impl RowMapper<'_> {
                 let to_model = take_string(&mut fields, &["to", "to_model"]).unwrap_or_default();
                 let provider = take_string(&mut fields, &["provider"]).unwrap_or_default();
                 let reason = take_string(&mut fields, &["reason"]).unwrap_or_default();
-                let at_sample = match fields.get("at_sample").and_then(Value::as_i64) {
-                    Some(n) if n >= 0 => {
-                        fields.remove("at_sample");
-                        NonNegative::parse(n).unwrap_or_default()
-                    }
-                    // Anything else stays, as it was, in details.
-                    _ => NonNegative::default(),
-                };
-                let time = self.take_time(&mut fields).unwrap_or(start_time);
+                let at_sample = take_count(&mut fields, &["at_sample", "samples_generated"]);
+                let time = self.take_time(&mut fields, start_time);
                 ModelSwitch {
                     from_model: self.json_label(from_model),
                     to_model: self.json_label(to_model),
@@ -392,17 +433,21 @@ impl RowMapper<'_> {
         }
     }
 
-    /// Removes a parseable `timestamp` or `time` key and returns its instant.
-    fn take_time(&mut self, fields: &mut Map<String, Value>) -> Option<Timestamp> {
-        for key in ["timestamp", "time"] {
-            if let Some(Value::String(text)) = fields.get(key)
-                && let Ok(time) = parse_legacy_time(text, self.zone)
-            {
-                fields.remove(key);
-                return Some(time);
-            }
-        }
-        None
+    /// Removes a `timestamp` key that reads as a time and returns its
+    /// instant, the earliest not before the batch started where the clocks
+    /// going back made it ambiguous. One that does not read stays in details.
+    fn take_time(
+        &mut self,
+        fields: &mut Map<String, Value>,
+        start_time: Timestamp,
+    ) -> Option<Timestamp> {
+        let Some(Value::String(text)) = fields.get("timestamp") else {
+            return None;
+        };
+        let time = parse_legacy_time(text, self.zone).ok()?;
+        fields.remove("timestamp");
+        self.tally(&time);
+        Some(time.earliest_from(Some(start_time)))
     }
 
     fn prose(&mut self, text: String, column: &'static str) -> Prose {
@@ -445,6 +490,33 @@ fn object_fields(item: Value, key: &str) -> Map<String, Value> {
     }
 }
 
+/// Removes and returns the first of `keys` that holds an integer that is
+/// zero or more; anything else stays, as it was, in details.
+fn take_count(fields: &mut Map<String, Value>, keys: &[&str]) -> NonNegative<i64> {
+    for key in keys {
+        if let Some(count) = fields
+            .get(*key)
+            .and_then(Value::as_i64)
+            .and_then(|n| NonNegative::parse(n).ok())
+        {
+            fields.remove(*key);
+            return count;
+        }
+    }
+    NonNegative::default()
+}
+
+/// The start instant in an id the dashboard made, `batch_<unix seconds>_<hex>`.
+fn instant_in_id(batch_id: &BatchId) -> Option<Timestamp> {
+    let mut parts = batch_id.as_str().split('_');
+    let (Some("batch"), Some(seconds), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Timestamp::from_second(seconds.parse().ok()?).ok()
+}
+
 /// Removes and returns the first of `keys` that holds a string.
 fn take_string(fields: &mut Map<String, Value>, keys: &[&str]) -> Option<String> {
     let key = keys
@@ -456,28 +528,75 @@ fn take_string(fields: &mut Map<String, Value>, keys: &[&str]) -> Option<String>
     }
 }
 
+/// A legacy time: the instant it names, or the instants it may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyTime {
+    /// With an offset, or a civil time that happened exactly once.
+    Exact(Timestamp),
+    /// A civil time in the hour the clocks went back: it happened twice.
+    Ambiguous {
+        earlier: Timestamp,
+        later: Timestamp,
+    },
+    /// A civil time in the hour the clocks skipped, moved forward by the
+    /// gap (as Python's zoneinfo reads it).
+    Skipped(Timestamp),
+}
+
+impl LegacyTime {
+    /// The candidate closest to `reference`; the earlier one without it.
+    pub fn nearest_to(self, reference: Option<Timestamp>) -> Timestamp {
+        match (self, reference) {
+            (Self::Ambiguous { earlier, later }, Some(reference))
+                if later.duration_since(reference).abs()
+                    < earlier.duration_since(reference).abs() =>
+            {
+                later
+            }
+            (Self::Ambiguous { earlier, .. }, _) => earlier,
+            (Self::Exact(time) | Self::Skipped(time), _) => time,
+        }
+    }
+
+    /// The earliest candidate not before `start`; the later one if both are.
+    pub fn earliest_from(self, start: Option<Timestamp>) -> Timestamp {
+        match (self, start) {
+            (Self::Ambiguous { earlier, later }, Some(start)) if earlier < start => later,
+            (Self::Ambiguous { earlier, .. }, _) => earlier,
+            (Self::Exact(time) | Self::Skipped(time), _) => time,
+        }
+    }
+}
+
 /// `datetime.isoformat()` text: with or without a fraction, `T` or a space
 /// between date and time, and an offset or `Z` honoured when present.
-/// Without one, the time is civil time in `zone`; a time that a DST change
-/// made ambiguous takes the earlier instant, one it skipped the later.
-pub fn parse_legacy_time(text: &str, zone: &TimeZone) -> Result<Timestamp, String> {
+/// Without one, the time is civil time in `zone`. Kept to the microsecond,
+/// as PostgreSQL keeps it.
+pub fn parse_legacy_time(text: &str, zone: &TimeZone) -> Result<LegacyTime, String> {
     let text = text.trim();
-    let exact = text.parse::<Timestamp>();
-    let time = match exact {
-        Ok(time) => time,
-        Err(_) => {
-            let civil: DateTime = text
-                .parse()
-                .map_err(|_| format!("{text:?} is not an ISO-8601 date and time"))?;
-            zone.to_ambiguous_zoned(civil)
-                .compatible()
-                .map_err(|e| format!("{text:?} cannot be placed in the source time zone: {e}"))?
-                .timestamp()
-        }
+    let micros = |time: Timestamp| {
+        Timestamp::from_microsecond(time.as_microsecond())
+            .map_err(|e| format!("{text:?} is out of range: {e}"))
     };
-    // PostgreSQL keeps microseconds; so does the comparison on re-import.
-    Timestamp::from_microsecond(time.as_microsecond())
-        .map_err(|e| format!("{text:?} is out of range: {e}"))
+    if let Ok(time) = text.parse::<Timestamp>() {
+        return Ok(LegacyTime::Exact(micros(time)?));
+    }
+    let civil: DateTime = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an ISO-8601 date and time"))?;
+    let ambiguous = zone.to_ambiguous_timestamp(civil);
+    let placed = |time: Result<Timestamp, jiff::Error>| {
+        time.map_err(|e| format!("{text:?} cannot be placed in the source time zone: {e}"))
+            .and_then(micros)
+    };
+    Ok(match ambiguous.offset() {
+        AmbiguousOffset::Unambiguous { .. } => LegacyTime::Exact(placed(ambiguous.compatible())?),
+        AmbiguousOffset::Fold { .. } => LegacyTime::Ambiguous {
+            earlier: placed(ambiguous.clone().earlier())?,
+            later: placed(ambiguous.later())?,
+        },
+        AmbiguousOffset::Gap { .. } => LegacyTime::Skipped(placed(ambiguous.compatible())?),
+    })
 }
 
 #[cfg(test)]
@@ -485,7 +604,62 @@ mod tests {
     use super::*;
 
     fn utc(text: &str) -> Result<i64, String> {
-        parse_legacy_time(text, &TimeZone::UTC).map(|t| t.as_microsecond())
+        parse_legacy_time(text, &TimeZone::UTC).map(|t| t.nearest_to(None).as_microsecond())
+    }
+
+    fn london(text: &str) -> LegacyTime {
+        parse_legacy_time(text, &TimeZone::get("Europe/London").unwrap()).unwrap()
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_hour_the_clocks_go_back_is_resolved_by_the_batch_start() {
+        // 2025-10-26 01:30 happened at 00:30 UTC (BST) and again at 01:30 UTC.
+        let time = london("2025-10-26T01:30:00");
+        assert_eq!(
+            time,
+            LegacyTime::Ambiguous {
+                earlier: at("2025-10-26T00:30:00Z"),
+                later: at("2025-10-26T01:30:00Z"),
+            }
+        );
+        assert_eq!(
+            time.nearest_to(Some(at("2025-10-26T01:29:59Z"))),
+            at("2025-10-26T01:30:00Z")
+        );
+        assert_eq!(time.nearest_to(None), at("2025-10-26T00:30:00Z"));
+        // A batch that started at 01:40 the first time ended at 01:30 the second.
+        assert_eq!(
+            time.earliest_from(Some(at("2025-10-26T00:40:00Z"))),
+            at("2025-10-26T01:30:00Z")
+        );
+        assert_eq!(
+            time.earliest_from(Some(at("2025-10-26T00:10:00Z"))),
+            at("2025-10-26T00:30:00Z")
+        );
+    }
+
+    #[test]
+    fn a_time_the_clocks_skipped_moves_forward() {
+        // 2025-03-30 01:30 never happened in London: it reads as 02:30 BST.
+        assert_eq!(
+            london("2025-03-30T01:30:00"),
+            LegacyTime::Skipped(at("2025-03-30T01:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn dashboard_ids_carry_their_start() {
+        let id = |text: &str| instant_in_id(&BatchId::parse(text.into()).unwrap());
+        assert_eq!(
+            id("batch_1761442200_0a1b2c3d"),
+            Some(at("2025-10-26T01:30:00Z"))
+        );
+        assert_eq!(id("batch_x_0a1b2c3d"), None);
+        assert_eq!(id("my-batch"), None);
     }
 
     #[test]
@@ -504,9 +678,15 @@ mod tests {
     fn naive_times_use_the_source_zone() {
         let paris = TimeZone::get("Europe/Paris").unwrap();
         let time = parse_legacy_time("2025-10-18T14:03:22", &paris).unwrap();
-        assert_eq!(time.as_second(), 1_760_796_202 - 2 * 3600);
+        assert_eq!(
+            time,
+            LegacyTime::Exact(Timestamp::from_second(1_760_796_202 - 2 * 3600).unwrap())
+        );
         // An explicit offset wins over the zone.
         let time = parse_legacy_time("2025-10-18T14:03:22Z", &paris).unwrap();
-        assert_eq!(time.as_second(), 1_760_796_202);
+        assert_eq!(
+            time,
+            LegacyTime::Exact(Timestamp::from_second(1_760_796_202).unwrap())
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! `import-sqlite`: copies the legacy dashboard's SQLite history into
-//! PostgreSQL. Every row is read and checked before anything is written;
-//! then all of it is written in one transaction, so a file either imports
-//! completely or not at all, and importing it again adds nothing.
+//! PostgreSQL. Every row is read, checked and staged in one transaction,
+//! committed only if every row is valid (and no conflict stands in the way),
+//! so a file either imports completely or not at all. The service remembers
+//! a digest of each batch it imported (`batch_imports`), so importing the
+//! same file again adds nothing and reports batches the service has changed
+//! since as such, not as conflicts.
 //!
 //! SQLite stays inside this module: the service has no SQLite code path.
 
@@ -37,21 +40,37 @@ pub struct Problem {
     pub message: String,
 }
 
-/// What an import found and did.
+/// What an import found and did. Every row read is counted once: `rows_read`
+/// = `imported` + `already_present` + `changed_since_import` + conflicts +
+/// `invalid`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub path: String,
     pub dry_run: bool,
+    /// `fail` or `skip`: what conflicts do to the import.
+    pub on_conflict: &'static str,
     pub rows_read: u64,
-    /// Written, or on a dry run, that would be.
+    /// Written, or where nothing was committed, that would have been.
     pub imported: u64,
+    /// Stored with the same content.
     pub already_present: u64,
+    /// Imported before and changed (progressed, finished, stopped by the
+    /// stale sweep, deleted) by the service since: left as they are.
+    pub changed_since_import: u64,
+    /// Stored with content no import of this file explains.
     pub conflicts: Vec<String>,
     /// Rows that cannot be imported (each may have several problems).
     pub invalid: u64,
     pub problems: Vec<Problem>,
     /// JSON columns holding text that is not JSON, kept verbatim.
     pub raw_json_kept: u64,
+    /// Local times the clocks going back made ambiguous, resolved by the
+    /// batch's start (see the README).
+    pub ambiguous_times: u64,
+    /// Local times in the hour the clocks skipped, moved forward by an hour.
+    pub skipped_times: u64,
+    /// What most likely caused the conflicts, when something does.
+    pub hint: Option<String>,
     pub committed: bool,
     pub elapsed_seconds: f64,
     pub rows_per_second: f64,
@@ -59,9 +78,9 @@ pub struct Report {
 
 impl Report {
     /// Whether the file's history is now (or, on a dry run, would be) in
-    /// PostgreSQL.
+    /// PostgreSQL: a dry run succeeds exactly when the same run would.
     pub fn succeeded(&self) -> bool {
-        self.invalid == 0 && (self.committed || (self.dry_run && self.conflicts.is_empty()))
+        self.invalid == 0 && (self.conflicts.is_empty() || self.on_conflict == "skip")
     }
 
     /// The report for people.
@@ -80,19 +99,22 @@ impl Report {
         );
         for (label, value) in [
             (
-                if self.dry_run {
-                    "would import"
-                } else {
+                if self.committed {
                     "imported"
+                } else {
+                    "would import"
                 },
                 self.imported,
             ),
             ("already present", self.already_present),
+            ("changed since import", self.changed_since_import),
             ("conflicts", self.conflicts.len() as u64),
             ("invalid rows", self.invalid),
             ("raw JSON kept", self.raw_json_kept),
+            ("ambiguous times", self.ambiguous_times),
+            ("skipped times", self.skipped_times),
         ] {
-            text.push_str(&format!("  {label:<16} {value}\n"));
+            text.push_str(&format!("  {label:<20} {value}\n"));
         }
         for problem in &self.problems {
             text.push_str(&format!(
@@ -105,9 +127,12 @@ impl Report {
                 "  conflict: {batch_id} is stored with other content\n"
             ));
         }
+        if let Some(hint) = &self.hint {
+            text.push_str(&format!("  hint: {hint}\n"));
+        }
         if !self.succeeded() {
             text.push_str("nothing was imported");
-            if !self.conflicts.is_empty() {
+            if !self.conflicts.is_empty() && self.on_conflict != "skip" {
                 text.push_str("; rerun with --on-conflict skip to keep the stored batches");
             }
             text.push('\n');
@@ -158,35 +183,40 @@ pub async fn import_sqlite(
         }
     }
     let mapped = reader.await??;
-    tracing::info!(
-        rows = mapped.rows_read,
-        seconds = started.elapsed().as_secs_f64(),
-        "read and checked the legacy file"
-    );
-
     let invalid = mapped
         .problems
         .iter()
         .map(|problem| problem.row_id)
         .collect::<std::collections::BTreeSet<_>>()
         .len() as u64;
-    let outcome = if invalid == 0 {
-        load.finish(options.on_conflict, options.dry_run).await?
-    } else {
-        load.abandon().await;
-        LoadOutcome::default()
-    };
+    tracing::info!(
+        rows = mapped.rows_read,
+        seconds = started.elapsed().as_secs_f64(),
+        "read and checked the legacy file"
+    );
+
+    let skip = options.on_conflict == OnConflict::Skip;
+    let outcome = load
+        .finish(|outcome| {
+            !options.dry_run && invalid == 0 && (skip || outcome.conflicts.is_empty())
+        })
+        .await?;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Report {
         path: options.path.display().to_string(),
         dry_run: options.dry_run,
+        on_conflict: if skip { "skip" } else { "fail" },
         rows_read: mapped.rows_read,
         imported: outcome.imported,
         already_present: outcome.already_present,
+        changed_since_import: outcome.changed_since_import,
+        hint: zone_hint(&outcome, &options.source_timezone),
         conflicts: outcome.conflicts.iter().map(ToString::to_string).collect(),
         invalid,
         problems: mapped.problems,
         raw_json_kept: mapped.raw_json_kept,
+        ambiguous_times: mapped.ambiguous_times,
+        skipped_times: mapped.skipped_times,
         committed: outcome.committed,
         elapsed_seconds: elapsed,
         rows_per_second: if elapsed > 0.0 {
@@ -194,5 +224,20 @@ pub async fn import_sqlite(
         } else {
             0.0
         },
+    })
+}
+
+/// Says that `--source-timezone` is probably wrong when most conflicts differ
+/// from the stored batches only by whole hours in their times.
+fn zone_hint(outcome: &LoadOutcome, zone: &TimeZone) -> Option<String> {
+    let conflicts = outcome.conflicts.len() as u64;
+    (conflicts > 0 && outcome.conflicts_shifted_by_hours * 2 > conflicts).then(|| {
+        format!(
+            "{} of {conflicts} conflicts differ from the stored batches only by whole hours in \
+             their times: --source-timezone ({}) is probably not the zone the stored batches \
+             were imported with, or the file was written in another zone",
+            outcome.conflicts_shifted_by_hours,
+            zone.iana_name().unwrap_or("a fixed offset"),
+        )
     })
 }

@@ -19,27 +19,37 @@ pub enum OnConflict {
     Skip,
 }
 
-/// What a bulk load found and did.
+/// What a bulk load found and did. Every staged batch is counted once:
+/// imported, already present, changed since its import, or a conflict.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOutcome {
-    /// Batches written (or that would be, on a dry run).
+    /// Batches written (or that would be, had the load been committed).
     pub imported: u64,
-    /// Batches already stored with the same content.
+    /// Batches stored with the same content.
     pub already_present: u64,
-    /// Batches stored under the same id with other content.
+    /// Batches an earlier import wrote, with the same content as now, that
+    /// the service has changed (or deleted) since: left as they are.
+    pub changed_since_import: u64,
+    /// Batches stored with other content that no import of this content
+    /// explains: a file row that differs from what was imported from it, or
+    /// an id the service created with other content.
     pub conflicts: Vec<BatchId>,
+    /// Conflicts whose stored batch differs only in times, by whole hours:
+    /// the mark of a wrong source time zone.
+    pub conflicts_shifted_by_hours: u64,
     /// Whether the transaction was committed.
     pub committed: bool,
 }
 
 const STAGE: &str = "CREATE TEMPORARY TABLE import_batches (LIKE batches) ON COMMIT DROP";
 
-const COPY: &str = "COPY import_batches (batch_id, state, provider, model, topic_filter, \
+const COPY: &str = "COPY import_batches (batch_id, state, provider, model, current_model, topic_filter, \
      difficulty_filter, reasoning_instruction, target_count, samples_generated, total_tokens, \
      errors, error_count, model_switches, metadata, start_time, end_time, update_time, version) \
      FROM STDIN (FORMAT binary)";
 
-const COPY_TYPES: [Type; 18] = [
+const COPY_TYPES: [Type; 19] = [
+    Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -60,27 +70,107 @@ const COPY_TYPES: [Type; 18] = [
     Type::INT8,
 ];
 
-/// Staged batches whose id is stored: how many are identical, and which
-/// differ. Update time and version are not content: they only say when and
-/// how often a batch was written.
-const COMPARE: &str = "SELECT
-        count(*) FILTER (WHERE same),
-        coalesce(array_agg(batch_id ORDER BY batch_id) FILTER (WHERE NOT same), '{}')
-    FROM (
-        SELECT s.batch_id,
-               (s.state, s.provider, s.model, s.topic_filter, s.difficulty_filter,
-                s.reasoning_instruction, s.target_count, s.samples_generated, s.total_tokens,
-                s.errors, s.error_count, s.model_switches, s.metadata, s.start_time, s.end_time)
-               IS NOT DISTINCT FROM
-               (b.state, b.provider, b.model, b.topic_filter, b.difficulty_filter,
-                b.reasoning_instruction, b.target_count, b.samples_generated, b.total_tokens,
-                b.errors, b.error_count, b.model_switches, b.metadata, b.start_time, b.end_time)
-               AS same
-        FROM import_batches s JOIN batches b USING (batch_id)
-    ) AS stored";
+/// A batch's content, as the digest an import compares and remembers, of
+/// the row `$t`. Update time and version are not content: they only say when
+/// and how often a batch was written. The text of a row depends on the
+/// session's time zone and date style, which [`BulkLoad::begin`] fixes.
+macro_rules! digest {
+    ($t:literal) => {
+        concat!(
+            "md5((",
+            $t,
+            ".state, ",
+            $t,
+            ".provider, ",
+            $t,
+            ".model, ",
+            $t,
+            ".current_model, ",
+            $t,
+            ".topic_filter, ",
+            $t,
+            ".difficulty_filter, ",
+            $t,
+            ".reasoning_instruction, ",
+            $t,
+            ".target_count, ",
+            $t,
+            ".samples_generated, ",
+            $t,
+            ".total_tokens, ",
+            $t,
+            ".errors, ",
+            $t,
+            ".error_count, ",
+            $t,
+            ".model_switches, ",
+            $t,
+            ".metadata, ",
+            $t,
+            ".start_time, ",
+            $t,
+            ".end_time)::text)"
+        )
+    };
+}
 
-const INSERT: &str =
-    "INSERT INTO batches SELECT * FROM import_batches ON CONFLICT (batch_id) DO NOTHING";
+/// Sorts every staged batch (s) by what is stored under its id (b) and what
+/// an earlier import recorded of it (i). A batch whose content is what was
+/// imported before is never a conflict, however the service changed it
+/// since; `shifted` marks stored batches that differ from the staged one
+/// only in their times, by whole hours.
+const CLASSIFY: &str = concat!(
+    "CREATE TEMPORARY TABLE import_classes ON COMMIT DROP AS
+    SELECT batch_id, digest,
+        CASE
+            WHEN i.batch_id IS NOT NULL AND i.content_digest <> digest THEN 'conflict'
+            WHEN b.batch_id IS NULL AND i.batch_id IS NOT NULL THEN 'changed'
+            WHEN b.batch_id IS NULL THEN 'new'
+            WHEN ",
+    digest!("b"),
+    " = digest THEN 'present'
+            WHEN i.batch_id IS NOT NULL THEN 'changed'
+            ELSE 'conflict'
+        END AS class,
+        b.start_time <> s.start_time
+            AND extract(epoch FROM b.start_time - s.start_time) % 3600 = 0
+            AND (b.state, b.model, b.current_model, b.topic_filter, b.difficulty_filter,
+                 b.reasoning_instruction, b.target_count, b.samples_generated, b.total_tokens,
+                 b.error_count)
+              = (s.state, s.model, s.current_model, s.topic_filter, s.difficulty_filter,
+                 s.reasoning_instruction, s.target_count, s.samples_generated, s.total_tokens,
+                 s.error_count) AS shifted
+    FROM (SELECT *, ",
+    digest!("import_batches"),
+    " AS digest FROM import_batches) s
+    LEFT JOIN batches b USING (batch_id)
+    LEFT JOIN batch_imports i USING (batch_id)"
+);
+
+/// How many staged batches fell in each class, and how many conflicts
+/// differ by whole hours.
+const COUNT_CLASSES: &str = "SELECT
+        count(*) FILTER (WHERE class = 'present'),
+        count(*) FILTER (WHERE class = 'changed'),
+        count(*) FILTER (WHERE class = 'conflict' AND shifted),
+        coalesce(array_agg(batch_id ORDER BY batch_id) FILTER (WHERE class = 'conflict'), '{}')
+    FROM import_classes";
+
+/// Writes the new batches and records what this import holds true of every
+/// batch it wrote or found as it is in the file; returns how many it wrote.
+const INSERT: &str = "WITH inserted AS (
+        INSERT INTO batches
+        SELECT s.* FROM import_batches s JOIN import_classes c USING (batch_id)
+        WHERE c.class = 'new'
+        ON CONFLICT (batch_id) DO NOTHING
+        RETURNING batch_id
+    ), recorded AS (
+        INSERT INTO batch_imports (batch_id, content_digest)
+        SELECT batch_id, digest FROM import_classes
+        WHERE class = 'present' OR batch_id IN (SELECT batch_id FROM inserted)
+        ON CONFLICT (batch_id) DO NOTHING
+    )
+    SELECT count(*) FROM inserted";
 
 /// A bulk load in progress: a transaction on a dedicated connection with a
 /// binary COPY into the staging table open. Batches stream in with
@@ -107,7 +197,10 @@ impl BulkLoad {
         client.batch_execute("BEGIN").await?;
         // Watchers are not told of each imported row (see migration V2).
         client
-            .batch_execute("SET LOCAL batch_history.bulk_load = 'on'")
+            .batch_execute(
+                "SET LOCAL batch_history.bulk_load = 'on'; \
+                 SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'",
+            )
             .await?;
         client.batch_execute(STAGE).await?;
         let sink = client.copy_in(COPY).await?;
@@ -128,6 +221,7 @@ impl BulkLoad {
                 &batch.state.as_str(),
                 &batch.provider,
                 &batch.model,
+                &batch.current_model,
                 &batch.topic_filter,
                 &batch.difficulty_filter,
                 &batch.reasoning_instruction,
@@ -148,48 +242,50 @@ impl BulkLoad {
         Ok(())
     }
 
-    /// Compares the staged batches with the stored ones and writes those not
-    /// stored yet. Stored batches with the same content are counted and left
-    /// alone; stored batches with other content are conflicts, handled as
-    /// `on_conflict` says. A dry run does all of it, then rolls back.
+    /// Sorts the staged batches against the stored ones and writes those
+    /// not stored yet, then commits if `commit` says so given what was
+    /// found, else rolls everything back.
     pub async fn finish(
         mut self,
-        on_conflict: OnConflict,
-        dry_run: bool,
+        commit: impl FnOnce(&LoadOutcome) -> bool,
     ) -> Result<LoadOutcome, StoreError> {
         self.writer.as_mut().finish().await?;
         tracing::info!(rows = self.staged, "staged");
 
-        let comparison = self.client.query_one(COMPARE, &[]).await?;
-        let already_present = comparison.try_get::<_, i64>(0)?.unsigned_abs();
-        let conflicts = comparison
-            .try_get::<_, Vec<String>>(1)?
-            .into_iter()
-            .map(|id| {
-                BatchId::parse(id).map_err(|e| StoreError::internal("reading a staged id", e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        tracing::info!(
-            already_present,
-            conflicts = conflicts.len(),
-            "compared with stored batches"
-        );
-
+        self.client.batch_execute(CLASSIFY).await?;
+        let counts = self.client.query_one(COUNT_CLASSES, &[]).await?;
+        let count = |index| Ok::<_, StoreError>(counts.try_get::<_, i64>(index)?.unsigned_abs());
         let mut outcome = LoadOutcome {
-            already_present,
-            conflicts,
+            already_present: count(0)?,
+            changed_since_import: count(1)?,
+            conflicts_shifted_by_hours: count(2)?,
+            conflicts: counts
+                .try_get::<_, Vec<String>>(3)?
+                .into_iter()
+                .map(|id| {
+                    BatchId::parse(id).map_err(|e| StoreError::internal("reading a staged id", e))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             ..LoadOutcome::default()
         };
-        if !outcome.conflicts.is_empty() && on_conflict == OnConflict::Fail {
-            self.client.batch_execute("ROLLBACK").await?;
+        outcome.imported = self
+            .client
+            .query_one(INSERT, &[])
+            .await?
+            .try_get::<_, i64>(0)?
+            .unsigned_abs();
+        tracing::info!(
+            imported = outcome.imported,
+            already_present = outcome.already_present,
+            changed_since_import = outcome.changed_since_import,
+            conflicts = outcome.conflicts.len(),
+            "compared with stored batches"
+        );
+        if commit(&outcome) {
+            self.client.batch_execute("COMMIT").await?;
+            outcome.committed = true;
         } else {
-            outcome.imported = self.client.execute(INSERT, &[]).await?;
-            if dry_run {
-                self.client.batch_execute("ROLLBACK").await?;
-            } else {
-                self.client.batch_execute("COMMIT").await?;
-                outcome.committed = true;
-            }
+            self.client.batch_execute("ROLLBACK").await?;
         }
         self.close().await;
         Ok(outcome)

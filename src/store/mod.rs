@@ -26,9 +26,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
-    JsonObject, ListQuery, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES,
-    MAX_KEPT_SWITCHES, NewBatch, Page, Progress, Prose, StaleThreshold, State, StatsGroup,
+    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish, ListQuery,
+    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, NewBatch,
+    Page, Progress, Save, StaleThreshold, State, StatsGroup,
 };
 
 pub use error::StoreError;
@@ -280,6 +280,12 @@ impl Store {
             let errors = Json(&progress.errors);
             let switches = Json(&progress.model_switches);
             let request_id = progress.idempotency.as_ref().map(|i| i.request_id.as_str());
+            let switched_to = progress
+                .model_switches
+                .iter()
+                .rev()
+                .map(|switch| switch.to_model.as_str())
+                .find(|model| !model.is_empty());
             let fingerprint = progress.idempotency.as_ref().map(|i| &i.fingerprint[..]);
             for _ in 0..MAX_ATTEMPTS {
                 let row = client
@@ -297,6 +303,7 @@ impl Store {
                             &(MAX_KEPT_ERROR_BYTES as i32),
                             &(MAX_KEPT_SWITCHES as i32),
                             &(MAX_KEPT_SWITCH_BYTES as i32),
+                            &switched_to,
                         ],
                     )
                     .await;
@@ -330,6 +337,59 @@ impl Store {
                             state: batch.state,
                         });
                     }
+                }
+            }
+            Err(StoreError::Contended)
+        })
+        .await
+    }
+
+    /// Creates a batch from its whole state, or brings the stored one up to
+    /// date unless the stored one is ahead; returns the batch as stored.
+    pub async fn save(&self, save: &Save) -> Result<Batch, StoreError> {
+        self.with_connection(Some(&save.batch_id), async |client| {
+            let statement = client.prepare_cached(sql::SAVE).await?;
+            let created = &save.created;
+            let (errors, switches) = (Json(&save.errors), Json(&save.model_switches));
+            let metadata = Json(created.metadata.as_map());
+            for _ in 0..MAX_ATTEMPTS {
+                let row = client
+                    .query_opt(
+                        &statement,
+                        &[
+                            &save.batch_id.as_str(),
+                            &save.state.as_str(),
+                            &created.provider.as_str(),
+                            &created.model.as_str(),
+                            &save.current_model.as_str(),
+                            &created.topic_filter.as_str(),
+                            &created.difficulty_filter.as_str(),
+                            &created.reasoning_instruction.as_str(),
+                            &created.target_count.get(),
+                            &save.samples_generated.get(),
+                            &save.total_tokens.get(),
+                            &errors,
+                            &save.error_count,
+                            &switches,
+                            &save.switch_count,
+                            &metadata,
+                            &created.start_time,
+                            &save.end_time,
+                        ],
+                    )
+                    .await
+                    .map_err(|error| match StoreError::from(error) {
+                        StoreError::Invalid(violation) => StoreError::Invalid(FieldViolation {
+                            field: format!("batch.{}", violation.field),
+                            ..violation
+                        }),
+                        other => other,
+                    })?;
+                match Outcome::of(row)? {
+                    Outcome::Applied(batch) | Outcome::Unchanged(batch) => return Ok(batch),
+                    // Created by another call after this statement's snapshot
+                    // was taken, and ahead of this save: look again.
+                    Outcome::Missing => continue,
                 }
             }
             Err(StoreError::Contended)
@@ -419,21 +479,11 @@ impl Store {
         let stale_after = stale_after.get();
         self.with_connection(None, async |client| {
             let statement = client.prepare_cached(sql::SWEEP_STALE).await?;
-            let minutes = stale_after.as_secs_f64() / 60.0;
-            let reason = [BatchError {
-                message: Prose::parse(format!(
-                    "stopped by the stale-batch sweep: no update for {minutes:.1} minutes"
-                ))
-                .map_err(|e| StoreError::internal("writing the sweep's reason", e))?,
-                time: jiff::Timestamp::now(),
-                details: JsonObject::default(),
-            }];
             client
                 .query(
                     &statement,
                     &[
                         &stale_after.as_secs_f64(),
-                        &Json(&reason),
                         &SWEEP_LOCK_KEY,
                         &(MAX_KEPT_ERRORS as i32),
                         &(MAX_KEPT_ERROR_BYTES as i32),
@@ -731,6 +781,7 @@ fn batch_from_row(row: &Row) -> Result<Batch, StoreError> {
         })?,
         provider: row.try_get("provider")?,
         model: row.try_get("model")?,
+        current_model: row.try_get("current_model")?,
         topic_filter: row.try_get("topic_filter")?,
         difficulty_filter: row.try_get("difficulty_filter")?,
         reasoning_instruction: row.try_get("reasoning_instruction")?,

@@ -11,7 +11,7 @@ use crate::domain::{BatchFilter, ListQuery, Order};
 /// Every column of `batches`, in the order [`super::batch_from_row`] reads by name.
 macro_rules! columns {
     () => {
-        "batch_id, state, provider, model, topic_filter, difficulty_filter, \
+        "batch_id, state, provider, model, current_model, topic_filter, difficulty_filter, \
          reasoning_instruction, target_count, samples_generated, total_tokens, errors, \
          error_count, model_switches, metadata, start_time, end_time, update_time, version"
     };
@@ -22,9 +22,11 @@ macro_rules! columns {
 /// count, $8 metadata, $9 start time or NULL for now.
 pub const CREATE: &str = concat!(
     "WITH inserted AS (
-        INSERT INTO batches (batch_id, state, provider, model, topic_filter, difficulty_filter,
-                             reasoning_instruction, target_count, metadata, start_time, update_time)
-        VALUES ($1, 'RUNNING', $2, $3, $4, $5, $6, $7, $8, COALESCE($9::timestamptz, now()), now())
+        INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
+                             difficulty_filter, reasoning_instruction, target_count, metadata,
+                             start_time, update_time)
+        VALUES ($1, 'RUNNING', $2, $3, $3, $4, $5, $6, $7, $8, COALESCE($9::timestamptz, now()),
+                now())
         ON CONFLICT (batch_id) DO NOTHING
         RETURNING ",
     columns!(),
@@ -46,15 +48,22 @@ pub const GET: &str = concat!("SELECT ", columns!(), " FROM batches WHERE batch_
 /// Batches per state; an index-only scan of the state index.
 pub const COUNT_BY_STATE: &str = "SELECT state, count(*) FROM batches GROUP BY state";
 
-/// Stops running batches not updated for $1 seconds, appending error $2
-/// (a JSON array of one) and keeping the newest $4 errors within $5 bytes,
-/// unless another replica holds sweep lock $3.
+/// Stops running batches not updated for $1 seconds, appending an error
+/// that says how long each was idle, and keeping the newest $3 errors within
+/// $4 bytes, unless another replica holds sweep lock $2.
 pub const SWEEP_STALE: &str = concat!(
-    "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($3) AS holds)
+    "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($2) AS holds)
     UPDATE batches SET
         state = 'STOPPED',
         end_time = greatest(now(), start_time),
-        errors = jsonb_append_keep_newest(errors, $2::jsonb, $4, $5),
+        errors = jsonb_append_keep_newest(errors, jsonb_build_array(jsonb_build_object(
+            'message', format(
+                'stopped by the stale-batch sweep: no update for %s (since %s UTC), '
+                'more than the threshold of %s',
+                justify_hours(date_trunc('second', now() - update_time)),
+                to_char(update_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                justify_hours(make_interval(secs => $1::float8))),
+            'time', now())), $3, $4),
         error_count = error_count + 1,
         update_time = now(),
         version = version + 1
@@ -111,7 +120,8 @@ pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
 /// a finished one are told apart in the same round trip). $1 id, $2 samples,
 /// $3 tokens, $4 errors (JSON array), $5 model switches (JSON array),
 /// $6 and $9 errors and their bytes to keep, $10 and $11 model switches and
-/// their bytes to keep, $7 request id or NULL, $8 the request's fingerprint.
+/// their bytes to keep, $7 request id or NULL, $8 the request's fingerprint,
+/// $12 the model switched to last, or NULL to keep the current model.
 ///
 /// Lists a report adds nothing to are left as they are: the function that
 /// appends costs microseconds, and a rewritten list is stored again (TOAST
@@ -133,6 +143,7 @@ pub const RECORD_PROGRESS: &str = concat!(
             error_count = error_count + jsonb_array_length($4::jsonb),
             model_switches = CASE WHEN jsonb_array_length($5::jsonb) = 0 THEN model_switches
                 ELSE jsonb_append_keep_newest(model_switches, $5::jsonb, $10, $11) END,
+            current_model = coalesce($12, current_model),
             update_time = now(),
             version = version + 1
         WHERE batch_id = $1 AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
@@ -160,6 +171,53 @@ pub const FORGET_REQUESTS: &str = "DELETE FROM batch_requests WHERE request_id I
         SELECT request_id FROM batch_requests
         WHERE created_at < now() - make_interval(secs => $1::float8)
         LIMIT $2)";
+
+/// Creates a batch from its whole state, or brings the stored one up to
+/// date unless it is ahead (more samples, tokens, errors or switches): a
+/// finished batch keeps its state and end time. Returns the row, changed or
+/// not, like [`RECORD_PROGRESS`]. $1 id, $2 state, $3 provider, $4 model,
+/// $5 current model, $6 topic, $7 difficulty, $8 reasoning instruction,
+/// $9 target count, $10 samples, $11 tokens, $12 errors (JSON array, as
+/// kept), $13 error count, $14 model switches (as kept), $15 switch count,
+/// $16 metadata, $17 start time or NULL for now, $18 end time or NULL for
+/// now (used only if $2 is not RUNNING).
+pub const SAVE: &str = concat!(
+    "WITH saved AS (
+        INSERT INTO batches AS b (batch_id, state, provider, model, current_model, topic_filter,
+                                  difficulty_filter, reasoning_instruction, target_count,
+                                  samples_generated, total_tokens, errors, error_count,
+                                  model_switches, metadata, start_time, end_time, update_time)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16,
+                COALESCE($17::timestamptz, now()),
+                CASE WHEN $2 <> 'RUNNING' THEN COALESCE($18::timestamptz, now()) END, now())
+        ON CONFLICT (batch_id) DO UPDATE SET
+            samples_generated = EXCLUDED.samples_generated,
+            total_tokens = EXCLUDED.total_tokens,
+            errors = EXCLUDED.errors,
+            error_count = EXCLUDED.error_count,
+            model_switches = EXCLUDED.model_switches,
+            current_model = EXCLUDED.current_model,
+            state = CASE WHEN b.state = 'RUNNING' THEN EXCLUDED.state ELSE b.state END,
+            end_time = CASE WHEN b.state = 'RUNNING' THEN EXCLUDED.end_time ELSE b.end_time END,
+            update_time = now(),
+            version = b.version + 1
+        WHERE EXCLUDED.samples_generated >= b.samples_generated
+          AND EXCLUDED.total_tokens >= b.total_tokens
+          AND EXCLUDED.error_count >= b.error_count
+          AND $15 >= jsonb_array_length(b.model_switches)
+        RETURNING ",
+    columns!(),
+    "
+    )
+    SELECT ",
+    columns!(),
+    ", true AS applied FROM saved
+    UNION ALL
+    SELECT ",
+    columns!(),
+    ", false AS applied FROM batches
+    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM saved)"
+);
 
 /// Moves a running batch to a final state, like [`RECORD_PROGRESS`]. $1 id,
 /// $2 state, $3 end time or NULL for now, $4 errors to append (JSON array),

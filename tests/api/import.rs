@@ -152,15 +152,14 @@ async fn generated_files_round_trip_field_by_field() {
                 text.map(|t| {
                     parse_legacy_time(&t, &TimeZone::UTC)
                         .unwrap()
+                        .nearest_to(None)
                         .as_microsecond()
                 })
             };
             assert_eq!(micros(&batch.start_time), time(row.get(1).unwrap()));
             assert_eq!(micros(&batch.end_time), time(row.get(2).unwrap()));
-            assert_eq!(
-                batch.model,
-                row.get::<_, Option<String>>(3).unwrap().unwrap_or_default()
-            );
+            let model = row.get::<_, Option<String>>(3).unwrap().unwrap_or_default();
+            assert_eq!(batch.current_model, model);
             assert_eq!(
                 batch.topic_filter,
                 row.get::<_, Option<String>>(4).unwrap().unwrap_or_default()
@@ -215,6 +214,9 @@ async fn generated_files_round_trip_field_by_field() {
                 .map(|s| serde_json::from_str(&s).unwrap())
                 .unwrap_or_default();
             assert_eq!(batch.model_switches.len(), switches.len());
+            // The batch started with the first switch's from model.
+            let first_from = switches.first().map(|item| item["from"].as_str().unwrap());
+            assert_eq!(batch.model, first_from.unwrap_or(&model));
             for (stored, item) in batch.model_switches.iter().zip(&switches) {
                 assert_eq!(stored.from_model, item["from"].as_str().unwrap());
                 assert_eq!(stored.to_model, item["to"].as_str().unwrap());
@@ -361,9 +363,10 @@ async fn legacy_shapes_map_as_documented() {
         typed.errors[1].details.as_ref().unwrap().fields["sample"].kind,
         Some(Kind::NumberValue(12.0))
     );
-    // A bare string entry becomes the message; no start time means the batch's.
+    // A bare string entry becomes the message; an entry without a time has none.
     assert_eq!(typed.errors[2].message, "bare string");
-    assert_eq!(typed.errors[2].time, typed.start_time);
+    assert_eq!(typed.errors[1].time, None);
+    assert_eq!(typed.errors[2].time, None);
     let switch = &typed.model_switches[0];
     assert_eq!(
         (
@@ -437,10 +440,11 @@ async fn a_file_with_any_bad_row_imports_nothing_and_names_every_problem() {
         ),
     ]);
     let report = import(&app, &file, OnConflict::Fail, false).await;
-    assert!(!report.succeeded());
+    assert!(!report.succeeded() && !report.committed);
+    // The one valid row would import; every row is counted once.
     assert_eq!(
         (report.rows_read, report.imported, report.invalid),
-        (6, 0, 5)
+        (6, 1, 5)
     );
     let problems: Vec<(i64, &str)> = report
         .problems
@@ -486,6 +490,20 @@ async fn a_file_without_history_is_a_clear_error() {
     );
 }
 
+/// Every row read is counted exactly once.
+fn assert_adds_up(report: &Report) {
+    assert_eq!(
+        report.rows_read,
+        report.imported
+            + report.already_present
+            + report.changed_since_import
+            + report.conflicts.len() as u64
+            + report.invalid,
+        "{}",
+        report.to_text()
+    );
+}
+
 #[tokio::test]
 async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
     let app = TestApp::spawn().await;
@@ -498,30 +516,17 @@ async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
     let again = import(&app, &file, OnConflict::Fail, false).await;
     assert!(again.succeeded());
     assert_eq!((again.imported, again.already_present), (0, 150));
+    assert_adds_up(&again);
     assert_eq!(stored_count(&app).await, 150);
 
-    // One batch changed since, through the service; one new row in the file.
-    let first = app
-        .client
-        .clone()
-        .list_batches(ListBatchesRequest {
-            page_size: 1,
-            states: vec![State::Running as i32],
-            ..Default::default()
-        })
-        .await
+    // A file row that differs from what was imported from it; one new row.
+    let edited: String = rusqlite::Connection::open(&file.0)
         .unwrap()
-        .into_inner()
-        .batches
-        .remove(0);
-    app.client
-        .clone()
-        .record_progress(batch_history::proto::RecordProgressRequest {
-            batch_id: first.batch_id.clone(),
-            samples_delta: 1,
-            ..Default::default()
-        })
-        .await
+        .query_row(
+            "UPDATE batch_history SET total_tokens = total_tokens + 1 WHERE id = 7 RETURNING batch_id",
+            [],
+            |row| row.get(0),
+        )
         .unwrap();
     rusqlite::Connection::open(&file.0)
         .unwrap()
@@ -533,19 +538,116 @@ async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
 
     let conflicted = import(&app, &file, OnConflict::Fail, false).await;
     assert!(!conflicted.succeeded());
-    assert_eq!(conflicted.conflicts, vec![first.batch_id.clone()]);
+    assert_eq!(conflicted.conflicts, vec![edited.clone()]);
+    assert_eq!(conflicted.imported, 1, "would import the new row");
+    assert_adds_up(&conflicted);
     assert!(!conflicted.committed);
     assert!(conflicted.to_text().contains("--on-conflict skip"));
+    assert!(conflicted.hint.is_none(), "not a time zone shift");
     assert_eq!(stored_count(&app).await, 150, "a conflict writes nothing");
 
     let skipped = import(&app, &file, OnConflict::Skip, false).await;
     assert!(skipped.succeeded(), "{}", skipped.to_text());
     assert_eq!((skipped.imported, skipped.already_present), (1, 149));
+    assert_adds_up(&skipped);
     assert_eq!(stored_count(&app).await, 151);
+}
+
+#[tokio::test]
+async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
+    let app = TestApp::spawn().await;
+    let (file, summary) = generated_file(200, 6);
+    let first = import(&app, &file, OnConflict::Fail, false).await;
+    assert_eq!(first.imported, 200);
+    let running = summary["by_status"]["running"].as_u64().unwrap();
+    assert!(running >= 2, "{summary}");
+
+    // Progress on one legacy running batch, a finish of another, then the
+    // stale sweep stops the rest (imported running rows were last updated
+    // when they started, months ago).
+    let mut client = app.client.clone();
+    let running_batches = client
+        .list_batches(ListBatchesRequest {
+            states: vec![State::Running as i32],
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batches;
+    assert_eq!(running_batches.len() as u64, running);
+    client
+        .record_progress(batch_history::proto::RecordProgressRequest {
+            batch_id: running_batches[0].batch_id.clone(),
+            samples_delta: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .finish_batch(batch_history::proto::FinishBatchRequest {
+            batch_id: running_batches[1].batch_id.clone(),
+            state: State::Completed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let swept = client
+        .sweep_stale_batches(batch_history::proto::SweepStaleBatchesRequest {
+            stale_after: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(swept.stopped_count as u64, running - 2);
+    // The sweep says how long the batch was really idle, not only the threshold.
+    let reason = &swept.stopped[0].errors.last().unwrap().message;
+    assert!(reason.contains("no update for") && reason.contains("days"), "{reason}");
+    assert!(reason.contains("threshold of 01:00:00"), "{reason}");
+    let deleted = &running_batches[0].batch_id;
+    client
+        .delete_batch(batch_history::proto::DeleteBatchRequest {
+            batch_id: deleted.clone(),
+        })
+        .await
+        .unwrap();
+
+    let again = import(&app, &file, OnConflict::Fail, false).await;
+    assert!(again.succeeded(), "{}", again.to_text());
     assert_eq!(
-        get(&app, &first.batch_id).await.samples_generated,
-        first.samples_generated + 1
+        (again.imported, again.conflicts.len(), again.changed_since_import),
+        (0, 0, running)
     );
+    assert_adds_up(&again);
+    assert!(
+        client
+            .get_batch(GetBatchRequest {
+                batch_id: deleted.clone()
+            })
+            .await
+            .is_err(),
+        "a batch deleted since its import stays deleted"
+    );
+}
+
+#[tokio::test]
+async fn conflicts_shifted_by_whole_hours_point_at_the_source_time_zone() {
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(60, 8);
+    assert!(import(&app, &file, OnConflict::Fail, false).await.committed);
+    let london = TimeZone::get("Europe/London").unwrap();
+    let report = import_with(&app, &file, london, OnConflict::Fail, false).await;
+    assert!(!report.succeeded());
+    assert_adds_up(&report);
+    // The generated rows all fall in British summer time: an hour off each.
+    assert_eq!(report.conflicts.len(), 60);
+    let hint = report.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("--source-timezone"), "{}", report.to_text());
+    assert!(report.to_text().contains("hint: "));
 }
 
 #[tokio::test]
@@ -560,9 +662,48 @@ async fn a_dry_run_reports_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_dry_run_exits_as_the_same_run_would() {
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(40, 12);
+    assert!(import(&app, &file, OnConflict::Fail, false).await.committed);
+    rusqlite::Connection::open(&file.0)
+        .unwrap()
+        .execute("UPDATE batch_history SET total_tokens = total_tokens + 1 WHERE id = 3", [])
+        .unwrap();
+    for policy in ["fail", "skip"] {
+        let run = |dry_run: bool| {
+            let mut command = import_command(&app, &file);
+            command.args(["--on-conflict", policy]);
+            if dry_run {
+                command.arg("--dry-run");
+            }
+            command.output().unwrap().status.code()
+        };
+        let dry = run(true);
+        assert_eq!(dry, if policy == "skip" { Some(0) } else { Some(1) }, "{policy}");
+        assert_eq!(dry, run(false), "--on-conflict {policy}");
+    }
+}
+
+#[tokio::test]
 async fn the_command_prints_one_json_report() {
     let app = TestApp::spawn().await;
     let (file, _) = generated_file(50, 11);
+    let mut command = import_command(&app, &file);
+    command.arg("--json");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["rows_read"], 50);
+    assert_eq!(report["imported"], 50);
+    assert_eq!(report["committed"], true);
+    assert_eq!(stored_count(&app).await, 50);
+}
+
+/// `batch-history import-sqlite FILE` against the test's database.
+fn import_command(app: &TestApp, file: &TempFile) -> Command {
     let config = &app.db.config;
     let url = format!(
         "postgres://{}@{}/{}",
@@ -574,21 +715,10 @@ async fn the_command_prints_one_json_report() {
         },
         app.db.name
     );
-    let path = file.0.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_batch-history"))
-            .args(["import-sqlite", "--json"])
-            .arg(&path)
-            .env("DATABASE_URL", url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["rows_read"], 50);
-    assert_eq!(report["imported"], 50);
-    assert_eq!(report["committed"], true);
-    assert_eq!(stored_count(&app).await, 50);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_batch-history"));
+    command
+        .arg("import-sqlite")
+        .arg(&file.0)
+        .env("DATABASE_URL", url);
+    command
 }
