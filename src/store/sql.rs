@@ -204,7 +204,7 @@ pub const SAVE: &str = concat!(
         WHERE EXCLUDED.samples_generated >= b.samples_generated
           AND EXCLUDED.total_tokens >= b.total_tokens
           AND EXCLUDED.error_count >= b.error_count
-          AND $15 >= jsonb_array_length(b.model_switches)
+          AND $15::bigint >= jsonb_array_length(b.model_switches)
         RETURNING ",
     columns!(),
     "

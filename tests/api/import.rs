@@ -606,7 +606,10 @@ async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
     assert_eq!(swept.stopped_count as u64, running - 2);
     // The sweep says how long the batch was really idle, not only the threshold.
     let reason = &swept.stopped[0].errors.last().unwrap().message;
-    assert!(reason.contains("no update for") && reason.contains("days"), "{reason}");
+    assert!(
+        reason.contains("no update for") && reason.contains("days"),
+        "{reason}"
+    );
     assert!(reason.contains("threshold of 01:00:00"), "{reason}");
     let deleted = &running_batches[0].batch_id;
     client
@@ -619,7 +622,11 @@ async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
     let again = import(&app, &file, OnConflict::Fail, false).await;
     assert!(again.succeeded(), "{}", again.to_text());
     assert_eq!(
-        (again.imported, again.conflicts.len(), again.changed_since_import),
+        (
+            again.imported,
+            again.conflicts.len(),
+            again.changed_since_import
+        ),
         (0, 0, running)
     );
     assert_adds_up(&again);
@@ -668,7 +675,10 @@ async fn a_dry_run_exits_as_the_same_run_would() {
     assert!(import(&app, &file, OnConflict::Fail, false).await.committed);
     rusqlite::Connection::open(&file.0)
         .unwrap()
-        .execute("UPDATE batch_history SET total_tokens = total_tokens + 1 WHERE id = 3", [])
+        .execute(
+            "UPDATE batch_history SET total_tokens = total_tokens + 1 WHERE id = 3",
+            [],
+        )
         .unwrap();
     for policy in ["fail", "skip"] {
         let run = |dry_run: bool| {
@@ -680,7 +690,11 @@ async fn a_dry_run_exits_as_the_same_run_would() {
             command.output().unwrap().status.code()
         };
         let dry = run(true);
-        assert_eq!(dry, if policy == "skip" { Some(0) } else { Some(1) }, "{policy}");
+        assert_eq!(
+            dry,
+            if policy == "skip" { Some(0) } else { Some(1) },
+            "{policy}"
+        );
         assert_eq!(dry, run(false), "--on-conflict {policy}");
     }
 }

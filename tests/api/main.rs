@@ -16,3 +16,4 @@ mod process;
 mod progress;
 mod reflection;
 mod reliability;
+mod save;
