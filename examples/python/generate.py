@@ -1,24 +1,48 @@
-"""Generates the Python stubs from proto/ (they are not committed)."""
+"""Generates the Python stubs in src/batchhistory from proto/.
+
+They are committed, so that `pip install` needs no protoc; CI runs
+`generate.py --check`, which fails if they differ from what proto/ makes.
+"""
 import pathlib
 import sys
+import tempfile
 
 import grpc_tools
 from grpc_tools import protoc
 
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO_ROOT = HERE.parent.parent / "proto"
+OUT = HERE / "src"
+PACKAGE = pathlib.Path("batchhistory/v1")
 
 
-def generate():
+def generate(out):
     well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     code = protoc.main([
         "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}",
-        f"--python_out={HERE}", f"--grpc_python_out={HERE}",
-        str(PROTO_ROOT / "batchhistory/v1/batch_history.proto"),
+        f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
+        str(PROTO_ROOT / PACKAGE / "batch_history.proto"),
     ])
     if code != 0:
         sys.exit(f"protoc failed with {code}")
+    for package in (out / "batchhistory", out / PACKAGE):
+        (package / "__init__.py").touch()
+
+
+def main():
+    if sys.argv[1:] != ["--check"]:
+        generate(OUT)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        fresh = pathlib.Path(scratch)
+        generate(fresh)
+        stale = [str(path.relative_to(fresh)) for path in sorted(fresh.rglob("*.py*"))
+                 if not (OUT / path.relative_to(fresh)).is_file()
+                 or (OUT / path.relative_to(fresh)).read_bytes() != path.read_bytes()]
+    if stale:
+        sys.exit(f"stubs out of date with proto/: {', '.join(stale)}; run python generate.py")
+    print("stubs match proto/")
 
 
 if __name__ == "__main__":
-    generate()
+    main()

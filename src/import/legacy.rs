@@ -362,7 +362,13 @@ impl RowMapper<'_> {
             .into_iter()
             .map(|item| {
                 let mut fields = object_fields(item, "error");
-                let message = take_string(&mut fields, &["error"]).unwrap_or_default();
+                // An "error" that is not a non-empty string stays in details.
+                let message = match fields.get("error") {
+                    Some(Value::String(text)) if !text.is_empty() => {
+                        take_string(&mut fields, &["error"]).unwrap_or_default()
+                    }
+                    _ => String::new(),
+                };
                 let time = self.take_time(&mut fields, start_time);
                 BatchError {
                     message: self.prose(message, "errors"),

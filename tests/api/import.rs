@@ -736,3 +736,226 @@ fn import_command(app: &TestApp, file: &TempFile) -> Command {
         .env("DATABASE_URL", url);
     command
 }
+
+/// A file written by the legacy dashboard's own code (tests/legacy), and
+/// what the generator says about it: the legacy history and true instants.
+fn real_history(rows: u32, seed: u32) -> (TempFile, Value) {
+    let file = TempFile::new();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/make_real_history.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(&file.0)
+        .args(["--rows", &rows.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .expect("python3 runs the legacy generator");
+    assert!(output.status.success(), "{output:?}");
+    (file, serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// `instant` as `datetime.isoformat()` wrote it: naive local time in `zone`,
+/// with microseconds only when there are some.
+fn python_isoformat(instant: &prost_types::Timestamp, zone: &TimeZone) -> String {
+    let time = jiff::Timestamp::new(instant.seconds, instant.nanos).unwrap();
+    let civil = time.to_zoned(zone.clone()).datetime();
+    let text = civil.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    match civil.subsec_nanosecond() / 1_000 {
+        0 => text,
+        micros => format!("{text}.{micros:06}"),
+    }
+}
+
+/// Details as JSON, to compare with the legacy entry's other keys.
+fn details_json(details: &Option<prost_types::Struct>) -> serde_json::Map<String, Value> {
+    fn value(proto: &prost_types::Value) -> Value {
+        match &proto.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::BoolValue(b)) => Value::Bool(*b),
+            Some(Kind::NumberValue(n)) => serde_json::json!(n),
+            Some(Kind::StringValue(s)) => Value::String(s.clone()),
+            Some(Kind::StructValue(s)) => Value::Object(
+                s.fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), value(v)))
+                    .collect(),
+            ),
+            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
+        }
+    }
+    details
+        .iter()
+        .flat_map(|s| &s.fields)
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect()
+}
+
+/// Numbers compared as the doubles a Struct carries.
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_json(v, w))
+        }
+        _ => a == b,
+    }
+}
+
+#[tokio::test]
+async fn the_real_dashboards_history_round_trips_field_by_field_across_the_clock_change() {
+    let app = TestApp::spawn().await;
+    let london = TimeZone::get("Europe/London").unwrap();
+    let (file, legacy) = real_history(400, 3);
+    let report = import_with(&app, &file, london.clone(), OnConflict::Fail, false).await;
+    assert!(report.succeeded(), "{}", report.to_text());
+    assert_eq!(report.imported, 400);
+    assert!(report.ambiguous_times > 0, "{}", report.to_text());
+    assert_eq!(report.skipped_times, 0);
+
+    let micros_of = |value: &Value| value.as_i64();
+    let (mut old_format, mut untimed, mut null_models) = (0, 0, 0);
+    for row in legacy["history"].as_array().unwrap() {
+        let id = row["id"].as_str().unwrap();
+        let instants = &legacy["instants"][id];
+        let batch = get(&app, id).await;
+        // Times: the true instants, and the same local text back.
+        assert_eq!(
+            micros(&batch.start_time),
+            micros_of(&instants["started_at"]),
+            "{id}"
+        );
+        assert_eq!(
+            micros(&batch.end_time),
+            micros_of(&instants["completed_at"]),
+            "{id}"
+        );
+        let start = batch.start_time.as_ref().unwrap();
+        assert_eq!(
+            python_isoformat(start, &london),
+            row["started_at"].as_str().unwrap()
+        );
+        assert_eq!(
+            batch
+                .end_time
+                .as_ref()
+                .map(|end| python_isoformat(end, &london)),
+            row["completed_at"].as_str().map(String::from)
+        );
+        // Columns.
+        assert_eq!(
+            batch.current_model,
+            row["model"].as_str().unwrap_or_default()
+        );
+        null_models += usize::from(row["model"].is_null());
+        for (value, key) in [
+            (&batch.topic_filter, "topic_filter"),
+            (&batch.difficulty_filter, "difficulty_filter"),
+            (&batch.reasoning_instruction, "reasoning_instruction"),
+        ] {
+            assert_eq!(value, row[key].as_str().unwrap_or_default(), "{key}");
+        }
+        assert_eq!(
+            i64::from(batch.target_count),
+            row["target"].as_i64().unwrap()
+        );
+        assert_eq!(
+            batch.samples_generated,
+            row["samples_generated"].as_i64().unwrap()
+        );
+        assert_eq!(batch.total_tokens, row["tokens_used"].as_i64().unwrap());
+        assert_eq!(
+            batch.state().as_str_name(),
+            row["status"].as_str().unwrap().to_uppercase()
+        );
+        // Errors: message, time only where the entry had one, the rest in details.
+        let errors = row["errors"].as_array().unwrap();
+        assert_eq!(batch.errors.len(), errors.len());
+        for ((stored, entry), instant) in batch
+            .errors
+            .iter()
+            .zip(errors)
+            .zip(instants["errors"].as_array().unwrap())
+        {
+            let mut entry = entry.as_object().unwrap().clone();
+            assert_eq!(
+                Value::String(stored.message.clone()),
+                entry.remove("error").unwrap()
+            );
+            assert_eq!(micros(&stored.time), instant.as_i64());
+            untimed += usize::from(stored.time.is_none());
+            entry.remove("timestamp");
+            assert!(
+                same_json(
+                    &Value::Object(details_json(&stored.details)),
+                    &Value::Object(entry)
+                ),
+                "{id}: {stored:?}"
+            );
+        }
+        // Model switches, in either format.
+        let switches = row["model_switches"].as_array().unwrap();
+        assert_eq!(batch.model_switches.len(), switches.len());
+        for ((stored, entry), instant) in batch
+            .model_switches
+            .iter()
+            .zip(switches)
+            .zip(instants["model_switches"].as_array().unwrap())
+        {
+            let older = entry.get("from_model").is_some();
+            old_format += usize::from(older);
+            let key = |current: &'static str, old: &'static str| if older { old } else { current };
+            assert_eq!(
+                stored.from_model,
+                entry[key("from", "from_model")].as_str().unwrap()
+            );
+            assert_eq!(
+                stored.to_model,
+                entry[key("to", "to_model")].as_str().unwrap()
+            );
+            assert_eq!(stored.provider, entry["provider"].as_str().unwrap());
+            assert_eq!(stored.reason, entry["reason"].as_str().unwrap());
+            assert_eq!(
+                stored.at_sample,
+                entry[key("at_sample", "samples_generated")]
+                    .as_i64()
+                    .unwrap()
+            );
+            assert_eq!(micros(&stored.time), instant.as_i64());
+            assert!(details_json(&stored.details).is_empty());
+        }
+        if let Some(first) = switches.first() {
+            let from = first.get("from").or(first.get("from_model")).unwrap();
+            assert_eq!(
+                batch.model,
+                from.as_str().unwrap(),
+                "the model it started with"
+            );
+        }
+    }
+    assert!(old_format > 0 && untimed > 0 && null_models > 0);
+}
+
+#[tokio::test]
+async fn a_time_the_clocks_skipped_is_moved_forward_and_counted() {
+    let app = TestApp::spawn().await;
+    let file = legacy_file(&[(
+        1,
+        "batch_1743298200_00000001",
+        "2025-03-30T01:30:00",
+        Some("2025-03-30T02:45:00"),
+        "completed",
+        None,
+        None,
+    )]);
+    let london = TimeZone::get("Europe/London").unwrap();
+    let report = import_with(&app, &file, london, OnConflict::Fail, false).await;
+    assert!(report.succeeded(), "{}", report.to_text());
+    assert_eq!((report.skipped_times, report.ambiguous_times), (1, 0));
+    assert!(report.to_text().contains("skipped times"));
+    // 01:30 never happened that night; read as 02:30 BST, 01:30 UTC.
+    let batch = get(&app, "batch_1743298200_00000001").await;
+    assert_eq!(micros(&batch.start_time), Some(1_743_298_200_000_000));
+}
