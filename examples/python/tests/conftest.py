@@ -1,27 +1,29 @@
 """A live batch-history server on a scratch database, for the client tests.
 
+The client package must be installed (`pip install examples/python`).
 BATCH_HISTORY_BIN: the server binary (default: the repository's release build).
 TEST_DATABASE_URL: a PostgreSQL server where a scratch database may be created.
 """
 import contextlib
+import dataclasses
 import os
 import pathlib
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-HERE = pathlib.Path(__file__).resolve().parent.parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE))
+REPO = pathlib.Path(__file__).resolve().parents[3]
+BINARY = os.environ.get("BATCH_HISTORY_BIN", str(REPO / "target/release/batch-history"))
 
-import generate  # noqa: E402
 
-generate.generate()
+@dataclasses.dataclass
+class Server:
+    addr: str
+    database_url: str
 
 
 def _psql(admin_url, sql):
@@ -36,8 +38,8 @@ def _free_port():
 
 @contextlib.contextmanager
 def serve(extra_env=None, healthcheck_args=()):
-    """A server on a scratch database; yields its address."""
-    binary = os.environ.get("BATCH_HISTORY_BIN", str(REPO / "target/release/batch-history"))
+    """A server on a scratch database; yields its address and database."""
+    binary = BINARY
     admin_url = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     database = f"bh_py_{uuid.uuid4().hex[:12]}"
     _psql(admin_url, f"CREATE DATABASE {database}")
@@ -53,7 +55,7 @@ def serve(extra_env=None, healthcheck_args=()):
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the server did not start")
             time.sleep(0.2)
-        yield addr
+        yield Server(addr, env["DATABASE_URL"])
     finally:
         server.terminate()
         server.wait(timeout=15)
@@ -61,14 +63,19 @@ def serve(extra_env=None, healthcheck_args=()):
 
 
 @pytest.fixture(scope="session")
-def server_addr():
-    with serve() as addr:
-        yield addr
+def server():
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def server_addr(server):
+    return server.addr
 
 
 @pytest.fixture
 def history(server_addr):
     from batch_history_client import BatchHistory
-    client = BatchHistory(server_addr)
+    client = BatchHistory(server_addr, timezone="UTC")
     yield client
     client.close()

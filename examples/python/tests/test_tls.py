@@ -41,7 +41,8 @@ def test_the_client_works_over_mutual_tls_and_a_stranger_is_refused(pki):
     healthcheck = ["--tls-ca-file", str(pki / "ca.pem"), "--tls-cert-file",
                    str(pki / "client.pem"), "--tls-key-file", str(pki / "client.key"),
                    "--tls-server-name", "localhost"]
-    with serve(env, healthcheck) as addr:
+    with serve(env, healthcheck) as server:
+        addr = server.addr
         root = (pki / "ca.pem").read_bytes()
         credentials = grpc.ssl_channel_credentials(
             root_certificates=root, private_key=(pki / "client.key").read_bytes(),
