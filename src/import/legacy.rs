@@ -598,7 +598,7 @@ pub fn parse_legacy_time(text: &str, zone: &TimeZone) -> Result<LegacyTime, Stri
     Ok(match ambiguous.offset() {
         AmbiguousOffset::Unambiguous { .. } => LegacyTime::Exact(placed(ambiguous.compatible())?),
         AmbiguousOffset::Fold { .. } => LegacyTime::Ambiguous {
-            earlier: placed(ambiguous.clone().earlier())?,
+            earlier: placed(ambiguous.earlier())?,
             later: placed(ambiguous.later())?,
         },
         AmbiguousOffset::Gap { .. } => LegacyTime::Skipped(placed(ambiguous.compatible())?),
