@@ -166,8 +166,9 @@ const INSERT: &str = "WITH inserted AS (
         RETURNING batch_id
     ), recorded AS (
         INSERT INTO batch_imports (batch_id, content_digest)
-        SELECT batch_id, digest FROM import_classes
-        WHERE class = 'present' OR batch_id IN (SELECT batch_id FROM inserted)
+        SELECT batch_id, digest FROM import_classes WHERE class = 'present'
+        UNION ALL
+        SELECT batch_id, digest FROM inserted JOIN import_classes USING (batch_id)
         ON CONFLICT (batch_id) DO NOTHING
     )
     SELECT count(*) FROM inserted";
@@ -252,7 +253,10 @@ impl BulkLoad {
         self.writer.as_mut().finish().await?;
         tracing::info!(rows = self.staged, "staged");
 
+        // Statistics, so that the statements below join by hashing.
+        self.client.batch_execute("ANALYZE import_batches").await?;
         self.client.batch_execute(CLASSIFY).await?;
+        self.client.batch_execute("ANALYZE import_classes").await?;
         let counts = self.client.query_one(COUNT_CLASSES, &[]).await?;
         let count = |index| Ok::<_, StoreError>(counts.try_get::<_, i64>(index)?.unsigned_abs());
         let mut outcome = LoadOutcome {
