@@ -4,6 +4,8 @@ ALTER TABLE batches
     ADD COLUMN current_model text NOT NULL DEFAULT ''
     CONSTRAINT batches_current_model_length CHECK (char_length(current_model) <= 256);
 
+-- Not a change watchers need to hear of, row by row (see V2).
+SET LOCAL batch_history.bulk_load = 'on';
 UPDATE batches
 SET current_model = coalesce(nullif(model_switches -> -1 ->> 'to_model', ''), model);
 
