@@ -68,8 +68,15 @@ fn legacy_file(rows: &[LegacyRow]) -> TempFile {
 
 /// A generated file and the generator's summary.
 fn generated_file(rows: u32, seed: u32) -> (TempFile, Value) {
+    run_generator("make_legacy_db.py", rows, seed)
+}
+
+/// A file made by `script` in tests/legacy, and the JSON it prints.
+fn run_generator(script: &str, rows: u32, seed: u32) -> (TempFile, Value) {
     let file = TempFile::new();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/make_legacy_db.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/legacy")
+        .join(script);
     let output = Command::new("python3")
         .arg(script)
         .arg(&file.0)
@@ -740,16 +747,7 @@ fn import_command(app: &TestApp, file: &TempFile) -> Command {
 /// A file written by the legacy dashboard's own code (tests/legacy), and
 /// what the generator says about it: the legacy history and true instants.
 fn real_history(rows: u32, seed: u32) -> (TempFile, Value) {
-    let file = TempFile::new();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/make_real_history.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .arg(&file.0)
-        .args(["--rows", &rows.to_string(), "--seed", &seed.to_string()])
-        .output()
-        .expect("python3 runs the legacy generator");
-    assert!(output.status.success(), "{output:?}");
-    (file, serde_json::from_slice(&output.stdout).unwrap())
+    run_generator("make_real_history.py", rows, seed)
 }
 
 /// `instant` as `datetime.isoformat()` wrote it: naive local time in `zone`,

@@ -14,26 +14,7 @@ import json
 import sqlite3
 from datetime import datetime, timedelta
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS batch_history (
-    id INTEGER NOT NULL,
-    batch_id VARCHAR(100) NOT NULL,
-    started_at VARCHAR(50) NOT NULL,
-    completed_at VARCHAR(50),
-    model VARCHAR(100),
-    topic_filter VARCHAR(200),
-    difficulty_filter VARCHAR(50),
-    reasoning_instruction TEXT,
-    target_count INTEGER,
-    samples_generated INTEGER,
-    total_tokens INTEGER,
-    status VARCHAR(20),
-    errors TEXT,
-    model_switches TEXT,
-    PRIMARY KEY (id),
-    UNIQUE (batch_id)
-);
-"""
+from make_legacy_db import SCHEMA
 
 COLUMNS = ("batch_id, started_at, completed_at, model, topic_filter, difficulty_filter, "
            "reasoning_instruction, target_count, samples_generated, total_tokens, status, "
@@ -49,7 +30,8 @@ class LegacyDb:
 
     def __init__(self, path):
         self.db = sqlite3.connect(path)
-        self.db.executescript(SCHEMA)
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batch_history'").fetchone():
+            self.db.executescript(SCHEMA)
 
     def close(self):
         self.db.close()

@@ -57,6 +57,7 @@ _STATE = {name: state for state, name in _STATUS.items()}
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 _Reply = TypeVar("_Reply", bound=Message)
+_Entry = TypeVar("_Entry", pb.BatchError, pb.ModelSwitch)
 
 
 class BatchHistory:
@@ -277,13 +278,7 @@ class BatchHistory:
         else:
             # Kept in details, as the importer keeps it; the service needs a message.
             message = "(no message)"
-        out = pb.BatchError(message=message)
-        when = fields.pop("timestamp", None)
-        if when:
-            out.time.CopyFrom(_timestamp(self._instant(when, not_before=start)))
-        if fields:
-            out.details.update(fields)
-        return out
+        return self._entry(pb.BatchError(message=message), fields, start)
 
     def _switch(self, switch: Mapping[str, Any],
                 start: Optional[datetime] = None) -> pb.ModelSwitch:
@@ -293,6 +288,11 @@ class BatchHistory:
             from_model=pick("from", "from_model") or "", to_model=pick("to", "to_model") or "",
             provider=fields.pop("provider", "") or "", reason=fields.pop("reason", "") or "",
             at_sample=int(pick("at_sample", "samples_generated") or 0))
+        return self._entry(out, fields, start)
+
+    def _entry(self, out: _Entry, fields: dict, start: Optional[datetime]) -> _Entry:
+        """Completes an error or switch entry: its `timestamp`, if any, is the
+        time; the keys left are its details."""
         when = fields.pop("timestamp", None)
         if when:
             out.time.CopyFrom(_timestamp(self._instant(when, not_before=start)))
