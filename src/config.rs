@@ -17,9 +17,10 @@ use crate::tls::TlsFiles;
 #[derive(Debug, Parser)]
 #[command(name = "batch-history", version, about)]
 pub struct Cli {
-    /// Log line format; `RUST_LOG` sets levels (default `info`).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
-    pub log_format: LogFormat,
+    /// Log line format: `pretty` when standard error is a terminal, else
+    /// `json`; `RUST_LOG` sets levels (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,6 +43,18 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines.
     Pretty,
+}
+
+impl LogFormat {
+    /// `pretty` for a person at a terminal, `json` for everything else
+    /// (compose, CI, log collectors).
+    pub fn for_stderr() -> Self {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Self::Pretty
+        } else {
+            Self::Json
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +131,10 @@ pub struct DatabaseArgs {
     /// File holding the URL instead (a Docker or Kubernetes secret).
     #[arg(long, env = "DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
+    /// Without a URL: where the private development PostgreSQL keeps its
+    /// data (default `$XDG_DATA_HOME/batch-history/postgres`).
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Connections in the pool.
     #[arg(long, env = "DB_POOL_MAX_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -402,6 +419,7 @@ mod tests {
         DatabaseArgs {
             database_url: Some(url.into()),
             database_url_file: None,
+            data_dir: None,
             db_pool_max_size: 4,
             db_timeout_ms: 250,
         }
@@ -414,6 +432,7 @@ mod tests {
         let from_file = DatabaseArgs {
             database_url: None,
             database_url_file: Some(path.clone()),
+            data_dir: None,
             ..args("")
         };
         let config = DatabaseConfig::try_from(from_file).unwrap();
@@ -421,6 +440,7 @@ mod tests {
         assert_eq!(config.pg.get_password(), Some(&b"p"[..]));
         let both = DatabaseArgs {
             database_url_file: Some(path.clone()),
+            data_dir: None,
             ..args("postgres://u@db/x")
         };
         let error = DatabaseConfig::try_from(both).unwrap_err().to_string();
@@ -432,6 +452,7 @@ mod tests {
         let missing = DatabaseArgs {
             database_url: None,
             database_url_file: Some(path),
+            data_dir: None,
             ..args("")
         };
         let error = DatabaseConfig::try_from(missing).unwrap_err().to_string();
@@ -500,6 +521,6 @@ mod tests {
         assert_eq!(serve.listen_addr, "0.0.0.0:50051".parse().unwrap());
         assert_eq!(serve.database.db_pool_max_size, 16);
         assert_eq!(serve.database.db_timeout_ms, 5_000);
-        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.log_format, None);
     }
 }

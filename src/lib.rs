@@ -26,6 +26,7 @@ pub mod grpc;
 pub mod health;
 pub mod healthcheck;
 pub mod import;
+pub mod local_cluster;
 pub mod maintenance;
 pub mod metrics;
 pub mod startup;

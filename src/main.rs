@@ -1,6 +1,7 @@
 use std::{process::ExitCode, time::Duration};
 
-use batch_history::config::{Cli, Command, DatabaseConfig, ImportConfig, ServeConfig};
+use batch_history::config::{Cli, Command, DatabaseConfig, ImportConfig, LogFormat, ServeConfig};
+use batch_history::local_cluster::{LocalCluster, start_unless_configured};
 use batch_history::startup::{App, shutdown_signal};
 use batch_history::telemetry::{self, cause_chain};
 use batch_history::{healthcheck, import, store};
@@ -9,26 +10,43 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let log_format = cli.log_format.unwrap_or_else(LogFormat::for_stderr);
+    telemetry::init(log_format);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %cause_chain(error.as_ref()), "exiting");
+            let cause = cause_chain(error.as_ref());
+            match log_format {
+                // One sentence for a person, not a log record.
+                LogFormat::Pretty => eprintln!("batch-history: {cause}"),
+                LogFormat::Json => tracing::error!(error = %cause, "exiting"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+type Failure = Box<dyn std::error::Error>;
+
+async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve(args) => {
-            let app = App::build(ServeConfig::try_from(args)?).await?;
-            app.run_until_stopped(shutdown_signal()).await?;
+        Command::Serve(mut args) => {
+            let cluster = start_unless_configured(&mut args.database).await?;
+            let served = async {
+                let app = App::build(ServeConfig::try_from(args)?).await?;
+                Ok::<_, Failure>(app.run_until_stopped(shutdown_signal()).await?)
+            };
+            finish(served.await, cluster).await?;
         }
-        Command::Migrate(args) => {
-            let config = DatabaseConfig::try_from(args)?;
-            let applied = store::migrate(&config.pg, config.timeout).await?;
-            tracing::info!(?applied, "schema up to date");
+        Command::Migrate(mut args) => {
+            let cluster = start_unless_configured(&mut args).await?;
+            let migrated = async {
+                let config = DatabaseConfig::try_from(args)?;
+                let applied = store::migrate(&config.pg, config.timeout).await?;
+                tracing::info!(?applied, "schema up to date");
+                Ok(())
+            };
+            finish(migrated.await, cluster).await?;
         }
         Command::Healthcheck(args) => {
             let tls = args.tls_ca_file.map(|ca_file| healthcheck::ClientTls {
@@ -39,18 +57,37 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let timeout = Duration::from_millis(args.timeout_ms);
             healthcheck::check(&args.addr, timeout, tls.as_ref()).await?;
         }
-        Command::ImportSqlite(args) => {
-            let config = ImportConfig::try_from(args)?;
-            let report = import::import_sqlite(&config.options, &config.database).await?;
-            if config.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            if !report.succeeded() {
-                return Err("the import was refused; see the report".into());
-            }
+        Command::ImportSqlite(mut args) => {
+            let cluster = start_unless_configured(&mut args.database).await?;
+            let imported = async {
+                let config = ImportConfig::try_from(args)?;
+                let report = import::import_sqlite(&config.options, &config.database).await?;
+                if config.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{}", report.to_text());
+                }
+                if !report.succeeded() {
+                    return Err("the import was refused; see the report".into());
+                }
+                Ok(())
+            };
+            finish(imported.await, cluster).await?;
         }
     }
     Ok(())
+}
+
+/// Stops the private cluster, if this command started one, whatever the
+/// command's outcome.
+async fn finish(
+    outcome: Result<(), Failure>,
+    cluster: Option<LocalCluster>,
+) -> Result<(), Failure> {
+    let stopped = match cluster {
+        Some(cluster) => cluster.stop().await,
+        None => Ok(()),
+    };
+    outcome?;
+    Ok(stopped?)
 }

@@ -1,21 +1,40 @@
 //! A real server on a random loopback port, over a fresh PostgreSQL database
 //! that is dropped when the test ends.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
 use batch_history::config::{DatabaseConfig, ServeConfig};
+use batch_history::local_cluster::LocalCluster;
 use batch_history::proto::{self, batch_history_client::BatchHistoryClient};
 use batch_history::startup::App;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 
-/// Server every test database lives on; the default is the local server.
+/// Server every test database lives on: `TEST_DATABASE_URL`, else the local
+/// server on 127.0.0.1:5432, else (nothing answers there) a private cluster
+/// for the tests, started once and kept for later runs under `target/`.
 fn admin_config() -> tokio_postgres::Config {
-    let url = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    url.parse()
-        .expect("TEST_DATABASE_URL is not a PostgreSQL URL")
+    static ADMIN: OnceLock<tokio_postgres::Config> = OnceLock::new();
+    ADMIN
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+                return url
+                    .parse()
+                    .expect("TEST_DATABASE_URL is not a PostgreSQL URL");
+            }
+            let local: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+            if std::net::TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
+                return "postgres://postgres@127.0.0.1:5432/postgres"
+                    .parse()
+                    .unwrap();
+            }
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-postgres");
+            let cluster = LocalCluster::start_blocking(dir)
+                .expect("nothing on 127.0.0.1:5432 and no private test cluster");
+            cluster.connection_string().parse().unwrap()
+        })
+        .clone()
 }
 
 async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
@@ -48,14 +67,23 @@ impl TestDb {
     /// The database's URL, as `DATABASE_URL` takes it, with `password`
     /// (which a trust-auth server ignores) if given.
     pub fn url(&self, password: Option<&str>) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            _ => "127.0.0.1".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
         let user = self.config.get_user().unwrap_or("postgres");
         let password = password.map(|p| format!(":{p}")).unwrap_or_default();
-        format!("postgres://{user}{password}@{host}:{port}/{}", self.name)
+        match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Unix(dir)) => format!(
+                "postgres://{user}{password}@{}/{}",
+                dir.display().to_string().replace('/', "%2F"),
+                self.name
+            ),
+            host => {
+                let host = match host {
+                    Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+                    _ => "127.0.0.1".into(),
+                };
+                let port = self.config.get_ports().first().copied().unwrap_or(5432);
+                format!("postgres://{user}{password}@{host}:{port}/{}", self.name)
+            }
+        }
     }
 
     /// How many rows `table` holds now.

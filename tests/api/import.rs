@@ -725,17 +725,7 @@ async fn the_command_prints_one_json_report() {
 
 /// `batch-history import-sqlite FILE` against the test's database.
 fn import_command(app: &TestApp, file: &TempFile) -> Command {
-    let config = &app.db.config;
-    let url = format!(
-        "postgres://{}@{}/{}",
-        config.get_user().unwrap_or("postgres"),
-        match &config.get_hosts()[0] {
-            tokio_postgres::config::Host::Tcp(host) =>
-                format!("{host}:{}", config.get_ports().first().unwrap_or(&5432)),
-            tokio_postgres::config::Host::Unix(_) => "127.0.0.1:5432".into(),
-        },
-        app.db.name
-    );
+    let url = app.db.url(None);
     let mut command = Command::new(env!("CARGO_BIN_EXE_batch-history"));
     command
         .arg("import-sqlite")

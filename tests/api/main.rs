@@ -3,6 +3,7 @@
 mod batches;
 mod cluster;
 mod faults;
+mod first_run;
 mod goaway;
 mod grpc_tls;
 mod health;

@@ -253,6 +253,7 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
         let database = DatabaseConfig::try_from(batch_history::config::DatabaseArgs {
             database_url: Some(url.clone()),
             database_url_file: None,
+            data_dir: None,
             db_pool_max_size: 2,
             db_timeout_ms: 2_000,
         })

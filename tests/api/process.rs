@@ -113,3 +113,18 @@ pub fn free_addr() -> SocketAddr {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
 }
+
+/// A directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("{prefix}-{:016x}", rand_u64())))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
