@@ -1,12 +1,14 @@
 //! A first run with no DATABASE_URL: a private PostgreSQL made from the
 //! server binaries on the machine, kept between runs.
 
-use std::time::Duration;
+use std::{path::Path, process::Command, time::Duration};
 
 use batch_history::proto::{
-    CreateBatchRequest, GetBatchRequest, batch_history_client::BatchHistoryClient,
+    CreateBatchRequest, GetBatchRequest, ListBatchesRequest,
+    batch_history_client::BatchHistoryClient,
 };
 
+use crate::helpers::rand_u64;
 use crate::process::{ServerProcess, TempDir};
 
 fn serve(data_dir: &TempDir) -> ServerProcess {
@@ -23,8 +25,31 @@ async fn client(server: &ServerProcess) -> BatchHistoryClient<tonic::transport::
 }
 
 #[tokio::test]
-async fn serve_without_a_database_url_runs_a_private_cluster_and_keeps_its_data() {
+async fn import_then_serve_without_a_database_url_runs_a_private_cluster_and_keeps_its_data() {
     let data_dir = TempDir::new("bh-first-run");
+    // A complete local trial: import the legacy file, then serve it.
+    let file = std::env::temp_dir().join(format!("bh-first-run-{:016x}.db", rand_u64()));
+    let made = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/legacy/make_legacy_db.py"))
+        .arg(&file)
+        .args(["--rows", "5"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let imported = Command::new(env!("CARGO_BIN_EXE_batch-history"))
+        .args(["import-sqlite", "--json"])
+        .arg(&file)
+        .env_remove("DATABASE_URL")
+        .env("DATA_DIR", &data_dir.0)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(
+        !data_dir.0.join("postmaster.pid").exists(),
+        "the import stops the cluster it started"
+    );
+
     let mut server = serve(&data_dir);
     let logs = server.logs();
     assert!(logs.contains("private PostgreSQL"), "{logs}");
