@@ -283,10 +283,21 @@ impl LocalCluster {
     }
 }
 
-/// The directory holding `initdb` and `pg_ctl`: `pg_config --bindir`, then
-/// `PATH`, then the usual install places, newest version first.
+/// The directory holding `initdb` and `pg_ctl`, if any of
+/// [`bin_dir_candidates`] does.
 fn find_bin_dir() -> Option<PathBuf> {
-    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    first_with_server(bin_dir_candidates())
+}
+
+/// The first of `dirs` that holds `initdb` and `pg_ctl`.
+fn first_with_server(dirs: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    dirs.into_iter()
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+}
+
+/// Where server binaries may be: `pg_config --bindir`, then `PATH`, then
+/// the usual install places, newest version first.
+fn bin_dir_candidates() -> Vec<PathBuf> {
     let from_pg_config = Command::new("pg_config")
         .arg("--bindir")
         .output()
@@ -296,14 +307,13 @@ fn find_bin_dir() -> Option<PathBuf> {
     let from_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
+    // Debian's /usr/lib/postgresql/15, Homebrew's postgresql@15.
     let mut versioned = Vec::new();
-    for pattern_root in ["/usr/lib/postgresql", "/opt/homebrew/opt", "/usr/local/opt"] {
-        if let Ok(entries) = std::fs::read_dir(pattern_root) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if pattern_root == "/usr/lib/postgresql" || name.starts_with("postgresql") {
-                    versioned.push((version_of(&name), entry.path().join("bin")));
-                }
+    for root in ["/usr/lib/postgresql", "/opt/homebrew/opt", "/usr/local/opt"] {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if root == "/usr/lib/postgresql" || name.starts_with("postgresql") {
+                versioned.push((version_of(&name), entry.path().join("bin")));
             }
         }
     }
@@ -313,7 +323,7 @@ fn find_bin_dir() -> Option<PathBuf> {
         .chain(from_path)
         .chain(versioned.into_iter().rev().map(|(_, dir)| dir))
         .chain([PathBuf::from("/usr/local/pgsql/bin")])
-        .find(|dir| has_server(dir))
+        .collect()
 }
 
 /// The number in `15`, `postgresql@15` or `postgresql`, for ordering.
@@ -350,6 +360,25 @@ fn account(name: &str) -> Option<Account> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_server_binaries_the_error_names_the_fix() {
+        let empty = std::env::temp_dir().join(format!("bh-no-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        assert_eq!(first_with_server([empty.clone()]), None);
+        let message = LocalClusterError::NoBinaries.to_string();
+        assert!(message.contains("apt install postgresql"), "{message}");
+        assert!(message.contains("set DATABASE_URL"), "{message}");
+
+        for program in ["initdb", "pg_ctl"] {
+            std::fs::write(empty.join(program), "").unwrap();
+        }
+        assert_eq!(
+            first_with_server([PathBuf::from("/nonexistent"), empty.clone()]),
+            Some(empty.clone())
+        );
+        std::fs::remove_dir_all(&empty).unwrap();
+    }
 
     #[test]
     fn versions_order_install_directories() {

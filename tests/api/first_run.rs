@@ -8,8 +8,8 @@ use batch_history::proto::{
     batch_history_client::BatchHistoryClient,
 };
 
-use crate::helpers::rand_u64;
-use crate::process::{ServerProcess, TempDir};
+use crate::helpers::{rand_u64, test_server};
+use crate::process::{ServerProcess, TempDir, free_addr};
 
 fn serve(data_dir: &TempDir) -> ServerProcess {
     let dir = data_dir.0.to_str().unwrap();
@@ -61,6 +61,13 @@ async fn import_then_serve_without_a_database_url_runs_a_private_cluster_and_kee
         data_dir.0.join(".s.PGSQL.5432").exists(),
         "a socket, not a port"
     );
+    let listed = client(&server)
+        .await
+        .list_batches(ListBatchesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.batches.len(), 5, "the imported history is served");
     client(&server)
         .await
         .create_batch(CreateBatchRequest {
@@ -89,4 +96,24 @@ async fn import_then_serve_without_a_database_url_runs_a_private_cluster_and_kee
     assert_eq!(stored.batch_id, "local-1");
     again.sigterm();
     assert!(again.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[tokio::test]
+async fn with_nothing_on_the_default_port_the_tests_start_their_own_cluster() {
+    let cluster_dir = TempDir::new("bh-test-server");
+    let (dir, unused) = (cluster_dir.0.clone(), free_addr());
+    let (config, cluster) = tokio::task::spawn_blocking(move || test_server(None, unused, &dir))
+        .await
+        .unwrap();
+    let cluster = cluster.expect("a private cluster, as nothing answers on the port");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute("CREATE DATABASE bh_harness_check")
+        .await
+        .unwrap();
+    drop(client);
+    let _ = connection.await;
+    cluster.stop().await.unwrap();
+    assert!(!cluster_dir.0.join("postmaster.pid").exists());
 }

@@ -18,23 +18,37 @@ fn admin_config() -> tokio_postgres::Config {
     static ADMIN: OnceLock<tokio_postgres::Config> = OnceLock::new();
     ADMIN
         .get_or_init(|| {
-            if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
-                return url
-                    .parse()
-                    .expect("TEST_DATABASE_URL is not a PostgreSQL URL");
-            }
-            let local: SocketAddr = "127.0.0.1:5432".parse().unwrap();
-            if std::net::TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
-                return "postgres://postgres@127.0.0.1:5432/postgres"
-                    .parse()
-                    .unwrap();
-            }
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-postgres");
-            let cluster = LocalCluster::start_blocking(dir)
-                .expect("nothing on 127.0.0.1:5432 and no private test cluster");
-            cluster.connection_string().parse().unwrap()
+            let (config, _started) = test_server(
+                std::env::var("TEST_DATABASE_URL").ok(),
+                "127.0.0.1:5432".parse().unwrap(),
+                &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-postgres"),
+            );
+            config
         })
         .clone()
+}
+
+/// The server tests use: `url` if given, else the server on `default` if one
+/// answers there, else a private cluster in `cluster_dir` (returned too, so
+/// that a caller may stop it).
+pub fn test_server(
+    url: Option<String>,
+    default: SocketAddr,
+    cluster_dir: &std::path::Path,
+) -> (tokio_postgres::Config, Option<LocalCluster>) {
+    if let Some(url) = url {
+        let config = url
+            .parse()
+            .expect("TEST_DATABASE_URL is not a PostgreSQL URL");
+        return (config, None);
+    }
+    if std::net::TcpStream::connect_timeout(&default, Duration::from_secs(1)).is_ok() {
+        let url = format!("postgres://postgres@{default}/postgres");
+        return (url.parse().unwrap(), None);
+    }
+    let cluster = LocalCluster::start_blocking(cluster_dir.to_owned())
+        .expect("nothing answers on the default port, and no private test cluster");
+    (cluster.connection_string().parse().unwrap(), Some(cluster))
 }
 
 async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
