@@ -340,6 +340,7 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
     fn try_from(args: DatabaseArgs) -> Result<Self, Self::Error> {
         let url = secret("DATABASE_URL", args.database_url, args.database_url_file)?
             .filter(|url| !url.trim().is_empty())
+            .or_else(|| libpq_environment(|name| std::env::var(name).ok()))
             .ok_or(ConfigError::MissingDatabaseUrl)?;
         let mut pg = tokio_postgres::Config::from_str(&url)
             .map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
@@ -366,6 +367,31 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
     }
 }
 
+/// The variables libpq and psql read (`PGHOST`, `PGPORT`, `PGUSER`,
+/// `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`) as a connection string, when
+/// `PGHOST` is among them: how compose names its bundled database, so that a
+/// `DATABASE_URL` in `.env` can override it. `var` looks a variable up.
+pub fn libpq_environment(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let var = |name: &str| var(name).filter(|value| !value.is_empty());
+    var("PGHOST")?;
+    let settings = [
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("password", "PGPASSWORD"),
+        ("dbname", "PGDATABASE"),
+        ("sslmode", "PGSSLMODE"),
+    ];
+    let pairs: Vec<String> = settings
+        .iter()
+        .filter_map(|(key, name)| {
+            let value = var(name)?.replace('\\', "\\\\").replace('\'', "\\'");
+            Some(format!("{key}='{value}'"))
+        })
+        .collect();
+    Some(pairs.join(" "))
+}
+
 /// A secret given as `name` or read from the file `name`_FILE names (as the
 /// postgres image does), without the file's trailing newline.
 fn secret(
@@ -388,7 +414,8 @@ fn secret(
 pub enum ConfigError {
     #[error(
         "DATABASE_URL is not set: set it (or pass --database-url) to \
-         postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+         postgres://USER:PASSWORD@HOST:PORT/DATABASE, or set PGHOST (and PGUSER, \
+         PGPASSWORD, PGDATABASE) as for psql"
     )]
     MissingDatabaseUrl,
     #[error(
@@ -490,6 +517,35 @@ mod tests {
         assert_eq!(tls.pg.get_ssl_mode(), SslMode::Require);
         let plain = DatabaseConfig::try_from(args("postgres://app:s3cret@db/x")).unwrap();
         assert_eq!(plain.pg.get_ssl_mode(), SslMode::Disable);
+    }
+
+    #[test]
+    fn libpq_variables_name_a_database_when_pghost_is_set() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.to_string())
+            }
+        };
+        assert_eq!(libpq_environment(vars(&[("PGUSER", "u")])), None);
+        let text = libpq_environment(vars(&[
+            ("PGHOST", "postgres"),
+            ("PGUSER", "legal_user"),
+            ("PGPASSWORD", "p@ss w'rd/?#"),
+            ("PGDATABASE", "legal_dashboard"),
+            ("PGPORT", ""),
+        ]))
+        .unwrap();
+        let mut parsed = args(&text);
+        parsed.db_timeout_ms = 1_000;
+        let config = DatabaseConfig::try_from(parsed).unwrap();
+        assert_eq!(
+            config.describe(),
+            "postgres://legal_user@postgres:5432/legal_dashboard"
+        );
+        assert_eq!(config.pg.get_password(), Some(&b"p@ss w'rd/?#"[..]));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use crate::config::DatabaseArgs;
+use crate::config::{DatabaseArgs, libpq_environment};
 
 /// The superuser the cluster is created with, and the database used.
 const SUPERUSER: &str = "postgres";
@@ -58,7 +58,10 @@ pub async fn start_unless_configured(
     args: &mut DatabaseArgs,
 ) -> Result<Option<LocalCluster>, LocalClusterError> {
     let named = |url: &Option<String>| url.as_deref().is_some_and(|url| !url.trim().is_empty());
-    if named(&args.database_url) || args.database_url_file.is_some() {
+    if named(&args.database_url)
+        || args.database_url_file.is_some()
+        || libpq_environment(|name| std::env::var(name).ok()).is_some()
+    {
         return Ok(None);
     }
     let data_dir = args

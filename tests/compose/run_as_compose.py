@@ -4,11 +4,14 @@
 1. docker-compose (a real compose parser) accepts the file with .env.example,
    and refuses it when POSTGRES_PASSWORD is unset.
 2. Runs the release binary the way compose would run the batch-history
-   service: the environment compose resolves from .env.example (database host
+   service: the environment compose resolves from an .env (database host
    pointed at the local PostgreSQL), the image's entrypoint with the service's
    command, and the service's healthcheck command exactly as written. The
    healthcheck must fail before the service is up and pass once it serves;
-   SIGTERM must stop it cleanly.
+   SIGTERM must stop it cleanly, with no password in its logs. Twice:
+   - .env.example with a password no URL could hold as is: the bundled
+     database, reached through the PG* variables;
+   - .env.example plus a DATABASE_URL: that database, not the bundled one.
 
 Usage: run_as_compose.py PATH/TO/release/dir   (run from the repository root)
 """
@@ -18,12 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml  # python3-yaml, installed with Debian's docker-compose
 
 SERVICE = "batch-history"
 LOCAL_DB_HOST = os.environ.get("COMPOSE_TEST_DB_HOST", "127.0.0.1")
+PASSWORD = "p@ss:w/rd#1?"
+EXTERNAL = f"postgres://bh_external:ext-pw@{LOCAL_DB_HOST}:5432/bh_external_db"
 
 
 def compose_config(env_file):
@@ -42,45 +47,24 @@ def fail(message):
     sys.exit(1)
 
 
-def main():
-    release_dir = os.path.abspath(sys.argv[1])
-    binary = os.path.join(release_dir, SERVICE)
-    if not os.access(binary, os.X_OK):
-        fail(f"{binary} is not built; run cargo build --release first")
-
-    resolved = compose_config(".env.example")
+def resolved_service(extra_lines):
+    """The service as compose resolves it from .env.example plus `extra_lines`."""
+    with open(".env.example") as example, tempfile.NamedTemporaryFile("w", suffix=".env") as env:
+        env.write(example.read() + "\n" + "\n".join(extra_lines) + "\n")
+        env.flush()
+        resolved = compose_config(env.name)
     if resolved.returncode != 0:
         fail(f"docker-compose config rejects the file:\n{resolved.stderr}")
-    with tempfile.NamedTemporaryFile("w", suffix=".env") as empty:
-        env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
-        refused = subprocess.run(["docker-compose", "--env-file", empty.name, "config", "-q"],
-                                 capture_output=True, text=True, env=env)
-    if refused.returncode == 0 or "POSTGRES_PASSWORD" not in refused.stderr:
-        fail(f"compose must refuse to start without POSTGRES_PASSWORD:\n{refused.stderr}")
-    print("ok: docker-compose config accepts the file, and refuses it without POSTGRES_PASSWORD")
+    return yaml.safe_load(resolved.stdout)["services"][SERVICE]
 
-    config = yaml.safe_load(resolved.stdout)
-    service = config["services"][SERVICE]
-    environment = {k: str(v) for k, v in service["environment"].items()}
-    url = urlsplit(environment["DATABASE_URL"])
-    if url.hostname != "postgres":
-        fail(f"DATABASE_URL should point at the postgres service, not {url.hostname}")
-    database = url.path.lstrip("/")
-    # The compose network's "postgres" is the local server here.
-    netloc = f"{url.username}:{url.password}@{LOCAL_DB_HOST}:{url.port or 5432}"
-    environment["DATABASE_URL"] = urlunsplit(url._replace(netloc=netloc))
-    environment["PATH"] = release_dir + os.pathsep + os.environ["PATH"]
 
+def run_like_compose(service, environment, secret):
+    """The service's command and healthcheck, as compose would run them."""
     healthcheck = service["healthcheck"]["test"]
     if healthcheck[0] != "CMD":
         fail(f"the healthcheck must be exec form (the image has no shell): {healthcheck}")
     healthcheck = healthcheck[1:]
     command = [SERVICE] + service["command"]  # the Dockerfile's ENTRYPOINT is the binary
-
-    psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    psql(f"DROP ROLE IF EXISTS {url.username}")
-    psql(f"CREATE ROLE {url.username} LOGIN PASSWORD '{url.password}'")
-    psql(f"CREATE DATABASE {database} OWNER {url.username}")
     server = None
     try:
         before = subprocess.run(healthcheck, env=environment, capture_output=True)
@@ -109,7 +93,7 @@ def main():
         logs = server.stderr.read()
         if code != 0:
             fail(f"the service exited with {code} after SIGTERM:\n{logs}")
-        if url.password in logs:
+        if secret in logs:
             fail("the database password appears in the service's logs")
         after = subprocess.run(healthcheck, env=environment, capture_output=True)
         if after.returncode == 0:
@@ -118,8 +102,65 @@ def main():
     finally:
         if server and server.poll() is None:
             server.kill()
+
+
+def with_role(user, password, database, check):
+    psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    psql(f"DROP ROLE IF EXISTS {user}")
+    psql(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+    psql(f"CREATE DATABASE {database} OWNER {user}")
+    try:
+        check()
+    finally:
         psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        psql(f"DROP ROLE IF EXISTS {url.username}")
+        psql(f"DROP ROLE IF EXISTS {user}")
+
+
+def main():
+    release_dir = os.path.abspath(sys.argv[1])
+    binary = os.path.join(release_dir, SERVICE)
+    if not os.access(binary, os.X_OK):
+        fail(f"{binary} is not built; run cargo build --release first")
+    if compose_config(".env.example").returncode != 0:
+        fail("docker-compose config rejects the file with .env.example")
+    with tempfile.NamedTemporaryFile("w", suffix=".env") as empty:
+        env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
+        refused = subprocess.run(["docker-compose", "--env-file", empty.name, "config", "-q"],
+                                 capture_output=True, text=True, env=env)
+    if refused.returncode == 0 or "POSTGRES_PASSWORD" not in refused.stderr:
+        fail(f"compose must refuse to start without POSTGRES_PASSWORD:\n{refused.stderr}")
+    print("ok: docker-compose config accepts the file, and refuses it without POSTGRES_PASSWORD")
+    base = {"PATH": release_dir + os.pathsep + os.environ["PATH"]}
+
+    # The bundled database, through the PG* variables.
+    service = resolved_service([f"POSTGRES_PASSWORD={PASSWORD}"])
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    if environment["DATABASE_URL"] or environment["PGHOST"] != "postgres":
+        fail(f"without DATABASE_URL the service should use the postgres service: {environment}")
+    if environment["PGPASSWORD"] != PASSWORD:
+        fail("the password should reach the service as written, with no escaping")
+    environment.update(base, PGHOST=LOCAL_DB_HOST)  # the compose network's "postgres"
+    with_role(environment["PGUSER"], PASSWORD, environment["PGDATABASE"],
+              lambda: run_like_compose(service, environment, PASSWORD))
+    print("ok: without DATABASE_URL the service uses the bundled database")
+
+    # DATABASE_URL in .env overrides it.
+    service = resolved_service([f"POSTGRES_PASSWORD={PASSWORD}", f"DATABASE_URL={EXTERNAL}"])
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    if environment["DATABASE_URL"] != EXTERNAL:
+        fail(f"DATABASE_URL from .env should reach the service: {environment}")
+    environment.update(base)  # PGHOST stays "postgres", which resolves to nothing here
+    url = urlsplit(EXTERNAL)
+
+    def migrated_there():
+        run_like_compose(service, environment, url.password)
+        migrated = subprocess.run(
+            ["psql", "-h", LOCAL_DB_HOST, "-U", "postgres", "-d", url.path.lstrip("/"), "-tAc",
+             "SELECT count(*) FROM refinery_schema_history"], capture_output=True, text=True)
+        if migrated.returncode != 0 or int(migrated.stdout or 0) == 0:
+            fail(f"the service did not use DATABASE_URL's database: {migrated.stderr}")
+    with_role(url.username, url.password, url.path.lstrip("/"), migrated_there)
+    print("ok: a DATABASE_URL in .env overrides the bundled database")
 
 
 if __name__ == "__main__":
