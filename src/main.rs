@@ -3,7 +3,7 @@ use std::{process::ExitCode, time::Duration};
 use batch_history::config::{Cli, Command, DatabaseConfig, ImportConfig, LogFormat, ServeConfig};
 use batch_history::local_cluster::{LocalCluster, start_unless_configured};
 use batch_history::startup::{App, shutdown_signal};
-use batch_history::telemetry::{self, cause_chain};
+use batch_history::telemetry::{self, OtlpConfig, cause_chain};
 use batch_history::{healthcheck, import, store};
 use clap::Parser;
 
@@ -11,8 +11,14 @@ use clap::Parser;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = cli.log_format.unwrap_or_else(LogFormat::for_stderr);
-    telemetry::init(log_format);
-    match run(cli.command).await {
+    let otlp = OtlpConfig::from_env(|name| std::env::var(name).ok());
+    telemetry::init(log_format, otlp.as_ref().ok().cloned().flatten());
+    let outcome = match otlp {
+        Ok(_) => run(cli.command).await,
+        Err(error) => Err(error.into()),
+    };
+    telemetry::otlp::flush(Duration::from_secs(2)).await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let cause = cause_chain(error.as_ref());

@@ -75,11 +75,22 @@ impl BatchHistoryService {
         let started = Instant::now();
         let request_id = request_id(request.metadata());
         let deadline = deadline(request.extensions().get(), request.metadata());
+        let header = |name| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+        };
+        // Named telemetry::otlp::SERVER_SPAN: exported over OTLP when that is on.
         let span = tracing::info_span!(
             "rpc",
             method,
             request_id = %request_id,
-            batch_id = field::Empty
+            batch_id = field::Empty,
+            traceparent = header("traceparent"),
+            tracestate = header("tracestate"),
+            code = field::Empty,
         );
         let handled = handler(request.into_inner()).instrument(span.clone());
         let result = match deadline {
@@ -89,6 +100,7 @@ impl BatchHistoryService {
             None => handled.await,
         };
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        span.record("code", code as i64);
         let elapsed = started.elapsed();
         self.metrics.observe(method, code, elapsed);
         span.in_scope(|| tracing::debug!(?code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "done"));

@@ -23,6 +23,7 @@ use tokio_postgres::{
     types::{Json, ToSql},
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
+use tracing::Instrument;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
@@ -582,20 +583,29 @@ impl Store {
     ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let timed_out = |_| StoreError::TimedOut(self.timeout);
-        let permit = match batch_id {
-            Some(batch_id) => Some(
-                tokio::time::timeout_at(deadline, self.hot_rows.acquire(batch_id.as_str()))
-                    .await
-                    .map_err(timed_out)?,
-            ),
-            None => None,
+        // Spans for OTLP export (telemetry::otlp); disabled, so free, otherwise.
+        let checkout = async {
+            let permit = match batch_id {
+                Some(batch_id) => Some(
+                    tokio::time::timeout_at(deadline, self.hot_rows.acquire(batch_id.as_str()))
+                        .await
+                        .map_err(timed_out)?,
+                ),
+                None => None,
+            };
+            let client = tokio::time::timeout_at(deadline, self.pool.get())
+                .await
+                .map_err(timed_out)??;
+            Ok::<_, StoreError>((client, permit))
         };
-        let client = tokio::time::timeout_at(deadline, self.pool.get())
-            .await
-            .map_err(timed_out)??;
+        let (client, permit) = checkout
+            .instrument(tracing::debug_span!("db.pool_wait"))
+            .await?;
         let lease = Lease::new(client, permit, &self.tls);
         let finished = {
-            let mut running = std::pin::pin!(operation(lease.client()));
+            let mut running = std::pin::pin!(
+                operation(lease.client()).instrument(tracing::debug_span!("db.statement"))
+            );
             match tokio::time::timeout_at(deadline, &mut running).await {
                 Ok(outcome) => Ok(outcome),
                 Err(_) => Err(tokio::time::timeout(CANCEL_GRACE, async {

@@ -19,7 +19,8 @@ NULL where the legacy table had NULL, and entry timestamps only where one
 was recorded. Every call has a deadline and is retried, with backoff,
 after UNAVAILABLE or DEADLINE_EXCEEDED; each is safe to repeat (saves are
 absolute, see SaveBatch in the proto; progress reports carry a request id).
-Other gRPC errors (grpc.RpcError) carry the service's status code.
+Other gRPC errors (grpc.RpcError) carry the service's status code. With
+OpenTelemetry installed, calls carry the current trace context.
 """
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ from google.protobuf.message import Message
 
 from batchhistory.v1 import batch_history_pb2 as pb
 from batchhistory.v1 import batch_history_pb2_grpc as pb_grpc
+
+try:  # OpenTelemetry is optional: `pip install batch-history-client[otel]`.
+    from opentelemetry.propagate import inject as _inject
+except ImportError:
+    _inject = None
 
 __all__ = ["Batch", "BatchHistory", "LegacyRow"]
 
@@ -82,9 +88,10 @@ class BatchHistory:
     def _call(self, method: Callable[..., _Reply], request: Message) -> _Reply:
         """Sends `request`, the same message every time, until an answer that
         is not worth retrying or the last attempt."""
+        metadata = _trace_context()
         for attempt in range(self._attempts):
             try:
-                return method(request, timeout=self._timeout)
+                return method(request, timeout=self._timeout, metadata=metadata)
             except grpc.RpcError as error:
                 if error.code() not in _RETRYABLE or attempt + 1 == self._attempts:
                     raise
@@ -322,6 +329,17 @@ class BatchHistory:
         """Naive local ISO text, as datetime.now().isoformat() wrote it."""
         instant = ts.ToDatetime(tzinfo=dt_timezone.utc)
         return instant.astimezone(self._zone).replace(tzinfo=None).isoformat()
+
+
+def _trace_context() -> Optional[list]:
+    """The current OpenTelemetry context as W3C `traceparent`/`tracestate`
+    metadata, so that the service's spans join the caller's trace; `None`
+    without OpenTelemetry or outside a span."""
+    if _inject is None:
+        return None
+    carrier: dict = {}
+    _inject(carrier)
+    return list(carrier.items()) or None
 
 
 def _instant_in_id(batch_id: str) -> Optional[datetime]:
