@@ -1,13 +1,13 @@
 -- Seeds :rows batches: ids seed-0000000 onwards, one second apart from
 -- 2025-01-01, every tenth one RUNNING and the rest COMPLETED, as loadgen and
 -- the pgbench scripts expect. Run with psql -v rows=N.
-INSERT INTO batches (batch_id, state, provider, model, topic_filter, difficulty_filter,
+INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter, difficulty_filter,
                      reasoning_instruction, target_count, samples_generated, total_tokens,
                      errors, error_count, metadata, start_time, end_time, update_time)
 SELECT 'seed-' || lpad(i::text, 7, '0'),
        CASE WHEN i % 10 = 0 THEN 'RUNNING' ELSE 'COMPLETED' END,
        (ARRAY['groq', 'cerebras'])[i % 2 + 1],
-       'llama-3.3-70b-versatile',
+       'llama-3.3-70b-versatile', 'llama-3.3-70b-versatile',
        'Contract Law - Formation', 'advanced', '',
        100, i % 100, (i % 100) * 1500,
        '[{"message": "429 Too Many Requests", "time": "2025-01-01T00:00:00Z", "details": {"sample": 3}}]', 1,

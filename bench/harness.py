@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Measures batch-history against raw PostgreSQL in one run (see run.sh).
+
+For each table size: seeds a scratch database, starts the release server, and
+for each operation runs the service (examples/loadgen.rs) and pgbench on the
+same statements (-M prepared, same client count) back to back, in ROUNDS
+rounds that alternate which goes first, so that both see the same machine.
+Reports per operation the median throughput of each, the median of the
+per-round ratios with its range, latency percentiles, and CPU time per call:
+the server's, and PostgreSQL's while serving the server and while serving
+pgbench (from /proc: live backends and the postmaster's reaped children, so
+the database must run on this machine).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = "target/release/batch-history"
+LOADGEN = "target/release/examples/loadgen"
+OPS = ["create", "progress", "get", "list-deep", "list-filtered", "stats"]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def settings(argv):
+    smoke = argv[1:] == ["--smoke"]
+    env = os.environ
+    return {
+        "sizes": [int(s) for s in ("2000" if smoke else env.get("SIZES", "10000 1000000")).split()],
+        "clients": 4 if smoke else int(env.get("CLIENTS", 32)),
+        # GetBatchStats reads the whole table: a dashboard panel, one caller at a time.
+        "stats_clients": int(env.get("STATS_CLIENTS", 1)),
+        "seconds": 1 if smoke else float(env.get("BENCH_SECONDS", 10)),
+        "rounds": 1 if smoke else int(env.get("ROUNDS", 3)),
+        "port": int(env.get("BENCH_PORT", 50651)),
+    }
+
+
+def run(*command, **options):
+    return subprocess.run(command, check=True, text=True, **options)
+
+
+def psql(database, sql):
+    return run("psql", "-qtAd", database, "-c", sql, capture_output=True).stdout.strip()
+
+
+def cpu(pid):
+    """utime + stime, and the reaped children's, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS, (int(fields[13]) + int(fields[14])) / TICKS
+
+
+def postgres_cpu(postmaster):
+    """CPU seconds PostgreSQL has spent: every live backend's, and what the
+    postmaster has reaped of those that exited."""
+    total = cpu(postmaster)[1]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                total += cpu(int(entry.name))[0]
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile: the postmaster's reaped time has it
+    return total
+
+
+def find_postmaster(data_directory):
+    """The pid of the server started with `-D data_directory`."""
+    wanted = os.path.realpath(data_directory)
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for flag, value in zip(args, args[1:]):
+            if flag == b"-D" and os.path.realpath(value.decode()) == wanted:
+                return int(entry.name)
+    sys.exit(f"no PostgreSQL server on this machine runs from {data_directory}: "
+             "bench/run.sh measures PostgreSQL's CPU through /proc")
+
+
+def rss_kb(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def service_round(op, clients, rows, seconds, port, server, postmaster):
+    before = (cpu(server)[0], postgres_cpu(postmaster))
+    out = run(LOADGEN, "--addr", f"http://127.0.0.1:{port}", "--clients", str(clients),
+              "--seconds", str(seconds), "--seeded", str(rows), "--ops", op, "--json",
+              capture_output=True).stdout
+    result = json.loads(out.splitlines()[-1])
+    calls = max(result["ops"], 1)
+    result["server_us"] = (cpu(server)[0] - before[0]) / calls * 1e6
+    result["postgres_us"] = (postgres_cpu(postmaster) - before[1]) / calls * 1e6
+    return result
+
+
+def pgbench_round(op, clients, rows, seconds, database, postmaster):
+    before = postgres_cpu(postmaster)
+    out = run("pgbench", "-n", "-M", "prepared", "-c", str(clients),
+              "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
+              "-D", f"seeded={rows}", "-f", f"bench/pgbench/{op}.sql", database,
+              capture_output=True).stdout
+    # pgbench's backends have exited by now: the postmaster has reaped them.
+    time.sleep(0.2)
+    processed = next(int(line.split(":")[1].split("/")[0])
+                     for line in out.splitlines() if "actually processed" in line)
+    tps = next(float(line.split()[2]) for line in out.splitlines() if line.startswith("tps = "))
+    return {"ops_per_second": tps,
+            "postgres_us": (postgres_cpu(postmaster) - before) / max(processed, 1) * 1e6}
+
+
+def spread(values, digits=0):
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.{digits}f}"
+    return f"{middle:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def main(argv):
+    s = settings(argv)
+    run("cargo", "build", "--release", "--locked", "--quiet", "--bin", "batch-history",
+        "--example", "loadgen")
+    for key, default in (("PGHOST", "127.0.0.1"), ("PGPORT", "5432"), ("PGUSER", "postgres")):
+        os.environ.setdefault(key, default)
+    database = f"bh_bench_{os.getpid()}"
+    env = dict(os.environ, DATABASE_URL=f"postgres://{os.environ['PGUSER']}@{os.environ['PGHOST']}:"
+               f"{os.environ['PGPORT']}/{database}",
+               LISTEN_ADDR=f"127.0.0.1:{s['port']}", LOG_FORMAT="json", RUST_LOG="warn",
+               # The seeded RUNNING batches are old: the stale sweep would stop them.
+               STALE_AFTER="0")
+    table, memory, p50 = [], [], {}
+    for rows in s["sizes"]:
+        psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        psql("postgres", f"CREATE DATABASE {database}")
+        server = None
+        try:
+            run(BIN, "migrate", env=env, capture_output=True)
+            print(f"seeding {rows} batches", file=sys.stderr)
+            run("psql", "-qd", database, "-v", f"rows={rows}", "-f", "bench/seed.sql",
+                capture_output=True)
+            postmaster = find_postmaster(psql(database, "SHOW data_directory"))
+            server = subprocess.Popen([BIN, "serve"], env=env)
+            while subprocess.run([BIN, "healthcheck", "--addr", f"127.0.0.1:{s['port']}"],
+                                 capture_output=True).returncode:
+                time.sleep(0.2)
+            idle = rss_kb(server.pid, "VmRSS")
+            for op in OPS:
+                clients = s["stats_clients"] if op == "stats" else s["clients"]
+                rounds = []
+                for round_ in range(s["rounds"]):
+                    measure = {
+                        "service": lambda: service_round(op, clients, rows, s["seconds"],
+                                                         s["port"], server.pid, postmaster),
+                        "pgbench": lambda: pgbench_round(op, clients, rows, s["seconds"],
+                                                         database, postmaster),
+                    }
+                    order = ["service", "pgbench"] if round_ % 2 == 0 else ["pgbench", "service"]
+                    rounds.append({kind: measure[kind]() for kind in order})
+                table.append((op, rows, clients, rounds))
+                p50[op, rows] = statistics.median(r["service"]["p50_ms"] for r in rounds)
+            memory.append((rows, idle, rss_kb(server.pid, "VmHWM")))
+        finally:
+            if server:
+                server.terminate()
+                server.wait()
+            psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+    print(f"\n{s['rounds']} rounds of {s['seconds']:g} s per operation, alternating which goes "
+          "first; medians (min-max); CPU in µs per call")
+    print(f"{'operation':<14} {'rows':>8} {'cl':>3} {'service/s':>20} {'pgbench/s':>20} "
+          f"{'ratio':>17} {'server CPU':>18} {'PG CPU (service)':>18} {'PG CPU (pgbench)':>18} "
+          f"{'p50 ms':>7} {'p99 ms':>7}  errors")
+    for op, rows, clients, rounds in table:
+        service = [r["service"] for r in rounds]
+        bench = [r["pgbench"] for r in rounds]
+        ratios = [r["service"]["ops_per_second"] / r["pgbench"]["ops_per_second"] for r in rounds]
+        errors = {}
+        for r in service:
+            for code, count in r["errors"].items():
+                errors[code] = errors.get(code, 0) + count
+        print(f"{op:<14} {rows:>8} {clients:>3} {spread([r['ops_per_second'] for r in service]):>20} "
+              f"{spread([r['ops_per_second'] for r in bench]):>20} {spread(ratios, 2):>17} "
+              f"{spread([r['server_us'] for r in service]):>18} "
+              f"{spread([r['postgres_us'] for r in service]):>18} "
+              f"{spread([r['postgres_us'] for r in bench]):>18} "
+              f"{statistics.median(r['p50_ms'] for r in service):>7.2f} "
+              f"{statistics.median(r['p99_ms'] for r in service):>7.2f}  {errors or 'none'}")
+    print()
+    for rows, idle, peak in memory:
+        print(f"server RSS at {rows} rows: idle {idle / 1024:.1f} MiB, "
+              f"peak under load {peak / 1024:.1f} MiB")
+    if len(s["sizes"]) > 1:
+        small, large = s["sizes"][0], s["sizes"][-1]
+        for op in ("list-deep", "list-filtered"):
+            print(f"{op} p50 at {large} rows / at {small} rows: "
+                  f"{p50[op, large] / p50[op, small]:.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
