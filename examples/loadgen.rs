@@ -109,6 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Vec::new()
     });
 
+    // Measurement starts here: a harness that reads CPU times waits for this.
+    eprintln!("ready");
     if !args.json {
         println!(
             "{:<14} {:>7} {:>10} {:>9} {:>9} {:>9}  errors",
