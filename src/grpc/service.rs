@@ -14,6 +14,7 @@ use tracing::{Instrument, Span, field};
 use super::convert::{batch_view, parse_batch_id, stale_after};
 use super::deadline::deadline;
 use super::limits::fit_batches;
+use super::status::ending_at;
 use crate::domain::{
     BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, Save, StaleThreshold,
 };
@@ -29,8 +30,8 @@ use crate::store::Store;
 use crate::watch::{self, Hub};
 use tonic::codegen::tokio_stream::{Stream, StreamExt};
 
-/// A watch RPC's stream of events.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::BatchEvent, Status>> + Send>>;
+/// A watch RPC's stream of events, as sent.
+pub type BatchEventStream = Pin<Box<dyn Stream<Item = Result<proto::BatchEvent, Status>> + Send>>;
 
 /// Metadata key of the request id, read from requests and set on responses.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -214,7 +215,8 @@ impl BatchHistory for BatchHistoryService {
                 record_batch_id(&batch.batch_id);
             }
             let save = Save::try_from(request)?;
-            Ok(self.store.save(&save).await?.into())
+            let saved = self.store.save(&save).await;
+            Ok(saved.map_err(ending_at("batch.end_time"))?.into())
         })
         .await
     }
@@ -226,7 +228,8 @@ impl BatchHistory for BatchHistoryService {
         self.call("FinishBatch", request, |request| async {
             record_batch_id(&request.batch_id);
             let finish = Finish::try_from(request)?;
-            Ok(self.store.finish(&finish).await?.into())
+            let finished = self.store.finish(&finish).await;
+            Ok(finished.map_err(ending_at("end_time"))?.into())
         })
         .await
     }
@@ -244,31 +247,37 @@ impl BatchHistory for BatchHistoryService {
         .await
     }
 
-    type WatchBatchStream = EventStream;
+    type WatchBatchStream = BatchEventStream;
 
     async fn watch_batch(
         &self,
         request: Request<WatchBatchRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    ) -> Result<Response<BatchEventStream>, Status> {
         self.call("WatchBatch", request, |request| async {
             record_batch_id(&request.batch_id);
             let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
             let events = watch::watch_batch(&self.store, &self.hub, batch_id).await?;
-            Ok(Box::pin(events.map(|event| event.map(Into::into))) as EventStream)
+            Ok(
+                Box::pin(events.map(|event| event.map(Into::into).map_err(Into::into)))
+                    as BatchEventStream,
+            )
         })
         .await
     }
 
-    type WatchBatchesStream = EventStream;
+    type WatchBatchesStream = BatchEventStream;
 
     async fn watch_batches(
         &self,
         request: Request<WatchBatchesRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    ) -> Result<Response<BatchEventStream>, Status> {
         self.call("WatchBatches", request, |request| async {
             let filter = BatchFilter::try_from(request)?;
             let events = watch::watch_batches(&self.store, &self.hub, filter).await?;
-            Ok(Box::pin(events.map(|event| event.map(Into::into))) as EventStream)
+            Ok(
+                Box::pin(events.map(|event| event.map(Into::into).map_err(Into::into)))
+                    as BatchEventStream,
+            )
         })
         .await
     }

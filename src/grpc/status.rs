@@ -8,8 +8,9 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::FieldViolation;
-use crate::store::StoreError;
+use crate::store::{Counter, StoreError};
 use crate::telemetry::cause_chain;
+use crate::watch::StreamEnd;
 
 impl From<FieldViolation> for Status {
     fn from(violation: FieldViolation) -> Self {
@@ -29,7 +30,17 @@ impl From<StoreError> for Status {
                 Status::already_exists(error.to_string())
             }
             StoreError::NotRunning { .. } => Status::failed_precondition(error.to_string()),
-            StoreError::Invalid(violation) => violation.into(),
+            // A request field names it where the call knows which: see `ending_at`.
+            StoreError::EndBeforeStart => Status::invalid_argument(error.to_string()),
+            StoreError::CounterOverflow(counter) => FieldViolation {
+                field: match counter {
+                    Counter::SamplesGenerated => "samples_delta",
+                    Counter::TotalTokens => "tokens_delta",
+                }
+                .into(),
+                description: "would take the batch's counter past its 64-bit maximum".into(),
+            }
+            .into(),
             StoreError::Contended => Status::aborted(error.to_string()),
             StoreError::TimedOut(_) | StoreError::Unavailable(_) => {
                 tracing::warn!(error = %cause_chain(&error), "database unavailable");
@@ -46,6 +57,29 @@ impl From<StoreError> for Status {
                 tracing::error!(error = %cause_chain(&error), "internal error");
                 Status::internal("internal error; it has been logged")
             }
+        }
+    }
+}
+
+/// The status of a store error of a call whose request gives the end time in
+/// `end_time_field`.
+pub fn ending_at(end_time_field: &'static str) -> impl Fn(StoreError) -> Status {
+    move |error| match error {
+        StoreError::EndBeforeStart => FieldViolation {
+            field: end_time_field.into(),
+            description: "must not be before the batch's start_time".into(),
+        }
+        .into(),
+        other => other.into(),
+    }
+}
+
+impl From<StreamEnd> for Status {
+    fn from(end: StreamEnd) -> Self {
+        match end {
+            StreamEnd::FellBehind | StreamEnd::FeedInterrupted => Status::aborted(end.to_string()),
+            StreamEnd::ShuttingDown => Status::unavailable(end.to_string()),
+            StreamEnd::Snapshot(error) => error.into(),
         }
     }
 }

@@ -4,10 +4,26 @@ use std::{error::Error as StdError, time::Duration};
 
 use deadpool_postgres::PoolError;
 
-use crate::domain::{BatchId, FieldViolation, RequestId, State};
+use crate::domain::{BatchId, RequestId, State};
 
 /// Constraint that rejects an end time before the start time.
 const END_AFTER_START: &str = "batches_end_after_start";
+
+/// A batch's counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    SamplesGenerated,
+    TotalTokens,
+}
+
+impl std::fmt::Display for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::SamplesGenerated => "samples_generated",
+            Self::TotalTokens => "total_tokens",
+        })
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +36,12 @@ pub enum StoreError {
     RequestIdReused(RequestId),
     #[error("batch {batch_id} is {state}, not RUNNING")]
     NotRunning { batch_id: BatchId, state: State },
-    /// The request was well formed but does not fit the stored batch.
-    #[error(transparent)]
-    Invalid(FieldViolation),
+    /// The end time given is before the batch's start time.
+    #[error("the end time is before the batch's start_time")]
+    EndBeforeStart,
+    /// Adding to a counter would take it past its 64-bit maximum.
+    #[error("the batch's {0} would pass its 64-bit maximum")]
+    CounterOverflow(Counter),
     /// Too many concurrent writers kept winning the race for the same row.
     #[error("the batch was changed concurrently too often; retry")]
     Contended,
@@ -61,10 +80,7 @@ impl From<tokio_postgres::Error> for StoreError {
         if let Some(db) = error.as_db_error()
             && db.constraint() == Some(END_AFTER_START)
         {
-            return Self::Invalid(FieldViolation {
-                field: "end_time".into(),
-                description: "must not be before the batch's start_time".into(),
-            });
+            return Self::EndBeforeStart;
         }
         if is_unavailable(&error) {
             Self::Unavailable(Box::new(error))

@@ -27,12 +27,12 @@ use tracing::Instrument;
 
 use crate::config::DatabaseConfig;
 use crate::domain::{
-    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish, ListQuery,
+    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, Finish, ListQuery,
     MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, NewBatch,
     Page, Progress, Save, StaleThreshold, State, StatsGroup,
 };
 
-pub use error::StoreError;
+pub use error::{Counter, StoreError};
 use hot_rows::{HotRows, WritePermit};
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
@@ -378,14 +378,7 @@ impl Store {
                             &save.end_time,
                         ],
                     )
-                    .await
-                    .map_err(|error| match StoreError::from(error) {
-                        StoreError::Invalid(violation) => StoreError::Invalid(FieldViolation {
-                            field: format!("batch.{}", violation.field),
-                            ..violation
-                        }),
-                        other => other,
-                    })?;
+                    .await?;
                 match Outcome::of(row)? {
                     Outcome::Applied(batch) | Outcome::Unchanged(batch) => return Ok(batch),
                     // Created by another call after this statement's snapshot
@@ -652,8 +645,8 @@ fn is_out_of_range(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
 }
 
-/// Names the delta of `progress` that would take its batch's counter past
-/// the 64-bit maximum (PostgreSQL's error does not say which).
+/// Which counter of `progress`'s batch its delta would take past the 64-bit
+/// maximum (PostgreSQL's error does not say).
 async fn overflowed_counter(client: &Client, progress: &Progress) -> StoreError {
     let counters = async {
         let statement = client.prepare_cached(sql::GET).await?;
@@ -662,22 +655,18 @@ async fn overflowed_counter(client: &Client, progress: &Progress) -> StoreError 
             .await?;
         batch_from_row(&row)
     };
-    let field = match counters.await {
+    match counters.await {
         Ok(batch)
             if batch
                 .samples_generated
                 .checked_add(progress.samples_delta.get())
                 .is_none() =>
         {
-            "samples_delta"
+            StoreError::CounterOverflow(Counter::SamplesGenerated)
         }
-        Ok(_) => "tokens_delta",
-        Err(error) => return error,
-    };
-    StoreError::Invalid(FieldViolation {
-        field: field.into(),
-        description: "would take the batch's counter past its 64-bit maximum".into(),
-    })
+        Ok(_) => StoreError::CounterOverflow(Counter::TotalTokens),
+        Err(error) => error,
+    }
 }
 
 /// How long a statement cancelled at its deadline is given to report how it

@@ -265,11 +265,8 @@ async fn send(
     client: &mut tonic::client::Grpc<tonic::transport::Channel>,
     headers: &[(String, String)],
     request: proto::ExportTraceServiceRequest,
-) -> Result<(), tonic::Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    client.ready().await?;
     let mut request = tonic::Request::new(request);
     for (key, value) in headers {
         if let (Ok(key), Ok(value)) = (
@@ -289,8 +286,8 @@ async fn send(
             http::uri::PathAndQuery::from_static(EXPORT_PATH),
             codec,
         )
-        .await
-        .map(drop)
+        .await?;
+    Ok(())
 }
 
 /// Turns exported `tracing` spans into OTLP spans.

@@ -19,7 +19,7 @@ use crate::domain::{Batch, BatchId, Facets, State};
 use crate::store::{Store, StoreError};
 
 pub use feed::feed;
-pub use streams::{Event, EventStream, watch_batch, watch_batches};
+pub use streams::{Event, EventStream, StreamEnd, watch_batch, watch_batches};
 
 /// Changes buffered for all watchers of a process; a watcher further behind
 /// than this is cut off.

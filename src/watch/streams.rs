@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tonic::{Status, codegen::tokio_stream::Stream};
+use tonic::codegen::tokio_stream::Stream;
 
 use super::{Change, Hub};
 use crate::domain::{Batch, BatchFilter, BatchId, Facets, ListQuery, Order, PageSize, State};
@@ -28,15 +28,29 @@ pub enum Event {
     Deleted(BatchId),
 }
 
-/// The stream a watch RPC returns: events, then possibly a final status
-/// saying why the server ended it.
+/// Why the server ended a watch stream early: the client should watch again.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamEnd {
+    #[error("this watcher fell behind the changes; watch again for a fresh snapshot")]
+    FellBehind,
+    #[error("the change feed was interrupted; watch again for a fresh snapshot")]
+    FeedInterrupted,
+    #[error("the server is shutting down; watch again")]
+    ShuttingDown,
+    /// A page of the snapshot could not be read.
+    #[error("reading the snapshot failed")]
+    Snapshot(#[source] StoreError),
+}
+
+/// The stream a watch RPC returns: events, then possibly why the server
+/// ended it.
 pub struct EventStream {
     events: mpsc::Receiver<Event>,
-    end: Option<oneshot::Receiver<Status>>,
+    end: Option<oneshot::Receiver<StreamEnd>>,
 }
 
 impl Stream for EventStream {
-    type Item = Result<Event, Status>;
+    type Item = Result<Event, StreamEnd>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(event) = std::task::ready!(self.events.poll_recv(cx)) {
@@ -54,7 +68,7 @@ impl Stream for EventStream {
 /// A watcher's side of its stream.
 struct Sink {
     events: mpsc::Sender<Event>,
-    end: oneshot::Sender<Status>,
+    end: oneshot::Sender<StreamEnd>,
 }
 
 enum Sent {
@@ -71,22 +85,10 @@ impl Sink {
         }
     }
 
-    /// Ends the stream with `status` after the events already sent.
-    fn end(self, status: Status) {
+    /// Ends the stream, after the events already sent, saying why.
+    fn end(self, why: StreamEnd) {
         // The client may be gone already: then nobody needs to know.
-        let _ = self.end.send(status);
-    }
-
-    fn fell_behind(self) {
-        self.end(Status::aborted(
-            "this watcher fell behind the changes; watch again for a fresh snapshot",
-        ));
-    }
-
-    fn interrupted(self) {
-        self.end(Status::aborted(
-            "the change feed was interrupted; watch again for a fresh snapshot",
-        ));
+        let _ = self.end.send(why);
     }
 }
 
@@ -128,16 +130,12 @@ async fn forward(
         };
         let change = match change {
             Ok(change) => change,
-            Err(broadcast::error::RecvError::Lagged(_)) => return sink.fell_behind(),
+            Err(broadcast::error::RecvError::Lagged(_)) => return sink.end(StreamEnd::FellBehind),
             Err(broadcast::error::RecvError::Closed) => return,
         };
         match *change {
-            Change::Interrupted => return sink.interrupted(),
-            Change::ShuttingDown => {
-                return sink.end(Status::unavailable(
-                    "the server is shutting down; watch again",
-                ));
-            }
+            Change::Interrupted => return sink.end(StreamEnd::FeedInterrupted),
+            Change::ShuttingDown => return sink.end(StreamEnd::ShuttingDown),
             _ => {}
         }
         let (event, last) = match step(&change) {
@@ -146,7 +144,7 @@ async fn forward(
             Step::SendLast(event) => (event, true),
         };
         if matches!(sink.send(event), Sent::Over) {
-            return sink.fell_behind();
+            return sink.end(StreamEnd::FellBehind);
         }
         if last {
             return;
@@ -235,7 +233,7 @@ pub async fn watch_batches(
                 query.after = Some(next);
                 match store.list(query).await {
                     Ok(next_page) => page = Some(next_page),
-                    Err(error) => return sink.end(error.into()),
+                    Err(error) => return sink.end(StreamEnd::Snapshot(error)),
                 }
             }
         }
