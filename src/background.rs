@@ -3,10 +3,10 @@
 
 use std::{collections::HashMap, future::Future};
 
-use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
 
 use crate::health::Health;
+use crate::shutdown::Shutdown;
 
 /// Background tasks that are meant to run until shutdown.
 #[derive(Default)]
@@ -22,18 +22,18 @@ impl Background {
         self.names.insert(id, name);
     }
 
-    /// Watches the tasks until `stopped` turns true. A task that ends before
+    /// Watches the tasks until shutdown. A task that ends before
     /// then (a panic, a bug) is logged once and turns health NOT_SERVING for
     /// good: a replica that silently stopped announcing changes, sweeping or
     /// probing should be replaced by its orchestrator, not sent more calls.
-    pub async fn supervise(mut self, health: Health, mut stopped: watch::Receiver<bool>) {
+    pub async fn supervise(mut self, health: Health, mut shutdown: Shutdown) {
         loop {
             let ended = tokio::select! {
-                _ = stopped.wait_for(|stopped| *stopped) => break,
+                () = shutdown.wait() => break,
                 ended = self.tasks.join_next_with_id() => ended,
             };
             let Some(ended) = ended else { break };
-            if *stopped.borrow() {
+            if shutdown.is_triggered() {
                 break;
             }
             let (id, how) = match ended {
@@ -78,22 +78,22 @@ mod tests {
                 .status
         };
 
-        let (stopping, stopped) = watch::channel(false);
+        let (signal, shutdown) = crate::shutdown::channel();
         let mut background = Background::default();
         background.spawn("steady", std::future::pending());
-        let supervisor = tokio::spawn(background.supervise(health.clone(), stopped.clone()));
-        let _ = stopping.send(true);
+        let supervisor = tokio::spawn(background.supervise(health.clone(), shutdown));
+        signal.trigger();
         supervisor.await.unwrap();
         assert_eq!(status().await, 1, "shutdown alone changes nothing here");
 
-        let (_stopping, stopped) = watch::channel(false);
+        let (_signal, shutdown) = crate::shutdown::channel();
         let mut background = Background::default();
         background.spawn("steady", std::future::pending());
         background.spawn("fragile", async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             panic!("injected");
         });
-        let supervisor = tokio::spawn(background.supervise(health.clone(), stopped));
+        let supervisor = tokio::spawn(background.supervise(health.clone(), shutdown));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(status().await, 2, "NOT_SERVING");
         health.set_database_reachable(true).await;

@@ -3,9 +3,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use crate::shutdown::Shutdown;
 use crate::store::Probe;
 use crate::telemetry::cause_chain;
 
@@ -58,18 +59,13 @@ impl Health {
     }
 }
 
-/// Probes the database every [`PROBE_INTERVAL`] until `stopped` turns true,
+/// Probes the database every [`PROBE_INTERVAL`] until shutdown,
 /// turning health NOT_SERVING while it does not answer and SERVING again
 /// once it does.
-pub async fn watch_database(mut probe: Probe, health: Health, mut stopped: watch::Receiver<bool>) {
+pub async fn watch_database(mut probe: Probe, health: Health, shutdown: Shutdown) {
     let mut reachable = true;
-    let mut ticks = tokio::time::interval(PROBE_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stopped.wait_for(|stopped| *stopped) => return,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = shutdown.every(PROBE_INTERVAL);
+    while ticks.next().await {
         let answer = probe.check().await;
         match (&answer, reachable) {
             (Err(error), true) => {

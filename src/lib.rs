@@ -4,14 +4,17 @@
 //! # Layout
 //!
 //! - [`config`]: command line and environment, validated into settings.
-//! - [`telemetry`]: structured logging.
+//! - [`telemetry`]: structured logging, and spans over OTLP.
 //! - [`domain`]: validated types; a value that exists is valid.
 //! - [`store`]: PostgreSQL access (every SQL statement) and migrations.
 //! - [`grpc`]: request parsing, handlers, and the mapping of errors to statuses.
 //! - [`startup`]: [`startup::App`], which binds, migrates and serves until told to stop.
 //! - [`import`]: `import-sqlite`, which copies the legacy SQLite history in.
+//! - [`local_cluster`]: the development default, a private PostgreSQL when no
+//!   `DATABASE_URL` is set.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`background`]: the server's background tasks, supervised.
+//! - [`shutdown`]: the stop signal those tasks wait on.
 //! - [`health`]: what `grpc.health.v1` reports, and the database probe behind it.
 //! - [`watch`]: live change streams fed by PostgreSQL LISTEN/NOTIFY.
 //! - [`maintenance`]: background stale-batch sweep and retention.
@@ -29,6 +32,7 @@ pub mod import;
 pub mod local_cluster;
 pub mod maintenance;
 pub mod metrics;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

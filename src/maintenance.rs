@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use crate::domain::{StaleThreshold, State};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::telemetry::cause_chain;
 
@@ -32,15 +31,10 @@ impl Upkeep {
     }
 }
 
-/// Runs the upkeep until `stopped` turns true.
-pub async fn run(store: Store, upkeep: Upkeep, mut stopped: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(upkeep.interval());
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stopped.wait_for(|stopped| *stopped) => return,
-            _ = ticks.tick() => {}
-        }
+/// Runs the upkeep until shutdown.
+pub async fn run(store: Store, upkeep: Upkeep, shutdown: Shutdown) {
+    let mut ticks = shutdown.every(upkeep.interval());
+    while ticks.next().await {
         if let Some(stale_after) = upkeep.stale_after {
             match store.sweep_stale(stale_after).await {
                 Ok(stopped) if !stopped.is_empty() => {

@@ -2,7 +2,7 @@
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, server::TcpIncoming};
 use tower::util::{MapRequestLayer, MapResponseLayer};
@@ -127,43 +127,42 @@ impl App {
         ))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
-        let (stopping, stopped) = watch::channel(false);
-        let stopped_tls = stopped.clone();
+        let (stop_signal, stopping) = crate::shutdown::channel();
         let mut background = Background::default();
         if let Some(listener) = self.metrics_listener {
-            let mut stopped = stopped.clone();
+            let mut stopping = stopping.clone();
             tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
             background.spawn(
                 "metrics endpoint",
                 crate::metrics::serve(listener, metrics, self.store.clone(), async move {
-                    let _ = stopped.wait_for(|stopped| *stopped).await;
+                    stopping.wait().await;
                 }),
             );
         }
         background.spawn(
             "change feed",
-            crate::watch::feed(self.database, self.store.clone(), hub, stopped.clone()),
+            crate::watch::feed(self.database, self.store.clone(), hub, stopping.clone()),
         );
         background.spawn(
             "upkeep",
-            crate::maintenance::run(self.store.clone(), self.upkeep, stopped.clone()),
+            crate::maintenance::run(self.store.clone(), self.upkeep, stopping.clone()),
         );
         health.set_database_reachable(true).await;
         background.spawn(
             "database probe",
-            health::watch_database(self.probe, health.clone(), stopped.clone()),
+            health::watch_database(self.probe, health.clone(), stopping.clone()),
         );
         if let Some(tls) = &self.tls {
-            background.spawn("TLS reloader", tls.clone().watch(stopped.clone()));
+            background.spawn("TLS reloader", tls.clone().watch(stopping.clone()));
         }
-        tokio::spawn(background.supervise(health.clone(), stopped.clone()));
+        tokio::spawn(background.supervise(health.clone(), stopping.clone()));
 
         tracing::info!(?addr, tls = self.tls.is_some(), "serving");
         let stop = async move {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
             health.stop().await;
-            let _ = stopping.send(true);
+            stop_signal.trigger();
         };
         let router = Server::builder()
             .layer(MapResponseLayer::new(remap_decoding_errors as fn(_) -> _))
@@ -172,10 +171,11 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(batch_history, self.auth));
+        let tls_stopping = stopping.clone();
         let server = async move {
             match self.tls {
                 Some(tls) => {
-                    let incoming = ReceiverStream::new(tls.incoming(self.listener, stopped_tls));
+                    let incoming = ReceiverStream::new(tls.incoming(self.listener, tls_stopping));
                     router.serve_with_incoming_shutdown(incoming, stop).await
                 }
                 None => {
@@ -184,9 +184,9 @@ impl App {
                 }
             }
         };
-        let mut stopped = stopped;
+        let mut stopping = stopping;
         let drain_expired = async move {
-            let _ = stopped.wait_for(|stopped| *stopped).await;
+            stopping.wait().await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;
         };
         let served = tokio::select! {

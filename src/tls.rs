@@ -16,9 +16,10 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
+use crate::shutdown::Shutdown;
 use crate::telemetry::cause_chain;
 
 /// How often the files are checked for changes.
@@ -89,8 +90,8 @@ impl ReloadingTls {
     }
 
     /// Reloads on SIGHUP and whenever a file's modification time changes,
-    /// until `stopped` turns true.
-    pub async fn watch(self, mut stopped: watch::Receiver<bool>) {
+    /// until shutdown.
+    pub async fn watch(self, mut shutdown: Shutdown) {
         #[cfg(unix)]
         let mut hangups =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -98,7 +99,7 @@ impl ReloadingTls {
         let mut ticks = tokio::time::interval(RELOAD_POLL);
         loop {
             let reason = tokio::select! {
-                _ = stopped.wait_for(|stopped| *stopped) => return,
+                () = shutdown.wait() => return,
                 Some(()) = hangup(&mut hangups) => "SIGHUP",
                 _ = ticks.tick() => {
                     let now = self.modified();
@@ -135,17 +136,17 @@ impl ReloadingTls {
 
     /// Accepts connections on `listener` and completes their handshakes
     /// concurrently (a slow client delays no other), yielding the ones that
-    /// succeed until `stopped` turns true.
+    /// succeed until shutdown.
     pub fn incoming(
         self,
         listener: TcpListener,
-        mut stopped: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) -> mpsc::Receiver<io::Result<TlsStream<TcpStream>>> {
         let (streams, incoming) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
-                    _ = stopped.wait_for(|stopped| *stopped) => return,
+                    () = shutdown.wait() => return,
                     () = streams.closed() => return,
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,

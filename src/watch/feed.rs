@@ -5,12 +5,13 @@
 use std::{collections::HashMap, time::Duration};
 
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::{Change, DeletedBatch, FAN_OUT_CAPACITY, Hub, LEASE_RENEWAL};
 use crate::config::DatabaseConfig;
 use crate::domain::{Batch, BatchId};
+use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError, connector};
 use crate::telemetry::cause_chain;
 
@@ -20,15 +21,10 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Notifications handled in one go, at most.
 const MAX_BURST: usize = 1_000;
 
-/// Listens for changes until `stopped`, reconnecting after failures.
-pub async fn feed(
-    database: DatabaseConfig,
-    store: Store,
-    hub: Hub,
-    mut stopped: watch::Receiver<bool>,
-) {
+/// Listens for changes until shutdown, reconnecting after failures.
+pub async fn feed(database: DatabaseConfig, store: Store, hub: Hub, mut shutdown: Shutdown) {
     loop {
-        let listened = listen(&database, &store, &hub, &mut stopped).await;
+        let listened = listen(&database, &store, &hub, &shutdown).await;
         hub.listening.send_replace(false);
         match listened {
             Ok(()) => return hub.publish(Change::ShuttingDown),
@@ -38,7 +34,7 @@ pub async fn feed(
             }
         }
         tokio::select! {
-            _ = stopped.wait_for(|stopped| *stopped) => return hub.publish(Change::ShuttingDown),
+            () = shutdown.wait() => return hub.publish(Change::ShuttingDown),
             () = tokio::time::sleep(RECONNECT_DELAY) => {}
         }
     }
@@ -48,7 +44,7 @@ async fn listen(
     database: &DatabaseConfig,
     store: &Store,
     hub: &Hub,
-    stopped: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<(), StoreError> {
     let connect = database.pg.connect(connector()?);
     let (client, mut connection) = tokio::time::timeout(database.timeout, connect)
@@ -71,13 +67,11 @@ async fn listen(
     client.batch_execute("LISTEN batch_changes").await?;
     hub.listening.send_replace(true);
     tracing::debug!("change feed listening");
-    let mut renewals = tokio::time::interval(LEASE_RENEWAL);
-    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewals = shutdown.every(LEASE_RENEWAL);
     let mut ahead = AheadOfNotices::default();
     loop {
         let woke = tokio::select! {
-            _ = stopped.wait_for(|stopped| *stopped) => Wake::Stop,
-            _ = renewals.tick() => Wake::Renew,
+            renew = renewals.next() => if renew { Wake::Renew } else { Wake::Stop },
             payload = payloads.recv() => Wake::Payload(payload),
         };
         let first = match woke {
