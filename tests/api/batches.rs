@@ -4,7 +4,7 @@ use batch_history::proto::{self, CreateBatchRequest, DeleteBatchRequest, GetBatc
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_invalid, timestamp};
+use crate::support::{TestApp, assert_invalid, timestamp};
 
 fn metadata(pairs: &[(&str, Kind)]) -> Struct {
     Struct {
@@ -334,7 +334,7 @@ async fn get_and_delete_report_missing_batches() {
 #[tokio::test]
 async fn a_lost_database_is_unavailable_not_internal() {
     let app = TestApp::spawn_on(
-        crate::helpers::TestDb::create().await,
+        crate::support::TestDb::create().await,
         std::time::Duration::from_millis(1_000),
     )
     .await;

@@ -13,7 +13,7 @@ use prost::Message;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::helpers::{TestApp, TestDb, assert_invalid, health_client, rand_u64};
+use crate::support::{TestApp, TestDb, assert_invalid, health_client, rand_u64};
 
 fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
     RecordProgressRequest {

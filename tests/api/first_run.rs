@@ -8,8 +8,8 @@ use batch_history::proto::{
     batch_history_client::BatchHistoryClient,
 };
 
-use crate::helpers::{rand_u64, test_server};
-use crate::process::{ServerProcess, TempDir, free_addr};
+use crate::support::process::{ServerProcess, TempDir, free_addr};
+use crate::support::{rand_u64, test_server};
 
 fn serve(data_dir: &TempDir) -> ServerProcess {
     let dir = data_dir.0.to_str().unwrap();

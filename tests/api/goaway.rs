@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 
-use crate::helpers::{TestApp, refused_by_goaway};
+use crate::support::{TestApp, refused_by_goaway};
 
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;

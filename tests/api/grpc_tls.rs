@@ -7,9 +7,9 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use batch_history::proto::{CreateBatchRequest, batch_history_client::BatchHistoryClient};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::helpers::{TestDb, rand_u64};
-use crate::process::ServerProcess;
 use crate::reflection::grpcurl;
+use crate::support::process::ServerProcess;
+use crate::support::{TestDb, rand_u64};
 
 /// A scratch directory of keys and certificates, removed on drop.
 struct Pki(PathBuf);

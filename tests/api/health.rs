@@ -2,14 +2,13 @@
 
 use std::{process::Command, time::Duration};
 
-use batch_history::config::ServeConfig;
 use batch_history::startup::{App, SERVICE_NAME};
 use batch_history::store::MIGRATION_LOCK_KEY;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{TestApp, TestDb};
+use crate::support::{TestApp, TestDb, serve_config};
 
 async fn health_of(app: &TestApp, service: &str) -> ServingStatus {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
@@ -80,14 +79,7 @@ async fn the_app_waits_for_migrations_held_by_another_replica() {
         .await
         .unwrap();
 
-    let config = ServeConfig {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
-        auth_token: None,
-        tls: None,
-        upkeep: Default::default(),
-        database: db.database_config(Duration::from_secs(5)),
-    };
+    let config = serve_config(db.database_config(Duration::from_secs(5)));
     let mut build = tokio::spawn(App::build(config));
     assert!(
         tokio::time::timeout(Duration::from_millis(700), &mut build)
@@ -117,16 +109,8 @@ async fn the_app_waits_for_migrations_held_by_another_replica() {
 #[tokio::test]
 async fn replicas_migrating_at_once_apply_each_migration_once() {
     let db = TestDb::create().await;
-    let builds = (0..3).map(|_| {
-        App::build(ServeConfig {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            metrics_addr: None,
-            auth_token: None,
-            tls: None,
-            upkeep: Default::default(),
-            database: db.database_config(Duration::from_secs(10)),
-        })
-    });
+    let builds =
+        (0..3).map(|_| App::build(serve_config(db.database_config(Duration::from_secs(10)))));
     for built in futures::future::join_all(builds).await {
         built.expect("every replica starts");
     }

@@ -13,7 +13,7 @@ use jiff::tz::TimeZone;
 use prost_types::value::Kind;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, rand_u64};
+use crate::support::{TestApp, rand_u64};
 
 /// The legacy schema, as flask-sqlalchemy created it (without the unique
 /// index, so that files with duplicate ids can be built).

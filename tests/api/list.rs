@@ -8,7 +8,7 @@ use batch_history::proto::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_invalid, timestamp};
+use crate::support::{TestApp, assert_invalid, timestamp};
 
 /// Creates `count` batches one minute apart from `first_second`, alternating
 /// providers, and returns their ids oldest first.

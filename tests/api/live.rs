@@ -14,7 +14,7 @@ use batch_history::proto::{
 use batch_history::startup::App;
 use tonic::{Code, Streaming, transport::Channel};
 
-use crate::helpers::{TestApp, TestDb, timestamp};
+use crate::support::{TestApp, TestDb, serve_config, timestamp};
 
 const SOON: Duration = Duration::from_secs(1);
 
@@ -62,12 +62,8 @@ fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
 /// A second server on `db`, with `upkeep`.
 async fn replica(db: &TestDb, upkeep: Upkeep) -> BatchHistoryClient<Channel> {
     let app = App::build(ServeConfig {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
-        auth_token: None,
-        tls: None,
         upkeep,
-        database: db.database_config(Duration::from_secs(5)),
+        ..serve_config(db.database_config(Duration::from_secs(5)))
     })
     .await
     .unwrap();

@@ -1,20 +1,18 @@
 //! End-to-end tests: the real server, a real gRPC client, a real database.
 
 mod batches;
-mod cluster;
 mod faults;
 mod first_run;
 mod goaway;
 mod grpc_tls;
 mod health;
-mod helpers;
 mod import;
 mod list;
 mod live;
 mod observability;
 mod outage;
-mod process;
 mod progress;
 mod reflection;
 mod reliability;
 mod save;
+mod support;

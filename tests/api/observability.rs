@@ -3,7 +3,7 @@
 use batch_history::proto::{GetBatchRequest, ListBatchesRequest};
 use tonic::{Code, Request};
 
-use crate::helpers::TestApp;
+use crate::support::TestApp;
 
 fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()

@@ -10,14 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use batch_history::config::{DatabaseConfig, ServeConfig};
+use batch_history::config::DatabaseConfig;
 use batch_history::proto::{self, CreateBatchRequest, RecordProgressRequest};
 use batch_history::startup::App;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::cluster::TempCluster;
-use crate::helpers::health_client;
+use crate::support::cluster::TempCluster;
+use crate::support::{database_config, health_client, serve_config};
 
 const TIMEOUT: Duration = Duration::from_millis(1_000);
 
@@ -61,20 +61,10 @@ async fn a_database_restart_under_load_loses_nothing_and_heals() {
         .unwrap();
     let mut pg = cluster.config("postgres");
     pg.connect_timeout(TIMEOUT);
-    let app = App::build(ServeConfig {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
-        auth_token: None,
-        tls: None,
-        upkeep: Default::default(),
-        database: DatabaseConfig {
-            pg: pg.clone(),
-            pool_max_size: 8,
-            timeout: TIMEOUT,
-        },
-    })
-    .await
-    .expect("the app starts on the throwaway cluster");
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+    let app = App::build(serve_config(database_config(&url, TIMEOUT)))
+        .await
+        .expect("the app starts on the throwaway cluster");
     let addr = app.local_addr().unwrap();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
 
@@ -213,7 +203,7 @@ async fn a_database_restart_under_load_loses_nothing_and_heals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
     let cluster = tokio::task::spawn_blocking(|| {
-        let dir = std::env::temp_dir().join(format!("bh-cert-{:016x}", crate::helpers::rand_u64()));
+        let dir = std::env::temp_dir().join(format!("bh-cert-{:016x}", crate::support::rand_u64()));
         std::fs::create_dir_all(&dir).unwrap();
         let status = std::process::Command::new("openssl")
             .args([
@@ -234,7 +224,7 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
             .output()
             .expect("openssl makes a self-signed certificate");
         assert!(status.status.success(), "{status:?}");
-        crate::cluster::hand_over(&dir);
+        crate::support::cluster::hand_over(&dir);
         let cluster = TempCluster::start(&format!(
             "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'",
             dir.display()
@@ -250,24 +240,13 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
             "postgres://postgres:pw@127.0.0.1:{}/postgres{query}",
             cluster.port
         );
-        let database = DatabaseConfig::try_from(batch_history::config::DatabaseArgs {
-            database_url: Some(url.clone()),
-            database_url_file: None,
-            data_dir: None,
-            db_pool_max_size: 2,
-            db_timeout_ms: 2_000,
-        })
-        .unwrap();
-        let app = App::build(ServeConfig {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            metrics_addr: None,
-            auth_token: None,
-            tls: None,
-            upkeep: Default::default(),
-            database,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let database = DatabaseConfig {
+            pool_max_size: 2,
+            ..database_config(&url, Duration::from_secs(2))
+        };
+        let app = App::build(serve_config(database))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
         let addr = app.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {

@@ -6,7 +6,7 @@ use batch_history::proto::{
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_invalid, timestamp};
+use crate::support::{TestApp, assert_invalid, timestamp};
 
 fn progress(batch_id: &str, samples: i64, tokens: i64) -> RecordProgressRequest {
     RecordProgressRequest {

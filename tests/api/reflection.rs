@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use crate::helpers::TestApp;
+use crate::support::TestApp;
 
 /// grpcurl from `GRPCURL`, else from `PATH`. `.ci/run` installs it.
 pub fn grpcurl(args: &[&str]) -> Output {

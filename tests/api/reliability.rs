@@ -19,8 +19,8 @@ use prost_types::{ListValue, Struct, Value, value::Kind};
 use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::helpers::{TestApp, TestDb, health_client, refused_by_goaway};
-use crate::process::ServerProcess;
+use crate::support::process::ServerProcess;
+use crate::support::{TestApp, TestDb, health_client, refused_by_goaway, serve_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_racing_on_an_empty_database_all_serve_and_migrate_once() {
@@ -58,17 +58,10 @@ async fn three_processes_racing_on_an_empty_database_all_serve_and_migrate_once(
 }
 
 async fn build_error(db: &TestDb) -> String {
-    let error = App::build(ServeConfig {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
-        auth_token: None,
-        tls: None,
-        upkeep: Default::default(),
-        database: db.database_config(Duration::from_secs(5)),
-    })
-    .await
-    .err()
-    .expect("the app must refuse to start");
+    let error = App::build(serve_config(db.database_config(Duration::from_secs(5))))
+        .await
+        .err()
+        .expect("the app must refuse to start");
     batch_history::telemetry::cause_chain(&error)
 }
 
@@ -453,7 +446,7 @@ async fn passwords_never_reach_the_logs() {
     let db = TestDb::create().await;
     let password = "hunter2-Sekr1t";
     // A database that refuses: the connection error is logged.
-    let closed = crate::process::free_addr();
+    let closed = crate::support::process::free_addr();
     let refused = format!("postgres://postgres:{password}@{closed}/nowhere");
     let mut failing =
         ServerProcess::spawn(&[("DATABASE_URL", refused.as_str()), ("DB_TIMEOUT_MS", "500")]);
@@ -506,12 +499,8 @@ async fn passwords_never_reach_the_logs() {
 async fn with_a_token_calls_need_it_but_probes_do_not() {
     let db = TestDb::create().await;
     let app = App::build(ServeConfig {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
         auth_token: Some(Secret::new("t0ken-for-tests".into())),
-        tls: None,
-        upkeep: Default::default(),
-        database: db.database_config(Duration::from_secs(5)),
+        ..serve_config(db.database_config(Duration::from_secs(5)))
     })
     .await
     .unwrap();

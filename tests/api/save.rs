@@ -5,7 +5,7 @@ use batch_history::proto::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_invalid, timestamp};
+use crate::support::{TestApp, assert_invalid, timestamp};
 
 /// The batch as the dashboard holds it after `samples` samples.
 fn state(batch_id: &str, samples: i64, errors: usize, state: State) -> proto::Batch {

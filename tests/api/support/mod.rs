@@ -1,5 +1,10 @@
-//! A real server on a random loopback port, over a fresh PostgreSQL database
-//! that is dropped when the test ends.
+//! What the tests share: a real server on a random loopback port over a fresh
+//! PostgreSQL database dropped when the test ends ([`TestApp`]), the real
+//! binary as a child process ([`process`]), and throwaway clusters
+//! ([`cluster`]).
+
+pub mod cluster;
+pub mod process;
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
@@ -115,14 +120,10 @@ impl TestDb {
         connect(&self.config).await
     }
 
+    /// How the service reaches this database, made the way `serve` makes it
+    /// from `DATABASE_URL` (sslmode, keepalives, application name).
     pub fn database_config(&self, timeout: Duration) -> DatabaseConfig {
-        let mut pg = self.config.clone();
-        pg.connect_timeout(timeout);
-        DatabaseConfig {
-            pg,
-            pool_max_size: 8,
-            timeout,
-        }
+        database_config(&self.url(None), timeout)
     }
 
     /// Drops the database now, under a running server.
@@ -178,12 +179,8 @@ impl TestApp {
 
     pub async fn spawn_on(db: TestDb, timeout: Duration) -> Self {
         let app = App::build(ServeConfig {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-            auth_token: None,
-            tls: None,
-            upkeep: Default::default(),
-            database: db.database_config(timeout),
+            ..serve_config(db.database_config(timeout))
         })
         .await
         .expect("the app did not start");
@@ -286,6 +283,32 @@ pub fn refused_by_goaway(status: &Status) -> bool {
         source = error.source();
     }
     false
+}
+
+/// What tests serve with: a free loopback port, no metrics, TLS or token,
+/// the default upkeep, and `database`. Change what a test needs with
+/// `ServeConfig { upkeep, ..serve_config(database) }`.
+pub fn serve_config(database: DatabaseConfig) -> ServeConfig {
+    ServeConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        auth_token: None,
+        tls: None,
+        upkeep: Default::default(),
+        database,
+    }
+}
+
+/// The database settings `serve` makes of `url` (pool of 8).
+pub fn database_config(url: &str, timeout: Duration) -> DatabaseConfig {
+    DatabaseConfig::try_from(batch_history::config::DatabaseArgs {
+        database_url: Some(url.into()),
+        database_url_file: None,
+        data_dir: None,
+        db_pool_max_size: 8,
+        db_timeout_ms: u64::try_from(timeout.as_millis()).unwrap(),
+    })
+    .expect("a test database URL")
 }
 
 pub fn rand_u64() -> u64 {

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::helpers::rand_u64;
+use crate::support::rand_u64;
 
 /// A `batch-history serve` process whose logs go to a file.
 pub struct ServerProcess {

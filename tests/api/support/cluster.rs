@@ -6,8 +6,8 @@ use std::{
     process::Command,
 };
 
-use crate::helpers::rand_u64;
-use crate::process::free_addr;
+use crate::support::process::free_addr;
+use crate::support::rand_u64;
 
 /// `initdb`, `pg_ctl` and friends of the newest installed PostgreSQL.
 fn bin_dir() -> PathBuf {
@@ -84,14 +84,7 @@ impl TempCluster {
     }
 
     fn run(&self, program: &str, args: &[&str], with_data_dir: bool) {
-        let program = bin_dir().join(program);
-        let mut command = if is_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        };
+        let mut command = tool(program);
         command.args(args);
         if with_data_dir {
             command.arg(self.data());
@@ -106,17 +99,22 @@ impl TempCluster {
     }
 }
 
+/// `program` of the PostgreSQL server binaries, run as `postgres` when this
+/// process is root (PostgreSQL refuses to run as root).
+fn tool(program: &str) -> Command {
+    let program = bin_dir().join(program);
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
 impl Drop for TempCluster {
     fn drop(&mut self) {
-        let program = bin_dir().join("pg_ctl");
-        let mut command = if is_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        };
-        let _ = command
+        let _ = tool("pg_ctl")
             .args(["stop", "-m", "immediate", "-D"])
             .arg(self.data())
             .output();
