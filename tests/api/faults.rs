@@ -37,12 +37,12 @@ async fn samples_of(app: &TestApp, batch_id: &str) -> i64 {
 }
 
 /// Fires `calls` concurrent one-sample reports at `batch_id`; returns how
-/// many were acknowledged, and the codes of the others.
+/// many were acknowledged, and the statuses of the others.
 fn hammer(
     client: &BatchHistoryClient<Channel>,
     batch_id: &str,
     calls: usize,
-) -> tokio::task::JoinHandle<(i64, Vec<Code>)> {
+) -> tokio::task::JoinHandle<(i64, Vec<tonic::Status>)> {
     let (client, batch_id) = (client.clone(), batch_id.to_owned());
     tokio::spawn(async move {
         let calls = (0..calls).map(|_| {
@@ -54,7 +54,7 @@ fn hammer(
         for call in calls.collect::<Vec<_>>() {
             match call.await.unwrap() {
                 Ok(_) => acknowledged += 1,
-                Err(status) => failed.push(status.code()),
+                Err(status) => failed.push(status),
             }
         }
         (acknowledged, failed)
@@ -81,7 +81,10 @@ async fn a_row_locked_elsewhere_starves_no_other_batch_and_timed_out_calls_never
         .collect();
     for (n, calls) in cold.into_iter().enumerate() {
         let (acknowledged, failed) = calls.await.unwrap();
-        assert_eq!((acknowledged, &failed[..]), (1, &[][..]), "cold-{n}");
+        assert!(
+            acknowledged == 1 && failed.is_empty(),
+            "cold-{n}: {failed:?}"
+        );
     }
     let health = health_client(format!("http://{}", app.addr))
         .await
@@ -95,21 +98,32 @@ async fn a_row_locked_elsewhere_starves_no_other_batch_and_timed_out_calls_never
     );
     let (acknowledged, failed) = hot.await.unwrap();
     assert!(
-        failed.iter().all(|code| *code == Code::Unavailable),
+        failed
+            .iter()
+            .all(|status| status.code() == Code::Unavailable),
         "{failed:?}"
     );
     assert!(!failed.is_empty(), "the lock outlasted the calls' budget");
+    // A cancel the server could not confirm in time (seen only on a machine
+    // loaded far past this test's own load) is answered as such: that call
+    // may still apply. Every other failed call must not.
+    let unknown = failed
+        .iter()
+        .filter(|status| status.message().contains("did not confirm"))
+        .count() as i64;
 
     lock.rollback().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     eprintln!(
-        "other rows: 20 of 20 ok; hot row: {acknowledged} ok, {} UNAVAILABLE",
+        "other rows: 20 of 20 ok; hot row: {acknowledged} ok, {} UNAVAILABLE ({unknown} of \
+         them with an unknown outcome)",
         failed.len()
     );
-    assert_eq!(
-        samples_of(&app, "hot").await,
-        acknowledged,
-        "exactly the acknowledged reports were applied"
+    let applied = samples_of(&app, "hot").await;
+    assert!(
+        (acknowledged..=acknowledged + unknown).contains(&applied),
+        "{applied} applied: the acknowledged reports ({acknowledged}), and at most those \
+         whose outcome was unknown ({unknown})"
     );
     app.stop().await;
 }

@@ -1,22 +1,20 @@
-//! Protobuf messages to domain types and back. Requests are parsed here, once;
-//! every violation names the request field that caused it.
+//! Requests to domain types, parsed once at the edge: every violation names
+//! the request field that caused it.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 use prost::Message;
-use prost_types::{ListValue, Struct, Value as ProtoValue, value::Kind};
-use serde_json::{Map, Number, Value};
+use prost_types::Struct;
 
+use super::json::struct_to_json;
 use crate::domain::{
-    Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, FieldViolation, Finish,
-    Idempotency, InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT,
-    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch,
-    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, Save,
-    StaleThreshold, State, TerminalState, keep_newest,
+    BatchError, BatchFilter, BatchId, Cursor, FieldViolation, Finish, Idempotency, InvalidValue,
+    JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
+    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Order, PageSize,
+    Progress, Prose, Purge, RequestId, Save, StaleThreshold, State, TerminalState, keep_newest,
 };
 use crate::proto;
-use crate::watch::Event;
 
 impl TryFrom<proto::CreateBatchRequest> for NewBatch {
     type Error = FieldViolation;
@@ -240,37 +238,29 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
     }
 }
 
-impl TryFrom<proto::WatchBatchesRequest> for BatchFilter {
-    type Error = FieldViolation;
+/// WatchBatches and GetBatchStats carry the ListBatches filters and nothing
+/// else.
+macro_rules! filter_request {
+    ($($request:ty),*) => {$(
+        impl TryFrom<$request> for BatchFilter {
+            type Error = FieldViolation;
 
-    fn try_from(request: proto::WatchBatchesRequest) -> Result<Self, Self::Error> {
-        filter(
-            &request.states,
-            request.provider,
-            request.model,
-            request.started_after,
-            request.started_before,
-            request.topic_filter,
-            request.difficulty_filter,
-        )
-    }
+            fn try_from(request: $request) -> Result<Self, Self::Error> {
+                filter(
+                    &request.states,
+                    request.provider,
+                    request.model,
+                    request.started_after,
+                    request.started_before,
+                    request.topic_filter,
+                    request.difficulty_filter,
+                )
+            }
+        }
+    )*};
 }
 
-impl TryFrom<proto::GetBatchStatsRequest> for BatchFilter {
-    type Error = FieldViolation;
-
-    fn try_from(request: proto::GetBatchStatsRequest) -> Result<Self, Self::Error> {
-        filter(
-            &request.states,
-            request.provider,
-            request.model,
-            request.started_after,
-            request.started_before,
-            request.topic_filter,
-            request.difficulty_filter,
-        )
-    }
-}
+filter_request!(proto::WatchBatchesRequest, proto::GetBatchStatsRequest);
 
 impl TryFrom<proto::PurgeBatchesRequest> for Purge {
     type Error = FieldViolation;
@@ -319,58 +309,6 @@ pub fn stale_after(
         .map_err(|e| e.at("stale_after"))
 }
 
-impl From<Event> for proto::BatchEvent {
-    fn from(event: Event) -> Self {
-        use proto::batch_event::Kind;
-        let (kind, batch) = match event {
-            Event::Snapshot(batch) => (Kind::Snapshot, batch.into()),
-            Event::Created(batch) => (Kind::Created, batch.into()),
-            Event::Updated(batch) => (Kind::Updated, batch.into()),
-            Event::Deleted(batch_id) => (
-                Kind::Deleted,
-                proto::Batch {
-                    batch_id: batch_id.to_string(),
-                    ..Default::default()
-                },
-            ),
-        };
-        Self {
-            kind: kind as i32,
-            batch: Some(batch),
-        }
-    }
-}
-
-impl From<BatchStats> for proto::BatchStats {
-    fn from(stats: BatchStats) -> Self {
-        Self {
-            batch_count: stats.batch_count,
-            samples_generated: stats.samples_generated,
-            total_tokens: stats.total_tokens,
-            by_state: stats
-                .by_state
-                .into_iter()
-                .map(|(state, batch_count)| proto::StateCount {
-                    state: proto_state(state) as i32,
-                    batch_count,
-                })
-                .collect(),
-            by_model: stats
-                .by_model
-                .into_iter()
-                .map(|model| proto::ModelStats {
-                    provider: model.provider,
-                    model: model.model,
-                    batch_count: model.batch_count,
-                    samples_generated: model.samples_generated,
-                    total_tokens: model.total_tokens,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The filter fields that ListBatches, WatchBatches and GetBatchStats share.
 fn filter(
     states: &[i32],
     provider: String,
@@ -402,66 +340,6 @@ fn filter(
 /// The batch id of a request that names one.
 pub fn parse_batch_id(value: String, field: &str) -> Result<BatchId, FieldViolation> {
     BatchId::parse(value).map_err(|e| e.at(field))
-}
-
-impl From<Batch> for proto::Batch {
-    fn from(batch: Batch) -> Self {
-        let etag = batch.etag();
-        Self {
-            batch_id: batch.batch_id.to_string(),
-            state: proto_state(batch.state) as i32,
-            provider: batch.provider,
-            model: batch.model,
-            current_model: batch.current_model,
-            topic_filter: batch.topic_filter,
-            difficulty_filter: batch.difficulty_filter,
-            reasoning_instruction: batch.reasoning_instruction,
-            target_count: batch.target_count,
-            samples_generated: batch.samples_generated,
-            total_tokens: batch.total_tokens,
-            errors: batch.errors.into_iter().map(Into::into).collect(),
-            error_count: batch.error_count,
-            model_switches: batch.model_switches.into_iter().map(Into::into).collect(),
-            metadata: Some(json_to_struct(batch.metadata)),
-            start_time: Some(proto_timestamp(batch.start_time)),
-            end_time: batch.end_time.map(proto_timestamp),
-            update_time: Some(proto_timestamp(batch.update_time)),
-            etag,
-        }
-    }
-}
-
-impl From<BatchError> for proto::BatchError {
-    fn from(error: BatchError) -> Self {
-        Self {
-            message: error.message.into_string(),
-            time: error.time.map(proto_timestamp),
-            details: Some(json_to_struct(error.details.into_map())),
-        }
-    }
-}
-
-impl From<ModelSwitch> for proto::ModelSwitch {
-    fn from(switch: ModelSwitch) -> Self {
-        Self {
-            from_model: switch.from_model.into_string(),
-            to_model: switch.to_model.into_string(),
-            provider: switch.provider.into_string(),
-            reason: switch.reason.into_string(),
-            at_sample: switch.at_sample.get(),
-            time: switch.time.map(proto_timestamp),
-            details: Some(json_to_struct(switch.details.into_map())),
-        }
-    }
-}
-
-fn proto_state(state: State) -> proto::batch::State {
-    match state {
-        State::Running => proto::batch::State::Running,
-        State::Completed => proto::batch::State::Completed,
-        State::Stopped => proto::batch::State::Stopped,
-        State::Failed => proto::batch::State::Failed,
-    }
 }
 
 fn state(number: i32) -> Result<State, InvalidValue> {
@@ -596,65 +474,6 @@ pub fn batch_view(value: i32) -> Result<proto::BatchView, FieldViolation> {
     }
 }
 
-fn proto_timestamp(time: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.as_second(),
-        nanos: time.subsec_nanosecond(),
-    }
-}
-
-fn struct_to_json(value: Struct) -> Result<Map<String, Value>, InvalidValue> {
-    value
-        .fields
-        .into_iter()
-        .map(|(key, value)| Ok((key, value_to_json(value)?)))
-        .collect()
-}
-
-fn value_to_json(value: ProtoValue) -> Result<Value, InvalidValue> {
-    Ok(match value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(b),
-        Some(Kind::StringValue(s)) => Value::String(s),
-        Some(Kind::NumberValue(n)) => Value::Number(
-            Number::from_f64(n)
-                .ok_or_else(|| InvalidValue("has a number that is not finite".into()))?,
-        ),
-        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)?),
-        Some(Kind::ListValue(list)) => Value::Array(
-            list.values
-                .into_iter()
-                .map(value_to_json)
-                .collect::<Result<_, _>>()?,
-        ),
-    })
-}
-
-fn json_to_struct(map: Map<String, Value>) -> Struct {
-    Struct {
-        fields: map
-            .into_iter()
-            .map(|(key, value)| (key, json_to_value(value)))
-            .collect(),
-    }
-}
-
-fn json_to_value(value: Value) -> ProtoValue {
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        // Struct numbers are doubles; integers beyond 2^53 lose precision,
-        // as they do in every JSON consumer that reads them as numbers.
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(items) => Kind::ListValue(ListValue {
-            values: items.into_iter().map(json_to_value).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(json_to_struct(map)),
-    };
-    ProtoValue { kind: Some(kind) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,13 +544,5 @@ mod tests {
             Progress::try_from(request).unwrap_err().field,
             "errors[1].message"
         );
-    }
-
-    #[test]
-    fn non_finite_numbers_are_rejected() {
-        let value = ProtoValue {
-            kind: Some(Kind::NumberValue(f64::NAN)),
-        };
-        assert!(value_to_json(value).is_err());
     }
 }
