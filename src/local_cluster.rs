@@ -121,6 +121,12 @@ impl LocalCluster {
 
     /// [`LocalCluster::start`], for callers outside an async runtime.
     pub fn start_blocking(data_dir: PathBuf) -> Result<Self, LocalClusterError> {
+        // The socket directory, and the host clients name, must be absolute.
+        let data_dir =
+            std::path::absolute(&data_dir).map_err(|source| LocalClusterError::DataDir {
+                path: data_dir,
+                source,
+            })?;
         let bin_dir = find_bin_dir().ok_or(LocalClusterError::NoBinaries)?;
         let owner = if is_root() {
             Some(account(SUPERUSER).ok_or(LocalClusterError::RootWithoutPostgresUser)?)
