@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-
 # Build stage: dependencies are compiled in their own layer, which is reused
 # until Cargo.toml, Cargo.lock, build.rs or the proto change.
 FROM rust:1.95-slim-bookworm AS build

@@ -48,8 +48,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let cluster = start_unless_configured(&mut args).await?;
             let migrated = async {
                 let config = DatabaseConfig::try_from(args)?;
-                let applied = store::migrate(&config.pg, config.timeout).await?;
-                tracing::info!(?applied, "schema up to date");
+                store::migrate(&config.pg, config.timeout).await?;
                 Ok(())
             };
             finish(migrated.await, cluster).await?;

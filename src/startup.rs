@@ -73,8 +73,7 @@ impl App {
             None => None,
         };
         tracing::info!(database = %config.database.describe(), "migrating");
-        let applied = store::migrate(&config.database.pg, config.database.timeout).await?;
-        tracing::info!(?applied, "schema up to date");
+        store::migrate(&config.database.pg, config.database.timeout).await?;
         let store = Store::new(&config.database).map_err(StartupError::Database)?;
         store.ping().await.map_err(StartupError::Database)?;
         Ok(Self {
@@ -116,7 +115,6 @@ impl App {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(StartupError::Reflection)?;
-        let addr = self.local_addr().ok();
         let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
         let hub = Hub::default();
         let batch_history = BatchHistoryServer::new(BatchHistoryService::new(
@@ -127,11 +125,14 @@ impl App {
         ))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
 
+        let addr = self.local_addr().ok();
         let (stop_signal, stopping) = crate::shutdown::channel();
         let mut background = Background::default();
         if let Some(listener) = self.metrics_listener {
             let mut stopping = stopping.clone();
-            tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics");
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics");
+            }
             background.spawn(
                 "metrics endpoint",
                 crate::metrics::serve(listener, metrics, self.store.clone(), async move {
@@ -157,7 +158,9 @@ impl App {
         }
         tokio::spawn(background.supervise(health.clone(), stopping.clone()));
 
-        tracing::info!(?addr, tls = self.tls.is_some(), "serving");
+        if let Some(addr) = addr {
+            tracing::info!(%addr, tls = self.tls.is_some(), "serving");
+        }
         let stop = async move {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");

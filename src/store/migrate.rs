@@ -74,9 +74,15 @@ pub async fn migrate(
     drop(client);
     // The connection task ends once the client is gone; its result adds nothing.
     let _ = connection.await;
-    Ok(report?
+    let applied: Vec<String> = report?
         .applied_migrations()
         .iter()
         .map(|migration| migration.to_string())
-        .collect())
+        .collect();
+    // One line per migration: log collectors read fields, not debug text.
+    for migration in &applied {
+        tracing::info!(%migration, "migration applied");
+    }
+    tracing::info!(applied = applied.len(), "schema up to date");
+    Ok(applied)
 }

@@ -40,14 +40,55 @@ pub fn init(format: LogFormat, otlp: Option<OtlpConfig>) {
         .init();
 }
 
-/// `error` and its causes, outermost first, joined by `: `.
+/// `error` and its causes, outermost first, joined by `: `; a cause that
+/// only repeats the text before it (as some libraries' wrappers do) is left
+/// out.
 pub fn cause_chain(error: &dyn std::error::Error) -> String {
     let mut chain = error.to_string();
+    let mut last = chain.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !last.ends_with(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        last = text;
         source = cause.source();
     }
     chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn a_cause_that_repeats_its_wrapper_is_said_once() {
+        let error = Layer {
+            text: "health check failed",
+            source: Some(Box::new(Layer {
+                text: "tcp connect error",
+                source: Some(Box::new(Layer {
+                    text: "tcp connect error",
+                    source: Some(Box::new(Layer {
+                        text: "Connection refused (os error 111)",
+                        source: None,
+                    })),
+                })),
+            })),
+        };
+        assert_eq!(
+            cause_chain(&error),
+            "health check failed: tcp connect error: Connection refused (os error 111)"
+        );
+    }
 }

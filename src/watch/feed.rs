@@ -21,15 +21,29 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Notifications handled in one go, at most.
 const MAX_BURST: usize = 1_000;
 
+/// How often a feed that cannot reconnect says so again.
+const REPEAT_WARNING: Duration = Duration::from_secs(60);
+
 /// Listens for changes until shutdown, reconnecting after failures.
 pub async fn feed(database: DatabaseConfig, store: Store, hub: Hub, mut shutdown: Shutdown) {
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let listened = listen(&database, &store, &hub, &shutdown).await;
-        hub.listening.send_replace(false);
+        let was_listening = hub.listening.send_replace(false);
         match listened {
             Ok(()) => return hub.publish(Change::ShuttingDown),
-            Err(error) => {
+            // Said once when the feed breaks, then once a minute while the
+            // database stays away, not at every attempt.
+            Err(error)
+                if was_listening
+                    || last_warning.is_none_or(|at| at.elapsed() >= REPEAT_WARNING) =>
+            {
+                last_warning = Some(tokio::time::Instant::now());
                 tracing::warn!(error = %cause_chain(&error), "change feed interrupted; reconnecting");
+                hub.publish(Change::Interrupted);
+            }
+            Err(error) => {
+                tracing::debug!(error = %cause_chain(&error), "change feed still reconnecting");
                 hub.publish(Change::Interrupted);
             }
         }
