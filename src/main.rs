@@ -37,10 +37,12 @@ type Failure = Box<dyn std::error::Error>;
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve(mut args) => {
+            // Listening from the start: a SIGTERM while starting stops it gracefully.
+            let stop = shutdown_signal();
             let cluster = start_unless_configured(&mut args.database).await?;
             let served = async {
                 let app = App::build(ServeConfig::try_from(args)?).await?;
-                Ok::<_, Failure>(app.run_until_stopped(shutdown_signal()).await?)
+                Ok::<_, Failure>(app.run_until_stopped(stop).await?)
             };
             finish(served.await, cluster).await?;
         }

@@ -542,3 +542,24 @@ async fn with_a_token_calls_need_it_but_probes_do_not() {
         .unwrap();
     assert_eq!(health.into_inner().status, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_starting_stops_the_server_gracefully() {
+    let db = TestDb::create().await;
+    let url = db.url(None);
+    let mut server = ServerProcess::spawn(&[("DATABASE_URL", url.as_str())]);
+    // The moment it starts migrating, well before it serves: an orchestrator
+    // may stop a replica at any time.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.logs().contains("\"migrating\"") {
+        assert!(Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    server.sigterm();
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(15)));
+    assert!(
+        status.success(),
+        "killed by the signal rather than stopped by it: {status}\n{}",
+        server.logs()
+    );
+}
