@@ -23,8 +23,11 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 
-BIN = os.environ.get("BATCH_HISTORY_BIN", "target/release/batch-history")
-LOADGEN = "target/release/examples/loadgen"
+import harness
+from harness import cpu
+
+BIN = os.environ.get("BATCH_HISTORY_BIN", harness.BIN)
+LOADGEN = harness.LOADGEN
 ROUNDS = int(os.environ.get("ROUNDS", 3))
 SECONDS = os.environ.get("SECONDS_PER_OP", "5")
 CLIENTS = os.environ.get("CLIENTS", "16")
@@ -33,7 +36,6 @@ OPS = ["get", "create"]
 PG = {"PGHOST": os.environ.get("PGHOST", "127.0.0.1"), "PGPORT": os.environ.get("PGPORT", "5432"),
       "PGUSER": os.environ.get("PGUSER", "postgres")}
 DB = "bh_otlp_cost"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Collector(otlp_grpc.TraceServiceServicer):
@@ -42,11 +44,6 @@ class Collector(otlp_grpc.TraceServiceServicer):
     def Export(self, request, context):
         Collector.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
         return otlp.ExportTraceServiceResponse()
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def free_port():
@@ -67,14 +64,14 @@ def measure(env, op, port):
         while subprocess.run([BIN, "healthcheck", "--addr", f"127.0.0.1:{port}"],
                              capture_output=True).returncode:
             time.sleep(0.1)
-        before = cpu_seconds(server.pid)
+        before = cpu(server.pid)[0]
         out = subprocess.run([LOADGEN, "--addr", f"http://127.0.0.1:{port}", "--clients", CLIENTS,
                               "--seconds", SECONDS, "--seeded", ROWS, "--ops", op, "--json"],
                              capture_output=True, text=True, check=True).stdout
-        cpu = cpu_seconds(server.pid) - before
+        used = cpu(server.pid)[0] - before
         result = json.loads(out.splitlines()[-1])
         calls = result["ops"]
-        return calls / result["seconds"], cpu / calls * 1e6
+        return calls / result["seconds"], used / calls * 1e6
     finally:
         server.terminate()
         server.wait()

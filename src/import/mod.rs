@@ -47,8 +47,8 @@ pub struct Problem {
 pub struct Report {
     pub path: String,
     pub dry_run: bool,
-    /// `fail` or `skip`: what conflicts do to the import.
-    pub on_conflict: &'static str,
+    /// What conflicts do to the import (`fail` or `skip` in JSON).
+    pub on_conflict: OnConflict,
     pub rows_read: u64,
     /// Written, or where nothing was committed, that would have been.
     pub imported: u64,
@@ -80,7 +80,7 @@ impl Report {
     /// Whether the file's history is now (or, on a dry run, would be) in
     /// PostgreSQL: a dry run succeeds exactly when the same run would.
     pub fn succeeded(&self) -> bool {
-        self.invalid == 0 && (self.conflicts.is_empty() || self.on_conflict == "skip")
+        self.invalid == 0 && (self.conflicts.is_empty() || self.on_conflict == OnConflict::Skip)
     }
 
     /// The report for people.
@@ -132,7 +132,7 @@ impl Report {
         }
         if !self.succeeded() {
             text.push_str("nothing was imported");
-            if !self.conflicts.is_empty() && self.on_conflict != "skip" {
+            if !self.conflicts.is_empty() && self.on_conflict == OnConflict::Fail {
                 text.push_str("; rerun with --on-conflict skip to keep the stored batches");
             }
             text.push('\n');
@@ -195,17 +195,18 @@ pub async fn import_sqlite(
         "read and checked the legacy file"
     );
 
-    let skip = options.on_conflict == OnConflict::Skip;
     let outcome = load
         .finish(|outcome| {
-            !options.dry_run && invalid == 0 && (skip || outcome.conflicts.is_empty())
+            !options.dry_run
+                && invalid == 0
+                && (options.on_conflict == OnConflict::Skip || outcome.conflicts.is_empty())
         })
         .await?;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Report {
         path: options.path.display().to_string(),
         dry_run: options.dry_run,
-        on_conflict: if skip { "skip" } else { "fail" },
+        on_conflict: options.on_conflict,
         rows_read: mapped.rows_read,
         imported: outcome.imported,
         already_present: outcome.already_present,

@@ -11,7 +11,8 @@ use crate::config::DatabaseConfig;
 use crate::domain::{Batch, BatchId};
 
 /// What to do with a batch whose id is stored with other content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnConflict {
     /// Write nothing at all.
     Fail,

@@ -193,9 +193,14 @@ pub const SAVE: &str = concat!(
         ON CONFLICT (batch_id) DO UPDATE SET
             samples_generated = EXCLUDED.samples_generated,
             total_tokens = EXCLUDED.total_tokens,
-            errors = EXCLUDED.errors,
+            -- Lists only grow: one of the same length is the stored one, and
+            -- is not written (and TOASTed) again.
+            errors = CASE WHEN EXCLUDED.error_count = b.error_count THEN b.errors
+                ELSE EXCLUDED.errors END,
             error_count = EXCLUDED.error_count,
-            model_switches = EXCLUDED.model_switches,
+            model_switches = CASE
+                WHEN $15::bigint = jsonb_array_length(b.model_switches) THEN b.model_switches
+                ELSE EXCLUDED.model_switches END,
             current_model = EXCLUDED.current_model,
             state = CASE WHEN b.state = 'RUNNING' THEN EXCLUDED.state ELSE b.state END,
             end_time = CASE WHEN b.state = 'RUNNING' THEN EXCLUDED.end_time ELSE b.end_time END,

@@ -20,9 +20,7 @@ impl TryFrom<proto::CreateBatchRequest> for NewBatch {
     type Error = FieldViolation;
 
     fn try_from(request: proto::CreateBatchRequest) -> Result<Self, Self::Error> {
-        let mut batch = request
-            .batch
-            .ok_or_else(|| InvalidValue("is required".into()).at("batch"))?;
+        let mut batch = required(request.batch, "batch")?;
         let batch_id = match (request.batch_id.is_empty(), batch.batch_id.is_empty()) {
             (true, true) => None,
             (false, true) => Some(parse_batch_id(request.batch_id, "batch_id")?),
@@ -67,9 +65,7 @@ impl TryFrom<proto::SaveBatchRequest> for Save {
     type Error = FieldViolation;
 
     fn try_from(request: proto::SaveBatchRequest) -> Result<Self, Self::Error> {
-        let mut batch = request
-            .batch
-            .ok_or_else(|| InvalidValue("is required".into()).at("batch"))?;
+        let mut batch = required(request.batch, "batch")?;
         if batch.batch_id.is_empty() {
             return Err(
                 InvalidValue("is required: a save names its batch".into()).at("batch.batch_id")
@@ -266,10 +262,7 @@ impl TryFrom<proto::PurgeBatchesRequest> for Purge {
     type Error = FieldViolation;
 
     fn try_from(request: proto::PurgeBatchesRequest) -> Result<Self, Self::Error> {
-        let older_than = request
-            .older_than
-            .ok_or_else(|| InvalidValue("is required".into()).at("older_than"))
-            .and_then(|time| timestamp(time, "older_than"))?;
+        let older_than = timestamp(required(request.older_than, "older_than")?, "older_than")?;
         let mut states = request
             .states
             .iter()
@@ -388,6 +381,11 @@ fn model_switch(
         time: optional_time(switch.time, &format!("{field}.time"), received)?,
         details: json_object(switch.details, &format!("{field}.details"))?,
     })
+}
+
+/// A message field the request must set.
+fn required<T>(value: Option<T>, field: &str) -> Result<T, FieldViolation> {
+    value.ok_or_else(|| InvalidValue("is required".into()).at(field))
 }
 
 fn limit_entries(count: usize, field: &str) -> Result<(), FieldViolation> {

@@ -162,7 +162,8 @@ class BatchHistoryServicer:
         (with the given start_time and other fields of a create), then sets its
         samples_generated, total_tokens, errors, model_switches and
         current_model to the values given, and finishes it if the given state
-        is not RUNNING. Values are absolute, so repeating or retrying a save
+        is not RUNNING (lists only grow: one as long as the stored one is taken
+        to be it). Values are absolute, so repeating or retrying a save
         never counts anything twice; and a save behind the stored batch (fewer
         samples, tokens, errors or switches: a late retry of an earlier save)
         changes nothing and returns the batch as stored. A finished batch keeps
