@@ -131,6 +131,15 @@ pub struct DatabaseArgs {
     /// File holding the URL instead (a Docker or Kubernetes secret).
     #[arg(long, env = "DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
+    /// A direct connection to the same database, for the work that needs a
+    /// session of its own (migrations and their lock, the change feed's
+    /// LISTEN, the import) when DATABASE_URL goes through a transaction-mode
+    /// pooler such as PgBouncer.
+    #[arg(long, env = "DATABASE_DIRECT_URL", hide_env_values = true)]
+    pub database_direct_url: Option<String>,
+    /// File holding the direct URL instead.
+    #[arg(long, env = "DATABASE_DIRECT_URL_FILE")]
+    pub database_direct_url_file: Option<PathBuf>,
     /// Without a URL: where the private development PostgreSQL keeps its
     /// data (default `$XDG_DATA_HOME/batch-history/postgres`).
     #[arg(long, env = "DATA_DIR")]
@@ -296,38 +305,59 @@ impl TryFrom<ServeArgs> for ServeConfig {
 /// How to reach PostgreSQL.
 #[derive(Clone)]
 pub struct DatabaseConfig {
+    /// How calls reach the database: directly, or through a pooler.
     pub pg: tokio_postgres::Config,
+    /// `DATABASE_DIRECT_URL`: how work that needs a session of its own
+    /// reaches the database when `pg` goes through a pooler.
+    pub direct: Option<tokio_postgres::Config>,
     pub pool_max_size: usize,
     /// Bound on waiting for a connection or a statement.
     pub timeout: Duration,
 }
 
 impl DatabaseConfig {
+    /// How work that needs a session of its own (a `LISTEN`, a session
+    /// advisory lock, a transaction spanning several round trips) connects:
+    /// `DATABASE_DIRECT_URL` when set, else `DATABASE_URL`.
+    pub fn session(&self) -> &tokio_postgres::Config {
+        self.direct.as_ref().unwrap_or(&self.pg)
+    }
+
     /// Where the database is, for logs: never the password.
     pub fn describe(&self) -> String {
-        let hosts: Vec<String> = self
-            .pg
-            .get_hosts()
-            .iter()
-            .zip(self.pg.get_ports().iter().chain(std::iter::repeat(&5432)))
-            .map(|(host, port)| match host {
-                Host::Tcp(name) => format!("{name}:{port}"),
-                Host::Unix(path) => format!("{}:{port}", path.display()),
-            })
-            .collect();
-        format!(
-            "postgres://{}@{}/{}",
-            self.pg.get_user().unwrap_or_default(),
-            hosts.join(","),
-            self.pg.get_dbname().unwrap_or_default()
-        )
+        describe(&self.pg)
     }
+
+    /// Where the direct connection goes, if one is set, for logs.
+    pub fn describe_direct(&self) -> Option<String> {
+        self.direct.as_ref().map(describe)
+    }
+}
+
+/// `pg` as a URL without its password.
+fn describe(pg: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .zip(pg.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            Host::Tcp(name) => format!("{name}:{port}"),
+            Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        pg.get_user().unwrap_or_default(),
+        hosts.join(","),
+        pg.get_dbname().unwrap_or_default()
+    )
 }
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("database", &self.describe())
+            .field("direct", &self.describe_direct())
             .field("pool_max_size", &self.pool_max_size)
             .field("timeout", &self.timeout)
             .finish()
@@ -338,33 +368,51 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
     type Error = ConfigError;
 
     fn try_from(args: DatabaseArgs) -> Result<Self, Self::Error> {
+        let timeout = Duration::from_millis(args.db_timeout_ms);
         let url = secret("DATABASE_URL", args.database_url, args.database_url_file)?
             .filter(|url| !url.trim().is_empty())
             .or_else(|| libpq_environment(|name| std::env::var(name).ok()))
             .ok_or(ConfigError::MissingDatabaseUrl)?;
-        let mut pg = tokio_postgres::Config::from_str(&url)
-            .map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
-        if pg.get_hosts().is_empty() {
-            return Err(ConfigError::InvalidDatabaseUrl("it names no host".into()));
-        }
-        // tokio-postgres defaults to `prefer`; without an sslmode the
-        // connection stays plain, as the contract promises.
-        if !url.contains("sslmode") {
-            pg.ssl_mode(SslMode::Disable);
-        }
-        let timeout = Duration::from_millis(args.db_timeout_ms);
-        pg.connect_timeout(timeout)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
-        if pg.get_application_name().is_none() {
-            pg.application_name("batch-history");
-        }
+        let direct = secret(
+            "DATABASE_DIRECT_URL",
+            args.database_direct_url,
+            args.database_direct_url_file,
+        )?
+        .filter(|url| !url.trim().is_empty());
         Ok(Self {
-            pg,
+            pg: connection("DATABASE_URL", &url, timeout)?,
+            direct: direct
+                .map(|url| connection("DATABASE_DIRECT_URL", &url, timeout))
+                .transpose()?,
             pool_max_size: usize::from(args.db_pool_max_size),
             timeout,
         })
     }
+}
+
+/// The connection settings of `url`, the value of the variable `name`.
+fn connection(
+    name: &'static str,
+    url: &str,
+    timeout: Duration,
+) -> Result<tokio_postgres::Config, ConfigError> {
+    let invalid = |reason: String| ConfigError::InvalidDatabaseUrl { name, reason };
+    let mut pg = tokio_postgres::Config::from_str(url).map_err(|e| invalid(e.to_string()))?;
+    if pg.get_hosts().is_empty() {
+        return Err(invalid("it names no host".into()));
+    }
+    // tokio-postgres defaults to `prefer`; without an sslmode the
+    // connection stays plain, as the contract promises.
+    if !url.contains("sslmode") {
+        pg.ssl_mode(SslMode::Disable);
+    }
+    pg.connect_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    if pg.get_application_name().is_none() {
+        pg.application_name("batch-history");
+    }
+    Ok(pg)
 }
 
 /// The variables libpq and psql read (`PGHOST`, `PGPORT`, `PGUSER`,
@@ -419,10 +467,10 @@ pub enum ConfigError {
     )]
     MissingDatabaseUrl,
     #[error(
-        "DATABASE_URL is not a PostgreSQL URL ({0}); expected \
+        "{name} is not a PostgreSQL URL ({reason}); expected \
          postgres://USER:PASSWORD@HOST:PORT/DATABASE"
     )]
-    InvalidDatabaseUrl(String),
+    InvalidDatabaseUrl { name: &'static str, reason: String },
     #[error("--source-timezone {0:?} is not an IANA time zone such as UTC or Europe/Paris")]
     UnknownTimeZone(String),
     #[error("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE (TLS_CLIENT_CA_FILE only with them)")]
@@ -446,6 +494,8 @@ mod tests {
         DatabaseArgs {
             database_url: Some(url.into()),
             database_url_file: None,
+            database_direct_url: None,
+            database_direct_url_file: None,
             data_dir: None,
             db_pool_max_size: 4,
             db_timeout_ms: 250,

@@ -50,7 +50,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let cluster = start_unless_configured(&mut args).await?;
             let migrated = async {
                 let config = DatabaseConfig::try_from(args)?;
-                store::migrate(&config.pg, config.timeout).await?;
+                store::set_up(&config).await?;
                 Ok(())
             };
             finish(migrated.await, cluster).await?;

@@ -73,8 +73,8 @@ impl App {
             None => None,
         };
         tracing::info!(database = %config.database.describe(), "migrating");
-        store::migrate(&config.database.pg, config.database.timeout).await?;
-        let store = Store::new(&config.database).map_err(StartupError::Database)?;
+        let pooling = store::set_up(&config.database).await?;
+        let store = Store::new(&config.database, pooling).map_err(StartupError::Database)?;
         store.ping().await.map_err(StartupError::Database)?;
         Ok(Self {
             listener,

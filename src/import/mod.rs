@@ -164,7 +164,7 @@ pub async fn import_sqlite(
     database: &DatabaseConfig,
 ) -> Result<Report, ImportError> {
     let started = Instant::now();
-    store::migrate(&database.pg, database.timeout).await?;
+    store::set_up(database).await?;
     let mut load = BulkLoad::begin(database).await?;
 
     let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);

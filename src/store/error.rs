@@ -75,6 +75,16 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// The PostgreSQL error behind this one, when a statement failed.
+    pub(super) fn statement_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            Self::Unavailable(source) | Self::Internal { source, .. } => source.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
         if let Some(db) = error.as_db_error()

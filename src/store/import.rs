@@ -188,10 +188,12 @@ pub struct BulkLoad {
 impl BulkLoad {
     /// Connects, opens the transaction and starts the COPY.
     pub async fn begin(config: &DatabaseConfig) -> Result<Self, StoreError> {
-        let (client, connection) =
-            tokio::time::timeout(config.timeout, config.pg.connect(super::connector()?))
-                .await
-                .map_err(|_| StoreError::TimedOut(config.timeout))??;
+        let (client, connection) = tokio::time::timeout(
+            config.timeout,
+            config.session().connect(super::connector()?),
+        )
+        .await
+        .map_err(|_| StoreError::TimedOut(config.timeout))??;
         let connection = tokio::spawn(connection);
         // The transaction is driven by hand so that the load can own its
         // connection; if the load is dropped midway, closing the connection

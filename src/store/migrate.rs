@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use super::{Pooling, StoreError, detect_pooling};
+use crate::config::DatabaseConfig;
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
@@ -35,6 +38,34 @@ pub enum MigrateError {
     EditedMigration(String),
     #[error("could not migrate the schema")]
     Migrate(#[source] refinery::Error),
+    #[error("could not connect to the database")]
+    Reach(#[source] StoreError),
+    #[error(
+        "DATABASE_URL goes through a transaction-mode pooler (such as PgBouncer with \
+         pool_mode = transaction), where migrations, their lock and the change feed's LISTEN \
+         cannot work: set DATABASE_DIRECT_URL to a direct connection to the same database"
+    )]
+    PoolerWithoutDirectUrl,
+}
+
+/// Gets `database` ready to serve: finds out whether `DATABASE_URL` reaches
+/// PostgreSQL through a transaction-mode pooler (refusing one without
+/// `DATABASE_DIRECT_URL`), then migrates over a session of its own.
+/// Returns what the pool's connections are.
+pub async fn set_up(database: &DatabaseConfig) -> Result<Pooling, MigrateError> {
+    let pooling = detect_pooling(&database.pg, database.timeout)
+        .await
+        .map_err(MigrateError::Reach)?;
+    tracing::info!(
+        transaction_pooler = pooling == Pooling::Transaction,
+        direct_url = database.direct.is_some(),
+        "database reached"
+    );
+    if pooling == Pooling::Transaction && database.direct.is_none() {
+        return Err(MigrateError::PoolerWithoutDirectUrl);
+    }
+    migrate(database.session(), database.timeout).await?;
+    Ok(pooling)
 }
 
 /// Applies every embedded migration not yet applied, and returns the names

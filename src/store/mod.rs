@@ -5,6 +5,8 @@
 //! with [`StoreError::TimedOut`] instead of hanging its caller, having
 //! cancelled its statement on the server (see `Store::with_connection`).
 
+mod cancel;
+mod connection;
 mod error;
 mod hot_rows;
 mod import;
@@ -22,7 +24,6 @@ use tokio_postgres::{
     error::SqlState,
     types::{Json, ToSql},
 };
-use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::Instrument;
 
 use crate::config::DatabaseConfig;
@@ -32,10 +33,13 @@ use crate::domain::{
     Page, Progress, Save, StaleThreshold, State, StatsGroup,
 };
 
+use cancel::Canceller;
+use connection::Connection;
+pub use connection::{Pooling, connect_dedicated, detect_pooling};
 pub use error::{Counter, StoreError};
 use hot_rows::{HotRows, WritePermit};
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
-pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate};
+pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate, set_up};
 pub use probe::Probe;
 pub use tls::connector;
 
@@ -59,14 +63,15 @@ const MAX_ATTEMPTS: usize = 5;
 pub struct Store {
     pool: Pool,
     timeout: Duration,
+    pooling: Pooling,
     hot_rows: HotRows,
-    /// For cancel requests, which open a connection of their own.
-    tls: MakeRustlsConnect,
+    canceller: Canceller,
 }
 
 impl Store {
-    /// A pool for `config`. Connections are opened on first use.
-    pub fn new(config: &DatabaseConfig) -> Result<Self, StoreError> {
+    /// A pool for `config`, whose connections are `pooling`. Connections
+    /// are opened on first use.
+    pub fn new(config: &DatabaseConfig, pooling: Pooling) -> Result<Self, StoreError> {
         let tls = connector()?;
         let manager = Manager::from_config(
             config.pg.clone(),
@@ -92,8 +97,9 @@ impl Store {
         Ok(Self {
             pool,
             timeout: config.timeout,
+            pooling,
             hot_rows: HotRows::default(),
-            tls,
+            canceller: Canceller::new(tls, &config.pg, pooling),
         })
     }
 
@@ -104,11 +110,8 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.with_connection(None, async |client| {
-            client.simple_query("SELECT 1").await?;
-            Ok(())
-        })
-        .await
+        self.with_connection(None, async |client| client.simple("SELECT 1").await)
+            .await
     }
 
     /// How the pool is doing: open connections, idle ones, callers waiting.
@@ -119,9 +122,9 @@ impl Store {
     /// How many batches are stored in each state.
     pub async fn count_by_state(&self) -> Result<Vec<(State, i64)>, StoreError> {
         self.with_connection(None, async |client| {
-            let statement = client.prepare_cached(sql::COUNT_BY_STATE).await?;
+            let statement = sql::COUNT_BY_STATE;
             client
-                .query(&statement, &[])
+                .query(statement, &[])
                 .await?
                 .iter()
                 .map(|row| {
@@ -145,7 +148,7 @@ impl Store {
     /// create already happened.
     pub async fn create(&self, batch: &NewBatch) -> Result<Batch, StoreError> {
         self.with_connection(batch.batch_id.as_ref(), async |client| {
-            let statement = client.prepare_cached(sql::CREATE).await?;
+            let statement = sql::CREATE;
             let metadata = Json(batch.metadata.as_map());
             for _ in 0..MAX_ATTEMPTS {
                 let batch_id = match &batch.batch_id {
@@ -154,7 +157,7 @@ impl Store {
                 };
                 let row = client
                     .query_opt(
-                        &statement,
+                        statement,
                         &[
                             &batch_id.as_str(),
                             &batch.provider.as_str(),
@@ -190,8 +193,8 @@ impl Store {
     /// The batch with this id.
     pub async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
         self.with_connection(None, async |client| {
-            let statement = client.prepare_cached(sql::GET).await?;
-            match client.query_opt(&statement, &[&batch_id.as_str()]).await? {
+            let statement = sql::GET;
+            match client.query_opt(statement, &[&batch_id.as_str()]).await? {
                 Some(row) => batch_from_row(&row),
                 None => Err(StoreError::NotFound(batch_id.clone())),
             }
@@ -203,9 +206,9 @@ impl Store {
     /// live, every change to a batch is announced (see migration V2).
     pub async fn renew_watch_lease(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
         self.with_connection(None, async |client| {
-            let statement = client.prepare_cached(sql::RENEW_WATCH_LEASE).await?;
+            let statement = sql::RENEW_WATCH_LEASE;
             client
-                .execute(&statement, &[&replica, &ttl.as_secs_f64()])
+                .execute(statement, &[&replica, &ttl.as_secs_f64()])
                 .await?;
             Ok(())
         })
@@ -219,17 +222,14 @@ impl Store {
     /// every new write behind a long one, such as an import.
     pub async fn wait_for_writes_in_progress(&self) -> Result<(), StoreError> {
         self.with_connection(None, async |client| {
-            let statement = client.prepare_cached(sql::WRITERS_IN_PROGRESS).await?;
+            let statement = sql::WRITERS_IN_PROGRESS;
             let mut writers: Vec<String> = client
-                .query_one(&statement, &[&None::<Vec<String>>])
+                .query_one(statement, &[&None::<Vec<String>>])
                 .await?
                 .try_get(0)?;
             while !writers.is_empty() {
                 tokio::time::sleep(WRITERS_POLL).await;
-                writers = client
-                    .query_one(&statement, &[&writers])
-                    .await?
-                    .try_get(0)?;
+                writers = client.query_one(statement, &[&writers]).await?.try_get(0)?;
             }
             Ok(())
         })
@@ -239,9 +239,9 @@ impl Store {
     /// The batches with these ids that exist, in no particular order.
     pub async fn get_many(&self, batch_ids: &[&str]) -> Result<Vec<Batch>, StoreError> {
         self.with_connection(None, async |client| {
-            let statement = client.prepare_cached(sql::GET_MANY).await?;
+            let statement = sql::GET_MANY;
             client
-                .query(&statement, &[&batch_ids])
+                .query(statement, &[&batch_ids])
                 .await?
                 .iter()
                 .map(batch_from_row)
@@ -254,8 +254,8 @@ impl Store {
     pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         self.with_connection(None, async |client| {
             let listing = sql::Listing::new(query);
-            let statement = client.prepare_cached(listing.sql()).await?;
-            let rows = client.query(&statement, &listing.params()).await?;
+            let statement = listing.statement();
+            let rows = client.query(statement, &listing.params()).await?;
             let page_size = usize::from(query.page_size.get());
             let mut batches = rows
                 .iter()
@@ -277,7 +277,7 @@ impl Store {
     /// Applies a progress report to a running batch, once per request id.
     pub async fn record_progress(&self, progress: &Progress) -> Result<Batch, StoreError> {
         self.with_connection(Some(&progress.batch_id), async |client| {
-            let statement = client.prepare_cached(sql::RECORD_PROGRESS).await?;
+            let statement = sql::RECORD_PROGRESS;
             let errors = Json(&progress.errors);
             let switches = Json(&progress.model_switches);
             let request_id = progress.idempotency.as_ref().map(|i| i.request_id.as_str());
@@ -291,7 +291,7 @@ impl Store {
             for _ in 0..MAX_ATTEMPTS {
                 let row = client
                     .query_opt(
-                        &statement,
+                        statement,
                         &[
                             &progress.batch_id.as_str(),
                             &progress.samples_delta.get(),
@@ -349,14 +349,14 @@ impl Store {
     /// date unless the stored one is ahead; returns the batch as stored.
     pub async fn save(&self, save: &Save) -> Result<Batch, StoreError> {
         self.with_connection(Some(&save.batch_id), async |client| {
-            let statement = client.prepare_cached(sql::SAVE).await?;
+            let statement = sql::SAVE;
             let created = &save.created;
             let (errors, switches) = (Json(&save.errors), Json(&save.model_switches));
             let metadata = Json(created.metadata.as_map());
             for _ in 0..MAX_ATTEMPTS {
                 let row = client
                     .query_opt(
-                        &statement,
+                        statement,
                         &[
                             &save.batch_id.as_str(),
                             &save.state.as_str(),
@@ -401,14 +401,14 @@ impl Store {
     /// returns the batch unchanged.
     pub async fn finish(&self, finish: &Finish) -> Result<Batch, StoreError> {
         self.with_connection(Some(&finish.batch_id), async |client| {
-            let statement = client.prepare_cached(sql::FINISH).await?;
+            let statement = sql::FINISH;
             let target = finish.state.state();
             let errors: Vec<&BatchError> = finish.error.iter().collect();
             let errors = Json(&errors);
             for _ in 0..MAX_ATTEMPTS {
                 let row = client
                     .query_opt(
-                        &statement,
+                        statement,
                         &[
                             &finish.batch_id.as_str(),
                             &target.as_str(),
@@ -441,9 +441,9 @@ impl Store {
     pub async fn stats(&self, filter: &BatchFilter) -> Result<BatchStats, StoreError> {
         self.with_connection(None, async |client| {
             let listing = sql::Listing::stats(filter);
-            let statement = client.prepare_cached(listing.sql()).await?;
+            let statement = listing.statement();
             client
-                .query(&statement, &listing.params())
+                .query(statement, &listing.params())
                 .await?
                 .iter()
                 .map(|row| {
@@ -472,10 +472,10 @@ impl Store {
     pub async fn sweep_stale(&self, stale_after: StaleThreshold) -> Result<Vec<Batch>, StoreError> {
         let stale_after = stale_after.get();
         self.with_connection(None, async |client| {
-            let statement = client.prepare_cached(sql::SWEEP_STALE).await?;
+            let statement = sql::SWEEP_STALE;
             client
                 .query(
-                    &statement,
+                    statement,
                     &[
                         &stale_after.as_secs_f64(),
                         &SWEEP_LOCK_KEY,
@@ -503,9 +503,9 @@ impl Store {
         if dry_run {
             return self
                 .with_connection(None, async |client| {
-                    let statement = client.prepare_cached(sql::COUNT_PURGEABLE).await?;
+                    let statement = sql::COUNT_PURGEABLE;
                     let count: i64 = client
-                        .query_one(&statement, &[&older_than, &states])
+                        .query_one(statement, &[&older_than, &states])
                         .await?
                         .try_get(0)?;
                     Ok(count.unsigned_abs())
@@ -522,7 +522,7 @@ impl Store {
     /// holds one connection past the timeout or many row locks at once.
     async fn delete_in_chunks(
         &self,
-        statement: &'static str,
+        statement: sql::Statement<'static>,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let params: Vec<&(dyn ToSql + Sync)> = params
@@ -534,8 +534,7 @@ impl Store {
         loop {
             let chunk = self
                 .with_connection(None, async |client| {
-                    let statement = client.prepare_cached(statement).await?;
-                    Ok(client.execute(&statement, &params).await?)
+                    client.execute(statement, &params).await
                 })
                 .await?;
             deleted += chunk;
@@ -548,8 +547,8 @@ impl Store {
     /// Deletes a batch in any state.
     pub async fn delete(&self, batch_id: &BatchId) -> Result<(), StoreError> {
         self.with_connection(Some(batch_id), async |client| {
-            let statement = client.prepare_cached(sql::DELETE).await?;
-            match client.execute(&statement, &[&batch_id.as_str()]).await? {
+            let statement = sql::DELETE;
+            match client.execute(statement, &[&batch_id.as_str()]).await? {
                 0 => Err(StoreError::NotFound(batch_id.clone())),
                 _ => Ok(()),
             }
@@ -572,7 +571,7 @@ impl Store {
     async fn with_connection<T>(
         &self,
         batch_id: Option<&BatchId>,
-        operation: impl AsyncFnOnce(&Client) -> Result<T, StoreError>,
+        operation: impl AsyncFnOnce(&Connection<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let timed_out = |_| StoreError::TimedOut(self.timeout);
@@ -594,10 +593,11 @@ impl Store {
         let (client, permit) = checkout
             .instrument(tracing::debug_span!("db.pool_wait"))
             .await?;
-        let lease = Lease::new(client, permit, &self.tls);
+        let lease = Lease::new(client, permit, &self.canceller);
         let finished = {
+            let connection = Connection::new(lease.client(), self.pooling);
             let mut running = std::pin::pin!(
-                operation(lease.client()).instrument(tracing::debug_span!("db.statement"))
+                operation(&connection).instrument(tracing::debug_span!("db.statement"))
             );
             match tokio::time::timeout_at(deadline, &mut running).await {
                 Ok(outcome) => Ok(outcome),
@@ -634,24 +634,30 @@ impl Store {
 const REQUEST_ID_KEY: &str = "batch_requests_pkey";
 
 /// Whether `error` is a unique violation of `constraint`.
-fn violates(error: &tokio_postgres::Error, constraint: &str) -> bool {
-    error.as_db_error().is_some_and(|db| {
-        *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(constraint)
-    })
+fn violates(error: &StoreError, constraint: &str) -> bool {
+    error
+        .statement_error()
+        .and_then(tokio_postgres::Error::as_db_error)
+        .is_some_and(|db| {
+            *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(constraint)
+        })
 }
 
 /// Whether a statement failed because a number left its type's range.
-fn is_out_of_range(error: &tokio_postgres::Error) -> bool {
-    error.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
+fn is_out_of_range(error: &StoreError) -> bool {
+    error
+        .statement_error()
+        .and_then(tokio_postgres::Error::code)
+        == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
 }
 
 /// Which counter of `progress`'s batch its delta would take past the 64-bit
 /// maximum (PostgreSQL's error does not say).
-async fn overflowed_counter(client: &Client, progress: &Progress) -> StoreError {
+async fn overflowed_counter(client: &Connection<'_>, progress: &Progress) -> StoreError {
     let counters = async {
-        let statement = client.prepare_cached(sql::GET).await?;
+        let statement = sql::GET;
         let row = client
-            .query_one(&statement, &[&progress.batch_id.as_str()])
+            .query_one(statement, &[&progress.batch_id.as_str()])
             .await?;
         batch_from_row(&row)
     };
@@ -686,17 +692,17 @@ fn is_cancelled(error: &(dyn std::error::Error + 'static)) -> bool {
 struct Lease<'s> {
     /// `None` once handed back to the pool or discarded.
     client: Option<Client>,
-    tls: &'s MakeRustlsConnect,
+    canceller: &'s Canceller,
     /// Held as long as the connection is, so that an abandoned statement
     /// still counts against its batch until it has ended.
     permit: Option<WritePermit>,
 }
 
 impl<'s> Lease<'s> {
-    fn new(client: Client, permit: Option<WritePermit>, tls: &'s MakeRustlsConnect) -> Self {
+    fn new(client: Client, permit: Option<WritePermit>, canceller: &'s Canceller) -> Self {
         Self {
             client: Some(client),
-            tls,
+            canceller,
             permit,
         }
     }
@@ -709,10 +715,7 @@ impl<'s> Lease<'s> {
 
     /// Asks the server to cancel whatever statement the connection runs.
     async fn cancel(&self) {
-        // If the cancel cannot be delivered, the statement's own result (or
-        // its absence) still decides.
-        let cancel = self.client().cancel_token();
-        let _ = cancel.cancel_query(self.tls.clone()).await;
+        self.canceller.cancel(self.client().cancel_token()).await;
     }
 
     /// Hands the connection back to the pool.
@@ -734,10 +737,10 @@ impl Drop for Lease<'_> {
             return;
         };
         let permit = self.permit.take();
-        let (cancel, tls) = (client.cancel_token(), self.tls.clone());
+        let (token, canceller) = (client.cancel_token(), self.canceller.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = cancel.cancel_query(tls).await;
+                canceller.cancel(token).await;
                 drop(Object::take(client));
                 drop(permit);
             });

@@ -2,11 +2,27 @@
 
 use std::fmt::Write;
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 use jiff::Timestamp;
 
 use crate::domain::{BatchFilter, ListQuery, Order};
+
+/// A statement's text and the types of its parameters, which it is
+/// prepared with (or, behind a transaction-mode pooler, sent with on every
+/// call), so that no statement depends on what the server inferred on some
+/// earlier connection.
+#[derive(Clone, Copy)]
+pub struct Statement<'s> {
+    pub text: &'s str,
+    pub types: &'s [Type],
+}
+
+impl<'s> Statement<'s> {
+    const fn new(text: &'s str, types: &'s [Type]) -> Self {
+        Self { text, types }
+    }
+}
 
 /// Every column of `batches`, in the order [`super::batch_from_row`] reads by name.
 macro_rules! columns {
@@ -20,8 +36,9 @@ macro_rules! columns {
 /// Inserts a batch unless its id exists; returns the new or the existing row
 /// and whether this statement created it. $1 id, $2–$6 texts, $7 target
 /// count, $8 metadata, $9 start time or NULL for now.
-pub const CREATE: &str = concat!(
-    "WITH inserted AS (
+pub const CREATE: Statement = Statement::new(
+    concat!(
+        "WITH inserted AS (
         INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
                              difficulty_filter, reasoning_instruction, target_count, metadata,
                              start_time, update_time)
@@ -29,30 +46,47 @@ pub const CREATE: &str = concat!(
                 now())
         ON CONFLICT (batch_id) DO NOTHING
         RETURNING ",
-    columns!(),
-    "
+        columns!(),
+        "
     )
     SELECT ",
-    columns!(),
-    ", true AS created FROM inserted
+        columns!(),
+        ", true AS created FROM inserted
     UNION ALL
     SELECT ",
-    columns!(),
-    ", false AS created FROM batches
+        columns!(),
+        ", false AS created FROM batches
     WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM inserted)"
+    ),
+    &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::JSONB,
+        Type::TIMESTAMPTZ,
+    ],
 );
 
 /// $1 id.
-pub const GET: &str = concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = $1");
+pub const GET: Statement = Statement::new(
+    concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = $1"),
+    &[Type::TEXT],
+);
 
 /// Batches per state; an index-only scan of the state index.
-pub const COUNT_BY_STATE: &str = "SELECT state, count(*) FROM batches GROUP BY state";
+pub const COUNT_BY_STATE: Statement =
+    Statement::new("SELECT state, count(*) FROM batches GROUP BY state", &[]);
 
 /// Stops running batches not updated for $1 seconds, appending an error
 /// that says how long each was idle, and keeping the newest $3 errors within
 /// $4 bytes, unless another replica holds sweep lock $2.
-pub const SWEEP_STALE: &str = concat!(
-    "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($2) AS holds)
+pub const SWEEP_STALE: Statement = Statement::new(
+    concat!(
+        "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($2) AS holds)
     UPDATE batches SET
         state = 'STOPPED',
         end_time = greatest(now(), start_time),
@@ -71,49 +105,66 @@ pub const SWEEP_STALE: &str = concat!(
     WHERE sweeper.holds AND state = 'RUNNING'
       AND update_time < now() - make_interval(secs => $1::float8)
     RETURNING ",
-    columns!()
+        columns!()
+    ),
+    &[Type::FLOAT8, Type::INT8, Type::INT4, Type::INT4],
 );
 
 /// Finished batches that ended before $1, in states $2: counted.
-pub const COUNT_PURGEABLE: &str = "SELECT count(*) FROM batches
-    WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1";
+pub const COUNT_PURGEABLE: Statement = Statement::new(
+    "SELECT count(*) FROM batches
+    WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1",
+    &[Type::TIMESTAMPTZ, Type::TEXT_ARRAY],
+);
 
 /// Deletes up to $3 finished batches that ended before $1, in states $2.
 /// Bounded so that a large purge never holds many row locks at once.
-pub const PURGE_CHUNK: &str = "DELETE FROM batches WHERE batch_id IN (
+pub const PURGE_CHUNK: Statement = Statement::new(
+    "DELETE FROM batches WHERE batch_id IN (
         SELECT batch_id FROM batches
         WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1
-        LIMIT $3)";
+        LIMIT $3)",
+    &[Type::TIMESTAMPTZ, Type::TEXT_ARRAY, Type::INT8],
+);
 
 /// Takes or extends replica $1's watch lease by $2 seconds, and clears
 /// the lapsed leases of others: every process start names a new replica,
 /// and every write reads this table.
-pub const RENEW_WATCH_LEASE: &str = "WITH lapsed AS (
+pub const RENEW_WATCH_LEASE: Statement = Statement::new(
+    "WITH lapsed AS (
         DELETE FROM batch_watch_leases WHERE expires_at < now() AND replica <> $1
     )
     INSERT INTO batch_watch_leases (replica, expires_at)
     VALUES ($1, now() + make_interval(secs => $2::float8))
-    ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at";
+    ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+    &[Type::TEXT, Type::FLOAT8],
+);
 
 /// The other transactions that hold a write lock on `batches` (writes take
 /// ROW EXCLUSIVE and keep it until they end); $1 narrows them to these, or
 /// NULL for all.
-pub const WRITERS_IN_PROGRESS: &str =
+pub const WRITERS_IN_PROGRESS: Statement = Statement::new(
     "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}')
     FROM pg_locks
     WHERE locktype = 'relation' AND relation = 'batches'::regclass
       AND mode = 'RowExclusiveLock' AND granted AND pid <> pg_backend_pid()
-      AND ($1::text[] IS NULL OR virtualtransaction = ANY($1))";
+      AND ($1::text[] IS NULL OR virtualtransaction = ANY($1))",
+    &[Type::TEXT_ARRAY],
+);
 
 /// $1 ids.
-pub const GET_MANY: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM batches WHERE batch_id = ANY($1)"
+pub const GET_MANY: Statement = Statement::new(
+    concat!(
+        "SELECT ",
+        columns!(),
+        " FROM batches WHERE batch_id = ANY($1)"
+    ),
+    &[Type::TEXT_ARRAY],
 );
 
 /// $1 id.
-pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
+pub const DELETE: Statement =
+    Statement::new("DELETE FROM batches WHERE batch_id = $1", &[Type::TEXT]);
 
 /// Adds to a running batch's counters and appends to its lists; returns the
 /// row, changed or not, and whether it changed (so that a missing batch and
@@ -131,8 +182,9 @@ pub const DELETE: &str = "DELETE FROM batches WHERE batch_id = $1";
 /// `replay_matches` says whether the record is of this same report. Two
 /// retries racing past the check both update, but the second one's claim
 /// of the request id then fails on the primary key, undoing its update.
-pub const RECORD_PROGRESS: &str = concat!(
-    "WITH prior AS (
+pub const RECORD_PROGRESS: Statement = Statement::new(
+    concat!(
+        "WITH prior AS (
         SELECT batch_id, fingerprint FROM batch_requests WHERE request_id = $7::text::uuid
     ), updated AS (
         UPDATE batches SET
@@ -148,29 +200,47 @@ pub const RECORD_PROGRESS: &str = concat!(
             version = version + 1
         WHERE batch_id = $1 AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
         RETURNING ",
-    columns!(),
-    "
+        columns!(),
+        "
     ), claimed AS (
         INSERT INTO batch_requests (request_id, batch_id, fingerprint)
         SELECT $7::text::uuid, batch_id, $8 FROM updated WHERE $7::text IS NOT NULL
     )
     SELECT ",
-    columns!(),
-    ", true AS applied, NULL::boolean AS replay_matches FROM updated
+        columns!(),
+        ", true AS applied, NULL::boolean AS replay_matches FROM updated
     UNION ALL
     SELECT ",
-    columns!(),
-    ", false AS applied,
+        columns!(),
+        ", false AS applied,
         (SELECT batch_id = $1 AND fingerprint = $8 FROM prior) AS replay_matches
     FROM batches
     WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
+    ),
+    &[
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::JSONB,
+        Type::JSONB,
+        Type::INT4,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+        Type::TEXT,
+    ],
 );
 
 /// Forgets up to $2 request ids recorded before $1 seconds ago.
-pub const FORGET_REQUESTS: &str = "DELETE FROM batch_requests WHERE request_id IN (
+pub const FORGET_REQUESTS: Statement = Statement::new(
+    "DELETE FROM batch_requests WHERE request_id IN (
         SELECT request_id FROM batch_requests
         WHERE created_at < now() - make_interval(secs => $1::float8)
-        LIMIT $2)";
+        LIMIT $2)",
+    &[Type::FLOAT8, Type::INT8],
+);
 
 /// Creates a batch from its whole state, or brings the stored one up to
 /// date unless it is ahead (more samples, tokens, errors or switches): a
@@ -181,8 +251,9 @@ pub const FORGET_REQUESTS: &str = "DELETE FROM batch_requests WHERE request_id I
 /// kept), $13 error count, $14 model switches (as kept), $15 switch count,
 /// $16 metadata, $17 start time or NULL for now, $18 end time or NULL for
 /// now (used only if $2 is not RUNNING).
-pub const SAVE: &str = concat!(
-    "WITH saved AS (
+pub const SAVE: Statement = Statement::new(
+    concat!(
+        "WITH saved AS (
         INSERT INTO batches AS b (batch_id, state, provider, model, current_model, topic_filter,
                                   difficulty_filter, reasoning_instruction, target_count,
                                   samples_generated, total_tokens, errors, error_count,
@@ -211,24 +282,46 @@ pub const SAVE: &str = concat!(
           AND EXCLUDED.error_count >= b.error_count
           AND $15::bigint >= jsonb_array_length(b.model_switches)
         RETURNING ",
-    columns!(),
-    "
+        columns!(),
+        "
     )
     SELECT ",
-    columns!(),
-    ", true AS applied FROM saved
+        columns!(),
+        ", true AS applied FROM saved
     UNION ALL
     SELECT ",
-    columns!(),
-    ", false AS applied FROM batches
+        columns!(),
+        ", false AS applied FROM batches
     WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM saved)"
+    ),
+    &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::INT8,
+        Type::INT8,
+        Type::JSONB,
+        Type::INT8,
+        Type::JSONB,
+        Type::INT8,
+        Type::JSONB,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+    ],
 );
 
 /// Moves a running batch to a final state, like [`RECORD_PROGRESS`]. $1 id,
 /// $2 state, $3 end time or NULL for now, $4 errors to append (JSON array),
 /// $5 and $6 errors and their bytes to keep.
-pub const FINISH: &str = concat!(
-    "WITH updated AS (
+pub const FINISH: Statement = Statement::new(
+    concat!(
+        "WITH updated AS (
         UPDATE batches SET
             state = $2,
             end_time = COALESCE($3::timestamptz, now()),
@@ -239,17 +332,26 @@ pub const FINISH: &str = concat!(
             version = version + 1
         WHERE batch_id = $1 AND state = 'RUNNING'
         RETURNING ",
-    columns!(),
-    "
+        columns!(),
+        "
     )
     SELECT ",
-    columns!(),
-    ", true AS applied FROM updated
+        columns!(),
+        ", true AS applied FROM updated
     UNION ALL
     SELECT ",
-    columns!(),
-    ", false AS applied FROM batches
+        columns!(),
+        ", false AS applied FROM batches
     WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
+    ),
+    &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::JSONB,
+        Type::INT4,
+        Type::INT4,
+    ],
 );
 
 /// A keyset-paginated listing: the statement text depends on which filters
@@ -258,6 +360,7 @@ pub const FINISH: &str = concat!(
 pub struct Listing<'q> {
     sql: String,
     params: Vec<Param<'q>>,
+    types: Vec<Type>,
 }
 
 /// A listing parameter, borrowed from the query where possible.
@@ -315,6 +418,7 @@ impl<'q> Listing<'q> {
         let mut listing = Listing {
             sql: select.to_owned(),
             params: Vec::new(),
+            types: Vec::new(),
         };
         for (column, value) in [
             ("provider", &filter.provider),
@@ -341,6 +445,12 @@ impl<'q> Listing<'q> {
 
     /// Adds `param` and returns its placeholder.
     fn bind(&mut self, param: Param<'q>) -> String {
+        self.types.push(match param {
+            Param::Text(_) => Type::TEXT,
+            Param::Time(_) => Type::TIMESTAMPTZ,
+            Param::States(_) => Type::TEXT_ARRAY,
+            Param::Limit(_) => Type::INT8,
+        });
         self.params.push(param);
         format!("${}", self.params.len())
     }
@@ -350,8 +460,8 @@ impl<'q> Listing<'q> {
         let _ = write!(self.sql, " AND {column} {operator}({placeholder})");
     }
 
-    pub fn sql(&self) -> &str {
-        &self.sql
+    pub fn statement(&self) -> Statement<'_> {
+        Statement::new(&self.sql, &self.types)
     }
 
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {

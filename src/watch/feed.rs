@@ -60,7 +60,7 @@ async fn listen(
     hub: &Hub,
     shutdown: &Shutdown,
 ) -> Result<(), StoreError> {
-    let connect = database.pg.connect(connector()?);
+    let connect = database.session().connect(connector()?);
     let (client, mut connection) = tokio::time::timeout(database.timeout, connect)
         .await
         .map_err(|_| StoreError::TimedOut(database.timeout))??;

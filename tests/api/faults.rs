@@ -491,7 +491,11 @@ async fn request_ids_are_forgotten_after_the_retention_window_in_chunks() {
         .await
         .unwrap();
 
-    let store = Store::new(&app.db.database_config(Duration::from_secs(5))).unwrap();
+    let store = Store::new(
+        &app.db.database_config(Duration::from_secs(5)),
+        app.db.pooling(),
+    )
+    .unwrap();
     let forgotten = store.forget_requests(REQUEST_ID_RETENTION).await.unwrap();
     assert_eq!(forgotten, 2_500, "three chunks, all of the old ones");
     assert_eq!(app.db.count_rows("batch_requests").await, 1);

@@ -11,6 +11,7 @@ mod list;
 mod live;
 mod observability;
 mod outage;
+mod pooler;
 mod progress;
 mod reflection;
 mod reliability;

@@ -4,6 +4,7 @@
 //! ([`cluster`]).
 
 pub mod cluster;
+pub mod pgbouncer;
 pub mod process;
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
@@ -12,6 +13,7 @@ use batch_history::config::{DatabaseConfig, ServeConfig};
 use batch_history::local_cluster::LocalCluster;
 use batch_history::proto::{self, batch_history_client::BatchHistoryClient};
 use batch_history::startup::App;
+use batch_history::store::Pooling;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -19,7 +21,7 @@ use tonic_types::StatusExt;
 /// Server every test database lives on: `TEST_DATABASE_URL`, else the local
 /// server on 127.0.0.1:5432, else (nothing answers there) a private cluster
 /// for the tests, started once and kept for later runs under `target/`.
-fn admin_config() -> tokio_postgres::Config {
+pub fn admin_config() -> tokio_postgres::Config {
     static ADMIN: OnceLock<tokio_postgres::Config> = OnceLock::new();
     ADMIN
         .get_or_init(|| {
@@ -121,9 +123,27 @@ impl TestDb {
     }
 
     /// How the service reaches this database, made the way `serve` makes it
-    /// from `DATABASE_URL` (sslmode, keepalives, application name).
+    /// from `DATABASE_URL` (sslmode, keepalives, application name): through
+    /// the PgBouncer that `TEST_PGBOUNCER` names, if set, with this URL as
+    /// `DATABASE_DIRECT_URL`.
     pub fn database_config(&self, timeout: Duration) -> DatabaseConfig {
-        database_config(&self.url(None), timeout)
+        let direct = self.url(None);
+        match pgbouncer() {
+            Some(pgbouncer) => {
+                let user = self.config.get_user().unwrap_or("postgres");
+                let pooled = format!("postgres://{user}@{pgbouncer}/{}", self.name);
+                database_config_via(&pooled, Some(&direct), timeout)
+            }
+            None => database_config(&direct, timeout),
+        }
+    }
+
+    /// What the service's pooled connections are to this database.
+    pub fn pooling(&self) -> Pooling {
+        match pgbouncer() {
+            Some(_) => Pooling::Transaction,
+            None => Pooling::Session,
+        }
     }
 
     /// Drops the database now, under a running server.
@@ -178,9 +198,15 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: TestDb, timeout: Duration) -> Self {
+        let config = serve_config(db.database_config(timeout));
+        Self::spawn_with(db, config).await
+    }
+
+    /// Serves `db` with `config`, metrics on a free port.
+    pub async fn spawn_with(db: TestDb, config: ServeConfig) -> Self {
         let app = App::build(ServeConfig {
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-            ..serve_config(db.database_config(timeout))
+            ..config
         })
         .await
         .expect("the app did not start");
@@ -299,11 +325,31 @@ pub fn serve_config(database: DatabaseConfig) -> ServeConfig {
     }
 }
 
+/// `TEST_PGBOUNCER`: the `host:port` of a PgBouncer in transaction mode in
+/// front of the test server (`.ci/run` starts one), through which in-process
+/// servers then reach their databases.
+pub fn pgbouncer() -> Option<String> {
+    std::env::var("TEST_PGBOUNCER")
+        .ok()
+        .filter(|address| !address.is_empty())
+}
+
 /// The database settings `serve` makes of `url` (pool of 8).
 pub fn database_config(url: &str, timeout: Duration) -> DatabaseConfig {
+    database_config_via(url, None, timeout)
+}
+
+/// The database settings `serve` makes of `url` and `direct_url`.
+pub fn database_config_via(
+    url: &str,
+    direct_url: Option<&str>,
+    timeout: Duration,
+) -> DatabaseConfig {
     DatabaseConfig::try_from(batch_history::config::DatabaseArgs {
         database_url: Some(url.into()),
         database_url_file: None,
+        database_direct_url: direct_url.map(str::to_owned),
+        database_direct_url_file: None,
         data_dir: None,
         db_pool_max_size: 8,
         db_timeout_ms: u64::try_from(timeout.as_millis()).unwrap(),
