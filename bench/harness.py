@@ -36,6 +36,7 @@ def settings(argv):
         "seconds": 1 if smoke else float(env.get("BENCH_SECONDS", 10)),
         "rounds": 1 if smoke else int(env.get("ROUNDS", 3)),
         "port": int(env.get("BENCH_PORT", 50651)),
+        "ops": env.get("OPS", " ".join(OPS)).split(),
     }
 
 
@@ -141,8 +142,10 @@ def main(argv):
     for key, default in (("PGHOST", "127.0.0.1"), ("PGPORT", "5432"), ("PGUSER", "postgres")):
         os.environ.setdefault(key, default)
     database = f"bh_bench_{os.getpid()}"
-    env = dict(os.environ, DATABASE_URL=f"postgres://{os.environ['PGUSER']}@{os.environ['PGHOST']}:"
-               f"{os.environ['PGPORT']}/{database}",
+    url = f"postgres://{os.environ['PGUSER']}@{os.environ['PGHOST']}:{os.environ['PGPORT']}/{database}"
+    # DB_POOLER=transaction measures the statements sent behind a
+    # transaction pooler (unnamed, typed) against PostgreSQL itself.
+    env = dict(os.environ, DATABASE_URL=url, DATABASE_DIRECT_URL=url,
                LISTEN_ADDR=f"127.0.0.1:{s['port']}", LOG_FORMAT="json", RUST_LOG="warn",
                # The seeded RUNNING batches are old: the stale sweep would stop them.
                STALE_AFTER="0")
@@ -162,7 +165,7 @@ def main(argv):
                                  capture_output=True).returncode:
                 time.sleep(0.2)
             idle = rss_kb(server.pid, "VmRSS")
-            for op in OPS:
+            for op in s["ops"]:
                 clients = s["stats_clients"] if op == "stats" else s["clients"]
                 rounds = []
                 for round_ in range(s["rounds"]):

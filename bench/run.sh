@@ -13,7 +13,9 @@
 # Environment: PGHOST/PGPORT/PGUSER (default 127.0.0.1:5432 postgres) of a
 # server on this machine where a scratch database may be created; SIZES,
 # CLIENTS, STATS_CLIENTS (default 1: GetBatchStats reads the whole table),
-# ROUNDS, BENCH_SECONDS (bash reserves SECONDS), BENCH_PORT.
+# ROUNDS, BENCH_SECONDS (bash reserves SECONDS), BENCH_PORT, OPS (a subset
+# of the operations), DB_POOLER (`transaction`: the statements sent behind a
+# transaction pooler, against PostgreSQL itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 bench/harness.py "$@"

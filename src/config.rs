@@ -140,6 +140,11 @@ pub struct DatabaseArgs {
     /// File holding the direct URL instead.
     #[arg(long, env = "DATABASE_DIRECT_URL_FILE")]
     pub database_direct_url_file: Option<PathBuf>,
+    /// What DATABASE_URL reaches: `auto` finds out at start; `transaction`
+    /// for a transaction-mode pooler; `session` for PostgreSQL itself or a
+    /// session-mode pooler.
+    #[arg(long, env = "DB_POOLER", value_enum, default_value_t = DbPooler::Auto)]
+    pub db_pooler: DbPooler,
     /// Without a URL: where the private development PostgreSQL keeps its
     /// data (default `$XDG_DATA_HOME/batch-history/postgres`).
     #[arg(long, env = "DATA_DIR")]
@@ -153,6 +158,17 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub db_timeout_ms: u64,
+}
+
+/// What stands between the service and PostgreSQL, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbPooler {
+    /// Find out at start.
+    Auto,
+    /// PostgreSQL itself, or a session-mode pooler.
+    Session,
+    /// A transaction-mode pooler (PgBouncer `pool_mode = transaction`).
+    Transaction,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +326,8 @@ pub struct DatabaseConfig {
     /// `DATABASE_DIRECT_URL`: how work that needs a session of its own
     /// reaches the database when `pg` goes through a pooler.
     pub direct: Option<tokio_postgres::Config>,
+    /// What `pg` reaches, if configured rather than found out.
+    pub pooler: DbPooler,
     pub pool_max_size: usize,
     /// Bound on waiting for a connection or a statement.
     pub timeout: Duration,
@@ -384,6 +402,7 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
             direct: direct
                 .map(|url| connection("DATABASE_DIRECT_URL", &url, timeout))
                 .transpose()?,
+            pooler: args.db_pooler,
             pool_max_size: usize::from(args.db_pool_max_size),
             timeout,
         })
@@ -496,6 +515,7 @@ mod tests {
             database_url_file: None,
             database_direct_url: None,
             database_direct_url_file: None,
+            db_pooler: DbPooler::Auto,
             data_dir: None,
             db_pool_max_size: 4,
             db_timeout_ms: 250,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{Pooling, StoreError, detect_pooling};
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, DbPooler};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -48,14 +48,19 @@ pub enum MigrateError {
     PoolerWithoutDirectUrl,
 }
 
-/// Gets `database` ready to serve: finds out whether `DATABASE_URL` reaches
-/// PostgreSQL through a transaction-mode pooler (refusing one without
-/// `DATABASE_DIRECT_URL`), then migrates over a session of its own.
+/// Gets `database` ready to serve: finds out (unless `DB_POOLER` says)
+/// whether `DATABASE_URL` reaches PostgreSQL through a transaction-mode
+/// pooler, refusing one without `DATABASE_DIRECT_URL`, then migrates over a
+/// session of its own.
 /// Returns what the pool's connections are.
 pub async fn set_up(database: &DatabaseConfig) -> Result<Pooling, MigrateError> {
-    let pooling = detect_pooling(&database.pg, database.timeout)
-        .await
-        .map_err(MigrateError::Reach)?;
+    let pooling = match database.pooler {
+        DbPooler::Auto => detect_pooling(&database.pg, database.timeout)
+            .await
+            .map_err(MigrateError::Reach)?,
+        DbPooler::Session => Pooling::Session,
+        DbPooler::Transaction => Pooling::Transaction,
+    };
     tracing::info!(
         transaction_pooler = pooling == Pooling::Transaction,
         direct_url = database.direct.is_some(),

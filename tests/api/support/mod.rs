@@ -350,6 +350,7 @@ pub fn database_config_via(
         database_url_file: None,
         database_direct_url: direct_url.map(str::to_owned),
         database_direct_url_file: None,
+        db_pooler: batch_history::config::DbPooler::Auto,
         data_dir: None,
         db_pool_max_size: 8,
         db_timeout_ms: u64::try_from(timeout.as_millis()).unwrap(),
