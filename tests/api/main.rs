@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server, a real gRPC client, a real database.
 
 mod batches;
+mod failover;
 mod faults;
 mod first_run;
 mod goaway;

@@ -56,6 +56,58 @@ impl TempCluster {
         cluster
     }
 
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started.
+    pub fn standby_of(primary: &TempCluster) -> Self {
+        let dir = std::env::temp_dir().join(format!("bh-cluster-{:016x}", rand_u64()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let standby = Self {
+            dir,
+            port: free_addr().port(),
+        };
+        hand_over(&standby.dir);
+        let port = primary.port.to_string();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-D",
+            ],
+            true,
+        );
+        // The copied configuration names the primary's port and sockets.
+        let config = standby.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "port = {}\nunix_socket_directories = '{}'\n",
+            standby.port,
+            standby.dir.display()
+        ));
+        std::fs::write(&config, text).unwrap();
+        standby.resume();
+        standby
+    }
+
+    /// Stops the server as a crash would: no shutdown checkpoint, clients cut off.
+    pub fn kill(&self) {
+        self.run("pg_ctl", &["stop", "-m", "immediate", "-w", "-D"], true);
+    }
+
+    /// Promotes a standby to primary, waiting until it accepts writes.
+    pub fn promote(&self) {
+        self.run("pg_ctl", &["promote", "-w", "-D"], true);
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }

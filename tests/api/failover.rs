@@ -1,0 +1,197 @@
+//! Failover: a primary with a synchronous streaming standby, reached through
+//! a libpq multi-host URL; the primary crashes under load and the standby is
+//! promoted. The service recovers with no restart, health follows, and every
+//! acknowledged write is on the new primary.
+
+use std::collections::BTreeMap;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+use std::time::{Duration, Instant};
+
+use batch_history::proto::{self, batch_history_client::BatchHistoryClient};
+use batch_history::startup::App;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::support::cluster::TempCluster;
+use crate::support::{database_config, health_client, serve_config};
+
+/// Creates batches `{writer}-{n}` until told to stop; returns the ids the
+/// service acknowledged and the codes of the calls that failed.
+async fn write_until(
+    mut client: BatchHistoryClient<Channel>,
+    writer: usize,
+    stop: Arc<AtomicBool>,
+    last_success: Arc<Mutex<Instant>>,
+) -> (Vec<String>, Vec<Code>) {
+    let (mut acknowledged, mut failed) = (Vec::new(), Vec::new());
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let batch_id = format!("w{writer}-{n}");
+        let created = client
+            .create_batch(proto::CreateBatchRequest {
+                batch_id: batch_id.clone(),
+                batch: Some(proto::Batch {
+                    provider: "groq".into(),
+                    model: "llama-3.3-70b".into(),
+                    target_count: 10,
+                    ..Default::default()
+                }),
+            })
+            .await;
+        match created {
+            Ok(_) => {
+                acknowledged.push(batch_id);
+                *last_success.lock().unwrap() = Instant::now();
+            }
+            Err(status) => {
+                failed.push(status.code());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    (acknowledged, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_write() {
+    let primary = TempCluster::start("");
+    let admin = primary.config("postgres");
+    let (client, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE DATABASE history")
+        .await
+        .unwrap();
+    let standby = TempCluster::standby_of(&primary);
+    // Set after the base backup, so that the promoted standby does not wait
+    // for a standby of its own.
+    client
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    drop(client);
+
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/history?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let app = App::build(serve_config(database_config(&url, Duration::from_secs(1))))
+        .await
+        .expect("the app did not start");
+    let addr = app.local_addr().unwrap();
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let client = BatchHistoryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut health = health_client(format!("http://{addr}")).await;
+    let mut serving = async || {
+        health
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            == 1
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_success = Arc::new(Mutex::new(Instant::now()));
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            tokio::spawn(write_until(
+                client.clone(),
+                writer,
+                stop.clone(),
+                last_success.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(serving().await);
+
+    primary.kill();
+    let killed = Instant::now();
+    let mut not_serving_seen = false;
+    while killed.elapsed() < Duration::from_secs(3) {
+        not_serving_seen |= !serving().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_serving_seen, "health did not follow the outage");
+
+    let promoting = Instant::now();
+    tokio::task::block_in_place(|| standby.promote());
+    let recovered = loop {
+        let last = *last_success.lock().unwrap();
+        if last > promoting {
+            break last - promoting;
+        }
+        assert!(
+            promoting.elapsed() < Duration::from_secs(30),
+            "no write succeeded within 30 s of the promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let serving_again = loop {
+        if serving().await {
+            break promoting.elapsed();
+        }
+        assert!(
+            promoting.elapsed() < Duration::from_secs(30),
+            "never SERVING again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut acknowledged, mut codes) = (Vec::new(), BTreeMap::new());
+    for writer in writers {
+        let (ids, failed) = writer.await.unwrap();
+        acknowledged.extend(ids);
+        for code in failed {
+            *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+        }
+    }
+    let (new_primary, connection) = standby
+        .config("history")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let found: i64 = new_primary
+        .query_one(
+            "SELECT count(*) FROM batches WHERE batch_id = ANY($1)",
+            &[&acknowledged],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!(
+        "acknowledged {} creates, failed {codes:?}; first write {recovered:?} and SERVING \
+         {serving_again:?} after the promotion",
+        acknowledged.len()
+    );
+    assert_eq!(
+        found,
+        acknowledged.len() as i64,
+        "every acknowledged create is on the new primary"
+    );
+    assert!(
+        codes.keys().all(|code| code == "Unavailable"),
+        "failed calls said UNAVAILABLE, nothing else: {codes:?}"
+    );
+    let _ = shutdown.send(());
+    server.await.unwrap().unwrap();
+}
