@@ -140,6 +140,19 @@ pub struct DatabaseArgs {
     /// File holding the direct URL instead.
     #[arg(long, env = "DATABASE_DIRECT_URL_FILE")]
     pub database_direct_url_file: Option<PathBuf>,
+    /// A streaming replica of the same database that listings and stats
+    /// may read from; anything lagging more than DB_READ_MAX_LAG_MS, or
+    /// unreachable, is skipped for the primary.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// File holding the read URL instead.
+    #[arg(long, env = "DATABASE_READ_URL_FILE")]
+    pub database_read_url_file: Option<PathBuf>,
+    /// How far behind the primary (milliseconds) the replica may be and
+    /// still serve reads.
+    #[arg(long, env = "DB_READ_MAX_LAG_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub db_read_max_lag_ms: u64,
     /// What DATABASE_URL reaches: `auto` finds out at start; `transaction`
     /// for a transaction-mode pooler; `session` for PostgreSQL itself or a
     /// session-mode pooler.
@@ -326,6 +339,10 @@ pub struct DatabaseConfig {
     /// `DATABASE_DIRECT_URL`: how work that needs a session of its own
     /// reaches the database when `pg` goes through a pooler.
     pub direct: Option<tokio_postgres::Config>,
+    /// `DATABASE_READ_URL`: a streaming replica for listings and stats.
+    pub read: Option<tokio_postgres::Config>,
+    /// How far behind the replica may be and still serve reads.
+    pub read_max_lag: Duration,
     /// What `pg` reaches, if configured rather than found out.
     pub pooler: DbPooler,
     pub pool_max_size: usize,
@@ -376,6 +393,7 @@ impl std::fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("database", &self.describe())
             .field("direct", &self.describe_direct())
+            .field("read", &self.read.as_ref().map(describe))
             .field("pool_max_size", &self.pool_max_size)
             .field("timeout", &self.timeout)
             .finish()
@@ -397,11 +415,21 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
             args.database_direct_url_file,
         )?
         .filter(|url| !url.trim().is_empty());
+        let read = secret(
+            "DATABASE_READ_URL",
+            args.database_read_url,
+            args.database_read_url_file,
+        )?
+        .filter(|url| !url.trim().is_empty());
         Ok(Self {
             pg: connection("DATABASE_URL", &url, timeout)?,
             direct: direct
                 .map(|url| connection("DATABASE_DIRECT_URL", &url, timeout))
                 .transpose()?,
+            read: read
+                .map(|url| connection("DATABASE_READ_URL", &url, timeout))
+                .transpose()?,
+            read_max_lag: Duration::from_millis(args.db_read_max_lag_ms),
             pooler: args.db_pooler,
             pool_max_size: usize::from(args.db_pool_max_size),
             timeout,
@@ -516,6 +544,9 @@ mod tests {
             database_direct_url: None,
             database_direct_url_file: None,
             db_pooler: DbPooler::Auto,
+            database_read_url: None,
+            database_read_url_file: None,
+            db_read_max_lag_ms: 5_000,
             data_dir: None,
             db_pool_max_size: 4,
             db_timeout_ms: 250,

@@ -7,7 +7,8 @@ use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, header, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -21,6 +22,8 @@ pub struct Metrics {
     latency: HistogramVec,
     pool: IntGaugeVec,
     batches: IntGaugeVec,
+    replica_reads: IntGauge,
+    replica_lag: Gauge,
 }
 
 impl Metrics {
@@ -58,12 +61,24 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(batches.clone()))?;
+        let replica_reads = IntGauge::new(
+            "replica_reads",
+            "1 while listings and stats read from DATABASE_READ_URL's replica, else 0",
+        )?;
+        let replica_lag = Gauge::new(
+            "replica_lag_seconds",
+            "How far the read replica is behind the primary, when it last answered",
+        )?;
+        registry.register(Box::new(replica_reads.clone()))?;
+        registry.register(Box::new(replica_lag.clone()))?;
         Ok(Self {
             registry,
             requests,
             latency,
             pool,
             batches,
+            replica_reads,
+            replica_lag,
         })
     }
 
@@ -88,6 +103,12 @@ impl Metrics {
         self.pool
             .with_label_values(&["waiting"])
             .set(pool.waiting as i64);
+        if let Some(replica) = store.replica_status() {
+            self.replica_reads.set(i64::from(replica.in_use));
+            if let Some(lag) = replica.lag {
+                self.replica_lag.set(lag.as_secs_f64());
+            }
+        }
         match store.count_by_state().await {
             Ok(counts) => {
                 for (state, count) in counts {

@@ -144,6 +144,12 @@ impl App {
             "change feed",
             crate::watch::feed(self.database, self.store.clone(), hub, stopping.clone()),
         );
+        if self.store.replica_status().is_some() {
+            background.spawn(
+                "replica monitor",
+                store::monitor_replica(self.store.clone(), stopping.clone()),
+            );
+        }
         background.spawn(
             "upkeep",
             crate::maintenance::run(self.store.clone(), self.upkeep, stopping.clone()),

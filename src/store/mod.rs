@@ -12,10 +12,11 @@ mod hot_rows;
 mod import;
 mod migrate;
 mod probe;
+mod replica;
 mod sql;
 mod tls;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::{Client, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::time::Instant;
@@ -41,6 +42,8 @@ use hot_rows::{HotRows, WritePermit};
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate, set_up};
 pub use probe::Probe;
+use replica::Replica;
+pub use replica::{ReplicaStatus, monitor as monitor_replica};
 pub use tls::connector;
 
 /// Key of the transaction-level advisory lock that lets one replica sweep
@@ -66,6 +69,16 @@ pub struct Store {
     pooling: Pooling,
     hot_rows: HotRows,
     canceller: Canceller,
+    /// `DATABASE_READ_URL`'s replica, for listings and stats.
+    replica: Option<Arc<Replica>>,
+}
+
+/// Where an operation runs: the primary's pool, or the replica's.
+#[derive(Clone, Copy)]
+struct Target<'s> {
+    pool: &'s Pool,
+    pooling: Pooling,
+    canceller: &'s Canceller,
 }
 
 impl Store {
@@ -73,33 +86,23 @@ impl Store {
     /// are opened on first use.
     pub fn new(config: &DatabaseConfig, pooling: Pooling) -> Result<Self, StoreError> {
         let tls = connector()?;
-        let manager = Manager::from_config(
-            config.pg.clone(),
-            tls.clone(),
-            ManagerConfig {
-                // Fast drops connections the server closed (restarts,
-                // terminated backends) without a round trip. Verified adds
-                // one round trip to every checkout: 14.4k vs 18.4k GetBatch/s
-                // at 32 clients in bench/run.sh on the 2-core dev machine. A
-                // connection that breaks without closing fails its statement
-                // (UNAVAILABLE), closes, and is dropped at its next checkout.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_max_size)
-            .wait_timeout(Some(config.timeout))
-            .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::internal("building the connection pool", e))?;
+        let replica = match &config.read {
+            // Sent unnamed, as through any pooler: listings and stats are
+            // planned in a fraction of their run time (docs/PERFORMANCE.md).
+            Some(read) => Some(Arc::new(Replica::new(
+                pool(read, config, &tls)?,
+                Canceller::new(tls.clone(), read, Pooling::Session),
+                config.read_max_lag,
+            ))),
+            None => None,
+        };
         Ok(Self {
-            pool,
+            pool: pool(&config.pg, config, &tls)?,
             timeout: config.timeout,
             pooling,
             hot_rows: HotRows::default(),
             canceller: Canceller::new(tls, &config.pg, pooling),
+            replica,
         })
     }
 
@@ -252,26 +255,14 @@ impl Store {
 
     /// One page of batches.
     pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        self.with_connection(None, async |client| {
-            let listing = sql::Listing::new(query);
-            let statement = listing.statement();
-            let rows = client.query(statement, &listing.params()).await?;
-            let page_size = usize::from(query.page_size.get());
-            let mut batches = rows
-                .iter()
-                .map(batch_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            // The statement fetches one row more than a page to learn whether
-            // another page follows.
-            let next = if batches.len() > page_size {
-                batches.truncate(page_size);
-                batches.last().map(Cursor::after)
-            } else {
-                None
-            };
-            Ok(Page { batches, next })
-        })
-        .await
+        self.read(async |client| page(client, query).await).await
+    }
+
+    /// One page of batches as the primary has them: for a watch's snapshot,
+    /// which must hold every change announced before it was taken.
+    pub async fn list_current(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.with_connection(None, async |client| page(client, query).await)
+            .await
     }
 
     /// Applies a progress report to a running batch, once per request id.
@@ -439,7 +430,7 @@ impl Store {
 
     /// Totals over the batches `filter` keeps, in one query.
     pub async fn stats(&self, filter: &BatchFilter) -> Result<BatchStats, StoreError> {
-        self.with_connection(None, async |client| {
+        self.read(async |client| {
             let listing = sql::Listing::stats(filter);
             let statement = listing.statement();
             client
@@ -573,6 +564,57 @@ impl Store {
         batch_id: Option<&BatchId>,
         operation: impl AsyncFnOnce(&Connection<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let primary = Target {
+            pool: &self.pool,
+            pooling: self.pooling,
+            canceller: &self.canceller,
+        };
+        self.run_on(primary, batch_id, operation).await
+    }
+
+    /// Runs `operation` on the replica.
+    async fn on_replica<T>(
+        &self,
+        replica: &Replica,
+        operation: impl AsyncFnOnce(&Connection<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let target = Target {
+            pool: &replica.pool,
+            pooling: Pooling::Transaction,
+            canceller: &replica.canceller,
+        };
+        self.run_on(target, None, operation).await
+    }
+
+    /// Runs a read on the replica while it keeps up and answers, else on
+    /// the primary. A replica that fails to answer is out of use until the
+    /// monitor hears from it again.
+    async fn read<T>(
+        &self,
+        operation: impl AsyncFnOnce(&Connection<'_>) -> Result<T, StoreError> + Clone,
+    ) -> Result<T, StoreError> {
+        if let Some(replica) = self.replica.as_ref().filter(|r| r.status().in_use) {
+            match self.on_replica(replica, operation.clone()).await {
+                Err(StoreError::Unavailable(_) | StoreError::TimedOut(_)) => replica.unreachable(),
+                outcome => return outcome,
+            }
+        }
+        self.with_connection(None, operation).await
+    }
+
+    /// Whether reads go to the replica and how far behind it is, if there
+    /// is one.
+    pub fn replica_status(&self) -> Option<ReplicaStatus> {
+        self.replica.as_ref().map(|replica| replica.status())
+    }
+
+    /// [`Self::with_connection`] on `target`.
+    async fn run_on<T>(
+        &self,
+        target: Target<'_>,
+        batch_id: Option<&BatchId>,
+        operation: impl AsyncFnOnce(&Connection<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let timed_out = |_| StoreError::TimedOut(self.timeout);
         // Spans for OTLP export (telemetry::otlp); disabled, so free, otherwise.
@@ -585,7 +627,7 @@ impl Store {
                 ),
                 None => None,
             };
-            let client = tokio::time::timeout_at(deadline, self.pool.get())
+            let client = tokio::time::timeout_at(deadline, target.pool.get())
                 .await
                 .map_err(timed_out)??;
             Ok::<_, StoreError>((client, permit))
@@ -593,9 +635,9 @@ impl Store {
         let (client, permit) = checkout
             .instrument(tracing::debug_span!("db.pool_wait"))
             .await?;
-        let lease = Lease::new(client, permit, &self.canceller);
+        let lease = Lease::new(client, permit, target.canceller);
         let finished = {
-            let connection = Connection::new(lease.client(), self.pooling);
+            let connection = Connection::new(lease.client(), target.pooling);
             let mut running = std::pin::pin!(
                 operation(&connection).instrument(tracing::debug_span!("db.statement"))
             );
@@ -628,6 +670,55 @@ impl Store {
             Err(_) => Err(StoreError::OutcomeUnknown(self.timeout)),
         }
     }
+}
+
+/// A pool of connections to `pg`, opened on first use, bounded as `config` says.
+fn pool(
+    pg: &tokio_postgres::Config,
+    config: &DatabaseConfig,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        pg.clone(),
+        tls.clone(),
+        ManagerConfig {
+            // Fast drops connections the server closed (restarts,
+            // terminated backends) without a round trip. Verified adds
+            // one round trip to every checkout: 14.4k vs 18.4k GetBatch/s
+            // at 32 clients in bench/run.sh on the 2-core dev machine. A
+            // connection that breaks without closing fails its statement
+            // (UNAVAILABLE), closes, and is dropped at its next checkout.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_max_size)
+        .wait_timeout(Some(config.timeout))
+        .create_timeout(Some(config.timeout))
+        .recycle_timeout(Some(config.timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::internal("building the connection pool", e))
+}
+
+/// One page of batches, read on `client`.
+async fn page(client: &Connection<'_>, query: &ListQuery) -> Result<Page, StoreError> {
+    let listing = sql::Listing::new(query);
+    let rows = client.query(listing.statement(), &listing.params()).await?;
+    let page_size = usize::from(query.page_size.get());
+    let mut batches = rows
+        .iter()
+        .map(batch_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    // The statement fetches one row more than a page to learn whether
+    // another page follows.
+    let next = if batches.len() > page_size {
+        batches.truncate(page_size);
+        batches.last().map(Cursor::after)
+    } else {
+        None
+    };
+    Ok(Page { batches, next })
 }
 
 /// The primary key of recorded request ids.

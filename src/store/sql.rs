@@ -152,6 +152,16 @@ pub const WRITERS_IN_PROGRESS: Statement = Statement::new(
     &[Type::TEXT_ARRAY],
 );
 
+/// Where the primary's WAL ends now.
+pub const WAL_POSITION: Statement = Statement::new("SELECT pg_current_wal_lsn()::text", &[]);
+
+/// How far a replica has replayed the primary's WAL; NULL once it is no
+/// longer in recovery (promoted).
+pub const REPLAY_POSITION: Statement = Statement::new(
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END",
+    &[],
+);
+
 /// $1 ids.
 pub const GET_MANY: Statement = Statement::new(
     concat!(

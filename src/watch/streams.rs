@@ -211,7 +211,7 @@ pub async fn watch_batches(
     // The first page is read before answering, so that an unreachable
     // database fails the call itself.
     let mut page = match &snapshot {
-        Some(query) => Some(store.list(query).await?),
+        Some(query) => Some(store.list_current(query).await?),
         None => None,
     };
     let (sink, stream) = stream();
@@ -231,7 +231,7 @@ pub async fn watch_batches(
             }
             if let (Some(next), Some(query)) = (current.next, snapshot.as_mut()) {
                 query.after = Some(next);
-                match store.list(query).await {
+                match store.list_current(query).await {
                     Ok(next_page) => page = Some(next_page),
                     Err(error) => return sink.end(StreamEnd::Snapshot(error)),
                 }

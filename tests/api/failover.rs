@@ -1,7 +1,8 @@
-//! Failover: a primary with a synchronous streaming standby, reached through
-//! a libpq multi-host URL; the primary crashes under load and the standby is
-//! promoted. The service recovers with no restart, health follows, and every
-//! acknowledged write is on the new primary.
+//! A primary with a streaming standby. Failover: reached through a libpq
+//! multi-host URL, the primary crashes under load and the standby is
+//! promoted; the service recovers with no restart, health follows, and every
+//! acknowledged write is on the new primary. Reads: listings go to the
+//! standby while it keeps up, and to the primary otherwise.
 
 use std::collections::BTreeMap;
 use std::sync::{
@@ -16,7 +17,9 @@ use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::cluster::TempCluster;
-use crate::support::{database_config, health_client, serve_config};
+use batch_history::config::ServeConfig;
+
+use crate::support::{database_config, health_client, scrape, serve_config};
 
 /// Creates batches `{writer}-{n}` until told to stop; returns the ids the
 /// service acknowledged and the codes of the calls that failed.
@@ -191,6 +194,148 @@ async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_
     assert!(
         codes.keys().all(|code| code == "Unavailable"),
         "failed calls said UNAVAILABLE, nothing else: {codes:?}"
+    );
+    let _ = shutdown.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// The value of the unlabelled metric `name` on a metrics page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn listed(client: &mut BatchHistoryClient<Channel>) -> Vec<String> {
+    client
+        .list_batches(proto::ListBatchesRequest::default())
+        .await
+        .expect("listing failed")
+        .into_inner()
+        .batches
+        .into_iter()
+        .map(|batch| batch.batch_id)
+        .collect()
+}
+
+async fn create(client: &mut BatchHistoryClient<Channel>, batch_id: &str) {
+    client
+        .create_batch(proto::CreateBatchRequest {
+            batch_id: batch_id.into(),
+            batch: Some(proto::Batch {
+                provider: "groq".into(),
+                model: "llama-3.3-70b".into(),
+                target_count: 10,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
+    let primary = TempCluster::start("");
+    let (admin, connection) = primary
+        .config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute("CREATE DATABASE history")
+        .await
+        .unwrap();
+    let standby = TempCluster::standby_of(&primary);
+    let url = format!("postgres://postgres@127.0.0.1:{}/history", primary.port);
+    let mut database = database_config(&url, Duration::from_secs(1));
+    database.read = Some(standby.config("history"));
+    database.read_max_lag = Duration::from_secs(1);
+    let app = App::build(ServeConfig {
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..serve_config(database)
+    })
+    .await
+    .expect("the app did not start");
+    let (addr, metrics_addr) = (app.local_addr().unwrap(), app.metrics_addr().unwrap());
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let mut client = BatchHistoryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let replica_reads = async || metric(&scrape(metrics_addr).await, "batch_history_replica_reads");
+
+    create(&mut client, "before").await;
+    let start = Instant::now();
+    while replica_reads().await != Some(1.0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the replica never came into use: {}",
+            scrape(metrics_addr).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (standby_admin, connection) = standby
+        .config("history")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    standby_admin
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+
+    create(&mut client, "after").await;
+    let fetched = client
+        .get_batch(proto::GetBatchRequest {
+            batch_id: "after".into(),
+        })
+        .await;
+    assert!(fetched.is_ok(), "GetBatch reads the primary: {fetched:?}");
+    assert_eq!(
+        listed(&mut client).await,
+        ["before"],
+        "a listing reads the replica, which has not replayed the create yet"
+    );
+    let paused = Instant::now();
+    let mut newest = Vec::new();
+    while newest.first().map(String::as_str) != Some("after") {
+        assert!(
+            paused.elapsed() < Duration::from_secs(10),
+            "never read the primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        newest = listed(&mut client).await;
+    }
+    let page = scrape(metrics_addr).await;
+    assert_eq!(metric(&page, "batch_history_replica_reads"), Some(0.0));
+    let lag = metric(&page, "batch_history_replica_lag_seconds").unwrap();
+    assert!(lag > 1.0, "lag {lag}");
+    eprintln!(
+        "a replica behind by more than 1 s was left after {:?}",
+        paused.elapsed()
+    );
+
+    standby_admin
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while replica_reads().await != Some(1.0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the replica never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    standby.kill();
+    assert_eq!(
+        listed(&mut client).await,
+        ["after", "before"],
+        "an unreachable replica falls back to the primary, failing nothing"
     );
     let _ = shutdown.send(());
     server.await.unwrap().unwrap();

@@ -248,18 +248,7 @@ impl TestApp {
 
     /// The metrics page, fetched over plain HTTP/1.1.
     pub async fn scrape(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
+        scrape(self.metrics_addr).await
     }
 
     /// Creates a running batch with the given id and provider.
@@ -351,11 +340,28 @@ pub fn database_config_via(
         database_direct_url: direct_url.map(str::to_owned),
         database_direct_url_file: None,
         db_pooler: batch_history::config::DbPooler::Auto,
+        database_read_url: None,
+        database_read_url_file: None,
+        db_read_max_lag_ms: 5_000,
         data_dir: None,
         db_pool_max_size: 8,
         db_timeout_ms: u64::try_from(timeout.as_millis()).unwrap(),
     })
     .expect("a test database URL")
+}
+
+/// The metrics page at `addr`, fetched over plain HTTP/1.1.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 pub fn rand_u64() -> u64 {

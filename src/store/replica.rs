@@ -1,0 +1,216 @@
+//! Reads on a streaming replica while it keeps up with the primary.
+//!
+//! Once a second the monitor notes the primary's WAL position and asks the
+//! replica how far it has replayed. The replica's lag is the age of the
+//! oldest noted position it has not replayed yet (zero when it has replayed
+//! them all), so an idle primary does not look like a lagging replica. Reads
+//! go to the replica while that lag is within the configured maximum and it
+//! answers; otherwise to the primary.
+
+use std::{
+    collections::VecDeque,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use deadpool_postgres::Pool;
+
+use super::{Store, StoreError, cancel::Canceller, sql};
+use crate::shutdown::Shutdown;
+use crate::telemetry::cause_chain;
+
+/// How often the monitor looks.
+const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Positions noted while the replica stays behind, at most; past this the
+/// oldest is kept, and the lag still grows from it.
+const MAX_NOTED: usize = 4_096;
+
+/// The replica's pool and what the monitor last saw.
+pub struct Replica {
+    pub(super) pool: Pool,
+    pub(super) canceller: Canceller,
+    max_lag: Duration,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// The primary's positions the replica had not replayed when last
+    /// asked, oldest first, with when each was noted.
+    pending: VecDeque<(u64, Instant)>,
+    /// `None` until the replica first answers, and while it does not.
+    lag: Option<Duration>,
+}
+
+/// What the monitor last saw of the replica, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaStatus {
+    /// Whether reads go to it.
+    pub in_use: bool,
+    /// How far behind it is, if it answered.
+    pub lag: Option<Duration>,
+}
+
+impl Replica {
+    pub fn new(pool: Pool, canceller: Canceller, max_lag: Duration) -> Self {
+        Self {
+            pool,
+            canceller,
+            max_lag,
+            seen: Mutex::default(),
+        }
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let lag = self.seen().lag;
+        ReplicaStatus {
+            in_use: lag.is_some_and(|lag| lag <= self.max_lag),
+            lag,
+        }
+    }
+
+    /// Takes the replica out of use until the monitor hears from it again.
+    pub fn unreachable(&self) {
+        self.seen().lag = None;
+    }
+
+    /// Notes the primary at `primary` and the replica replayed up to
+    /// `replayed` (`None`: it is not in recovery, so it has been promoted).
+    fn observe(&self, primary: u64, replayed: Option<u64>, now: Instant) {
+        let mut seen = self.seen();
+        let Some(replayed) = replayed else {
+            seen.pending.clear();
+            seen.lag = Some(Duration::ZERO);
+            return;
+        };
+        if seen.pending.len() < MAX_NOTED {
+            seen.pending.push_back((primary, now));
+        }
+        while seen
+            .pending
+            .front()
+            .is_some_and(|(lsn, _)| *lsn <= replayed)
+        {
+            seen.pending.pop_front();
+        }
+        seen.lag = Some(
+            seen.pending
+                .front()
+                .map_or(Duration::ZERO, |(_, noted)| now - *noted),
+        );
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        // The guarded data stays consistent whatever a panicking holder did.
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Watches the replica's lag until shutdown (at once without a replica).
+pub async fn monitor(store: Store, shutdown: Shutdown) {
+    let Some(replica) = store.replica.clone() else {
+        return;
+    };
+    let mut ticks = shutdown.every(MONITOR_INTERVAL);
+    let mut reachable = true;
+    while ticks.next().await {
+        match look(&store, &replica).await {
+            Ok(()) => reachable = true,
+            Err(error) => {
+                replica.unreachable();
+                if std::mem::replace(&mut reachable, false) {
+                    tracing::warn!(
+                        error = %cause_chain(&error),
+                        "the read replica does not answer; reading from the primary"
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn look(store: &Store, replica: &Replica) -> Result<(), StoreError> {
+    let primary = store
+        .with_connection(None, async |client| {
+            let row = client.query_one(sql::WAL_POSITION, &[]).await?;
+            lsn(row.try_get(0)?)
+        })
+        .await?;
+    let replayed = store
+        .on_replica(replica, async |client| {
+            let row = client.query_one(sql::REPLAY_POSITION, &[]).await?;
+            match row.try_get::<_, Option<&str>>(0)? {
+                Some(replayed) => lsn(replayed).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await?;
+    replica.observe(primary, replayed, Instant::now());
+    Ok(())
+}
+
+/// A WAL position (`16/B374D848`) as a number.
+fn lsn(text: &str) -> Result<u64, StoreError> {
+    let invalid = || StoreError::internal("reading a WAL position", format!("{text:?}"));
+    let (high, low) = text.split_once('/').ok_or_else(invalid)?;
+    let high = u64::from_str_radix(high, 16).map_err(|_| invalid())?;
+    let low = u64::from_str_radix(low, 16).map_err(|_| invalid())?;
+    Ok(high << 32 | low)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica() -> Replica {
+        let config = tokio_postgres::Config::new();
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        let pool = Pool::builder(manager).build().unwrap();
+        let tls = super::super::connector().unwrap();
+        let canceller = Canceller::new(
+            tls,
+            &tokio_postgres::Config::new(),
+            super::super::Pooling::Session,
+        );
+        Replica::new(pool, canceller, Duration::from_secs(5))
+    }
+
+    #[test]
+    fn wal_positions_compare_as_numbers() {
+        assert!(lsn("16/B374D848").unwrap() > lsn("9/FFFFFFFF").unwrap());
+        assert_eq!(lsn("0/0").unwrap(), 0);
+        assert!(lsn("nonsense").is_err());
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_position_not_replayed() {
+        let replica = replica();
+        let start = Instant::now();
+        assert!(!replica.status().in_use, "unknown until it answers");
+        replica.observe(100, Some(100), start);
+        assert_eq!(replica.status().lag, Some(Duration::ZERO));
+        // Idle primary, replica caught up: no lag however long it lasts.
+        replica.observe(100, Some(100), start + Duration::from_secs(60));
+        assert_eq!(replica.status().lag, Some(Duration::ZERO));
+        // The replica stops replaying while the primary writes.
+        replica.observe(200, Some(100), start + Duration::from_secs(61));
+        replica.observe(300, Some(100), start + Duration::from_secs(64));
+        assert_eq!(replica.status().lag, Some(Duration::from_secs(3)));
+        replica.observe(300, Some(100), start + Duration::from_secs(67));
+        let status = replica.status();
+        assert_eq!(status.lag, Some(Duration::from_secs(6)));
+        assert!(!status.in_use, "past the maximum of 5 s");
+        // It replays what was noted at 61 s, not yet what was noted at 64 s.
+        replica.observe(300, Some(250), start + Duration::from_secs(68));
+        assert_eq!(replica.status().lag, Some(Duration::from_secs(4)));
+        assert!(replica.status().in_use);
+        replica.unreachable();
+        assert!(!replica.status().in_use);
+        // Promoted: it is no longer behind anything.
+        replica.observe(400, None, start + Duration::from_secs(70));
+        assert_eq!(replica.status().lag, Some(Duration::ZERO));
+    }
+}
