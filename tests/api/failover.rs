@@ -63,9 +63,7 @@ async fn write_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_write() {
     let primary = TempCluster::start("");
-    let admin = primary.config("postgres");
-    let (client, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = primary.client("postgres").await;
     client
         .batch_execute("CREATE DATABASE history")
         .await
@@ -167,12 +165,7 @@ async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_
             *codes.entry(format!("{code:?}")).or_insert(0) += 1;
         }
     }
-    let (new_primary, connection) = standby
-        .config("history")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let new_primary = standby.client("history").await;
     let found: i64 = new_primary
         .query_one(
             "SELECT count(*) FROM batches WHERE batch_id = ANY($1)",
@@ -235,12 +228,7 @@ async fn create(client: &mut BatchHistoryClient<Channel>, batch_id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
     let primary = TempCluster::start("");
-    let (admin, connection) = primary
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let admin = primary.client("postgres").await;
     admin
         .batch_execute("CREATE DATABASE history")
         .await
@@ -276,12 +264,7 @@ async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (standby_admin, connection) = standby
-        .config("history")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let standby_admin = standby.client("history").await;
     standby_admin
         .batch_execute("SELECT pg_wal_replay_pause()")
         .await

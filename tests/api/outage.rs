@@ -264,12 +264,7 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
             .await
             .unwrap();
 
-        let (db, connection) = cluster
-            .config("postgres")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let db = cluster.client("postgres").await;
         let rows = db
             .query(
                 "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)

@@ -135,6 +135,11 @@ impl TempCluster {
         config
     }
 
+    /// A connection to database `dbname` on this cluster.
+    pub async fn client(&self, dbname: &str) -> tokio_postgres::Client {
+        crate::support::connect(&self.config(dbname)).await
+    }
+
     fn run(&self, program: &str, args: &[&str], with_data_dir: bool) {
         let mut command = tool(program);
         command.args(args);

@@ -58,7 +58,7 @@ pub fn test_server(
     (cluster.connection_string().parse().unwrap(), Some(cluster))
 }
 
-async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
+pub async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client {
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect(
         "cannot connect to the test PostgreSQL server; is it running? (see TEST_DATABASE_URL)",
     );
