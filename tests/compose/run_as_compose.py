@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Checks docker-compose.yml without a Docker engine.
 
-1. docker-compose (a real compose parser) accepts the file with .env.example,
-   and refuses it when POSTGRES_PASSWORD is unset.
+1. docker-compose (a real compose parser) refuses the file with .env.example
+   as shipped (it holds no password) or with no POSTGRES_PASSWORD at all, and
+   accepts it once one is set: every port then published on loopback only,
+   PostgreSQL checked over TCP, the balancer profile on the shipped HAProxy
+   configuration.
 2. Runs the release binary the way compose would run the batch-history
    service: the environment compose resolves from an .env (database host
    pointed at the local PostgreSQL), the image's entrypoint with the service's
@@ -31,9 +34,9 @@ PASSWORD = "p@ss:w/rd#1?"
 EXTERNAL = f"postgres://bh_external:ext-pw@{LOCAL_DB_HOST}:5432/bh_external_db"
 
 
-def compose_config(env_file):
+def compose_config(env_file, *options):
     return subprocess.run(
-        ["docker-compose", "--env-file", env_file, "config"],
+        ["docker-compose", "--env-file", env_file, *options, "config"],
         capture_output=True, text=True)
 
 
@@ -47,15 +50,36 @@ def fail(message):
     sys.exit(1)
 
 
-def resolved_service(extra_lines):
-    """The service as compose resolves it from .env.example plus `extra_lines`."""
+def resolved_service(extra_lines, full=False):
+    """The service (or with `full` the whole file, every profile) as compose
+    resolves it from .env.example plus `extra_lines`."""
     with open(".env.example") as example, tempfile.NamedTemporaryFile("w", suffix=".env") as env:
         env.write(example.read() + "\n" + "\n".join(extra_lines) + "\n")
         env.flush()
-        resolved = compose_config(env.name)
+        resolved = compose_config(env.name, "--profile", "balanced", "--profile", "import")
     if resolved.returncode != 0:
         fail(f"docker-compose config rejects the file:\n{resolved.stderr}")
-    return yaml.safe_load(resolved.stdout)["services"][SERVICE]
+    services = yaml.safe_load(resolved.stdout)["services"]
+    return services if full else services[SERVICE]
+
+
+def check_published(services):
+    """Nothing is published beyond loopback by default, and the balancer runs
+    the shipped HAProxy configuration."""
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            # Long syntax (compose v2) or "HOST_IP:HOST_PORT:PORT" (1.29).
+            host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
+            if host_ip != "127.0.0.1":
+                fail(f"{name} publishes {port} beyond loopback by default")
+    postgres = services["postgres"]["healthcheck"]["test"]
+    if "-h" not in postgres:
+        fail(f"the postgres healthcheck must check over TCP, not the socket: {postgres}")
+    mounts = [volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+              for volume in services["balancer"]["volumes"]]
+    if not any(source.endswith("deploy/haproxy/haproxy.cfg") for source in mounts):
+        fail(f"the balancer does not mount deploy/haproxy/haproxy.cfg: {mounts}")
+    print("ok: published on loopback only, postgres checked over TCP, the balancer configured")
 
 
 def run_like_compose(service, environment, secret):
@@ -121,15 +145,17 @@ def main():
     binary = os.path.join(release_dir, SERVICE)
     if not os.access(binary, os.X_OK):
         fail(f"{binary} is not built; run cargo build --release first")
-    if compose_config(".env.example").returncode != 0:
-        fail("docker-compose config rejects the file with .env.example")
+    shipped = compose_config(".env.example")
+    if shipped.returncode == 0 or "POSTGRES_PASSWORD" not in shipped.stderr:
+        fail(f"compose must refuse .env.example as shipped (no password):\n{shipped.stderr}")
+    check_published(resolved_service([f"POSTGRES_PASSWORD={PASSWORD}"], full=True))
     with tempfile.NamedTemporaryFile("w", suffix=".env") as empty:
         env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
         refused = subprocess.run(["docker-compose", "--env-file", empty.name, "config", "-q"],
                                  capture_output=True, text=True, env=env)
     if refused.returncode == 0 or "POSTGRES_PASSWORD" not in refused.stderr:
         fail(f"compose must refuse to start without POSTGRES_PASSWORD:\n{refused.stderr}")
-    print("ok: docker-compose config accepts the file, and refuses it without POSTGRES_PASSWORD")
+    print("ok: docker-compose config refuses the file without POSTGRES_PASSWORD (as shipped)")
     base = {"PATH": release_dir + os.pathsep + os.environ["PATH"]}
 
     # The bundled database, through the PG* variables.
