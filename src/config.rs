@@ -171,6 +171,11 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub db_timeout_ms: u64,
+    /// Milliseconds to keep retrying at start while the database does not
+    /// answer (after a host reboot, before it is up), before giving up.
+    #[arg(long, env = "DB_STARTUP_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub db_startup_timeout_ms: u64,
 }
 
 /// What stands between the service and PostgreSQL, as configured.
@@ -348,6 +353,8 @@ pub struct DatabaseConfig {
     pub pool_max_size: usize,
     /// Bound on waiting for a connection or a statement.
     pub timeout: Duration,
+    /// How long to keep retrying at start while the database does not answer.
+    pub startup_timeout: Duration,
 }
 
 impl DatabaseConfig {
@@ -433,6 +440,7 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
             pooler: args.db_pooler,
             pool_max_size: usize::from(args.db_pool_max_size),
             timeout,
+            startup_timeout: Duration::from_millis(args.db_startup_timeout_ms),
         })
     }
 }
@@ -550,6 +558,7 @@ mod tests {
             data_dir: None,
             db_pool_max_size: 4,
             db_timeout_ms: 250,
+            db_startup_timeout_ms: 0,
         }
     }
 

@@ -41,7 +41,14 @@ async fn run(command: Command) -> Result<(), Failure> {
             let stop = shutdown_signal();
             let cluster = start_unless_configured(&mut args.database).await?;
             let served = async {
-                let app = App::build(ServeConfig::try_from(args)?).await?;
+                let config = ServeConfig::try_from(args)?;
+                let mut stop = std::pin::pin!(stop);
+                // Stopped while still starting (waiting for the database):
+                // nothing is served yet, so nothing needs draining.
+                let app = tokio::select! {
+                    app = App::build(config) => app?,
+                    () = &mut stop => return Ok(()),
+                };
                 Ok::<_, Failure>(app.run_until_stopped(stop).await?)
             };
             finish(served.await, cluster).await?;

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::{Pooling, StoreError, detect_pooling};
 use crate::config::{DatabaseConfig, DbPooler};
+use crate::telemetry::cause_chain;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -48,12 +51,50 @@ pub enum MigrateError {
     PoolerWithoutDirectUrl,
 }
 
+impl MigrateError {
+    /// Whether the database may answer if asked again: it is down,
+    /// starting, or unreachable, rather than refusing this build.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::ConnectTimedOut(_) | Self::Connect(_) => true,
+            Self::Reach(error) => {
+                matches!(error, StoreError::Unavailable(_) | StoreError::TimedOut(_))
+            }
+            Self::Lock(error) => error.is_closed(),
+            _ => false,
+        }
+    }
+}
+
 /// Gets `database` ready to serve: finds out (unless `DB_POOLER` says)
 /// whether `DATABASE_URL` reaches PostgreSQL through a transaction-mode
 /// pooler, refusing one without `DATABASE_DIRECT_URL`, then migrates over a
 /// session of its own.
 /// Returns what the pool's connections are.
 pub async fn set_up(database: &DatabaseConfig) -> Result<Pooling, MigrateError> {
+    let give_up = Instant::now() + database.startup_timeout;
+    let mut pause = FIRST_RETRY;
+    loop {
+        match set_up_once(database).await {
+            Err(error) if error.is_transient() && Instant::now() + pause < give_up => {
+                tracing::warn!(
+                    error = %cause_chain(&error),
+                    retry_in_ms = pause.as_millis() as u64,
+                    "the database does not answer yet; retrying"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LAST_RETRY);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// The first pause between start-up attempts, doubled up to [`LAST_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
+async fn set_up_once(database: &DatabaseConfig) -> Result<Pooling, MigrateError> {
     let pooling = match database.pooler {
         DbPooler::Auto => detect_pooling(&database.pg, database.timeout)
             .await

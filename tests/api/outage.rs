@@ -282,3 +282,44 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
     }
     let _ = std::fs::remove_dir_all(cert_dir);
 }
+
+/// After a host reboot the service may start before its database (the
+/// engine ignores `depends_on` on restart): it waits for it, within
+/// `DB_STARTUP_TIMEOUT_MS`, rather than exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_before_its_database_waits_for_it() {
+    let cluster = TempCluster::start("");
+    tokio::task::block_in_place(|| cluster.stop());
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+    let mut server = crate::support::process::ServerProcess::spawn(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_TIMEOUT_MS", "500"),
+        ("DB_STARTUP_TIMEOUT_MS", "30000"),
+    ]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!server.healthcheck(&[]), "serving with no database");
+    assert!(
+        server
+            .logs()
+            .contains("the database does not answer yet; retrying"),
+        "{}",
+        server.logs()
+    );
+    // One stopped while it waits stops at once, gracefully.
+    let mut stopped = crate::support::process::ServerProcess::spawn(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_STARTUP_TIMEOUT_MS", "30000"),
+    ]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stopped.sigterm();
+    let status = tokio::task::block_in_place(|| stopped.wait_exit(Duration::from_secs(3)));
+    assert!(status.success(), "{status}");
+
+    tokio::task::block_in_place(|| {
+        cluster.resume();
+        server.wait_serving(Duration::from_secs(20));
+    });
+    server.sigterm();
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(15)));
+    assert!(status.success(), "{status}");
+}

@@ -346,6 +346,7 @@ pub fn database_config_via(
         data_dir: None,
         db_pool_max_size: 8,
         db_timeout_ms: u64::try_from(timeout.as_millis()).unwrap(),
+        db_startup_timeout_ms: 0,
     })
     .expect("a test database URL")
 }
