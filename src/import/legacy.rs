@@ -36,6 +36,121 @@ pub enum ReadError {
     NoHistoryTable { path: String },
     #[error("cannot read batch_history")]
     Read(#[from] rusqlite::Error),
+    #[error("cannot copy {path} and its -wal log to read them")]
+    Copy {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An open legacy file, and the private copy it was opened from, if any
+/// (removed once the connection is closed: fields drop in order).
+struct Opened {
+    connection: rusqlite::Connection,
+    _copy: Option<PrivateCopy>,
+}
+
+/// Opens `path` without writing beside it, so that it may sit in a
+/// read-only directory (a compose mount). A file in WAL mode would have
+/// SQLite create its `-shm` there: one without a `-wal` log (closed
+/// cleanly, so every row is in the file) is opened as immutable; one with a
+/// log (the dashboard still running, or stopped uncleanly) is copied with
+/// its log to a private directory, where SQLite replays the log.
+fn open(path: &Path) -> Result<Opened, ReadError> {
+    let shown = path.display().to_string();
+    let open_error = |source| ReadError::Open {
+        path: shown.clone(),
+        source,
+    };
+    let read_only = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if !in_wal_mode(path) {
+        let connection =
+            rusqlite::Connection::open_with_flags(path, read_only).map_err(open_error)?;
+        return Ok(Opened {
+            connection,
+            _copy: None,
+        });
+    }
+    let log = wal_log(path);
+    if !log.exists() {
+        let uri = format!("file:{}?immutable=1", uri_path(path));
+        let connection =
+            rusqlite::Connection::open_with_flags(uri, read_only | OpenFlags::SQLITE_OPEN_URI)
+                .map_err(open_error)?;
+        return Ok(Opened {
+            connection,
+            _copy: None,
+        });
+    }
+    let copy = PrivateCopy::of(path, &log).map_err(|source| ReadError::Copy {
+        path: shown.clone(),
+        source,
+    })?;
+    let connection = rusqlite::Connection::open_with_flags(
+        &copy.database,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    Ok(Opened {
+        connection,
+        _copy: Some(copy),
+    })
+}
+
+/// Whether the file's header says WAL mode (format versions 2 and 2).
+fn in_wal_mode(path: &Path) -> bool {
+    let mut header = [0; 20];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
+        .is_ok_and(|()| header[18] == 2 && header[19] == 2)
+}
+
+fn wal_log(path: &Path) -> std::path::PathBuf {
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    log.into()
+}
+
+/// `path` as the path of a SQLite `file:` URI.
+fn uri_path(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23")
+}
+
+/// A legacy file and its `-wal` log copied to a private directory, removed
+/// on drop.
+struct PrivateCopy {
+    dir: std::path::PathBuf,
+    database: std::path::PathBuf,
+}
+
+impl PrivateCopy {
+    fn of(path: &Path, log: &Path) -> std::io::Result<Self> {
+        let mut suffix = [0; 8];
+        getrandom::fill(&mut suffix).map_err(std::io::Error::other)?;
+        let dir = std::env::temp_dir().join(format!(
+            "batch-history-import-{:016x}",
+            u64::from_le_bytes(suffix)
+        ));
+        std::fs::create_dir(&dir)?;
+        let copy = Self {
+            database: dir.join("batches.db"),
+            dir,
+        };
+        std::fs::copy(path, &copy.database)?;
+        std::fs::copy(log, wal_log(&copy.database))?;
+        Ok(copy)
+    }
+}
+
+impl Drop for PrivateCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// What reading a file found, besides the batches it delivered.
@@ -64,14 +179,8 @@ pub fn read(
     mut deliver: impl FnMut(Batch) -> bool,
 ) -> Result<Mapped, ReadError> {
     let shown = path.display().to_string();
-    let connection = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| ReadError::Open {
-        path: shown.clone(),
-        source,
-    })?;
+    let opened = open(path)?;
+    let connection = &opened.connection;
     let has_table = connection
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'batch_history'",

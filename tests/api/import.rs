@@ -947,3 +947,67 @@ async fn a_time_the_clocks_skipped_is_moved_forward_and_counted() {
     let batch = get(&app, "batch_1743298200_00000001").await;
     assert_eq!(micros(&batch.start_time), Some(1_743_298_200_000_000));
 }
+
+/// The files in `dir`, by name.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A legacy database in WAL mode at `path`, with `rows` rows, its writer
+/// still open (so rows may sit only in the `-wal` log).
+fn wal_database(path: &std::path::Path, rows: i64) -> rusqlite::Connection {
+    let writer = rusqlite::Connection::open(path).unwrap();
+    writer
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;")
+        .unwrap();
+    writer.execute_batch(SCHEMA).unwrap();
+    for id in 1..=rows {
+        writer
+            .execute(
+                "INSERT INTO batch_history (id, batch_id, started_at, status)
+                 VALUES (?1, ?2, '2025-03-01T10:00:00', 'completed')",
+                rusqlite::params![id, format!("wal-{id}")],
+            )
+            .unwrap();
+    }
+    writer
+}
+
+/// A WAL-mode file is read whole (rows still in its `-wal` log included)
+/// without a file written beside it, so that a read-only mount of its
+/// directory works (a `-shm` would otherwise be created there).
+#[tokio::test]
+async fn wal_mode_files_are_read_whole_without_writing_beside_them() {
+    let app = TestApp::spawn().await;
+    let dir = std::env::temp_dir().join(format!("bh-wal-{:016x}", rand_u64()));
+    let mount = dir.join("mount");
+    std::fs::create_dir_all(&mount).unwrap();
+
+    // Copied while the dashboard runs (or after it crashed): the last rows
+    // are only in the log.
+    let writer = wal_database(&dir.join("live.db"), 3);
+    std::fs::copy(dir.join("live.db"), mount.join("batches.db")).unwrap();
+    std::fs::copy(dir.join("live.db-wal"), mount.join("batches.db-wal")).unwrap();
+    drop(writer);
+    let before = files_in(&mount);
+    let file = TempFile(mount.join("batches.db"));
+    let report = import(&app, &file, OnConflict::Fail, false).await;
+    assert_eq!((report.rows_read, report.imported), (3, 3), "{}", report.to_text());
+    assert_eq!(files_in(&mount), before, "nothing written beside the file");
+    std::fs::remove_file(mount.join("batches.db-wal")).unwrap();
+
+    // Closed cleanly: no log, every row in the file.
+    drop(wal_database(&mount.join("clean.db"), 2));
+    assert_eq!(files_in(&mount), ["batches.db", "clean.db"]);
+    let clean = TempFile(mount.join("clean.db"));
+    let report = import(&app, &clean, OnConflict::Skip, false).await;
+    assert_eq!(report.rows_read, 2, "{}", report.to_text());
+    assert_eq!(files_in(&mount), ["batches.db", "clean.db"]);
+    drop((file, clean));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -79,7 +79,12 @@ def check_published(services):
               for volume in services["balancer"]["volumes"]]
     if not any(source.endswith("deploy/haproxy/haproxy.cfg") for source in mounts):
         fail(f"the balancer does not mount deploy/haproxy/haproxy.cfg: {mounts}")
-    print("ok: published on loopback only, postgres checked over TCP, the balancer configured")
+    mount = services["import"]["volumes"][0]
+    if not isinstance(mount, dict) or mount.get("type") != "bind" or not mount.get("read_only"):
+        fail(f"the import must mount its directory read-only in long syntax (a missing "
+             f"path is then refused, not created as a directory): {mount}")
+    print("ok: published on loopback only, postgres checked over TCP, the balancer configured, "
+          "the legacy directory mounted read-only")
 
 
 def run_like_compose(service, environment, secret):
