@@ -34,6 +34,27 @@ def commands():
     return found
 
 
+def run_walkthrough(addr):
+    """Runs the README's commands against the server at `addr`."""
+    outputs = []
+    found = commands()
+    if len(found) < 7:
+        sys.exit(f"FAIL: expected the README's grpcurl walkthrough, found {found}")
+    for command in found:
+        command = command.replace("localhost:50051", addr)
+        run = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"FAIL: {command}\n{run.stderr}")
+        outputs.append(run.stdout)
+        print(f"ok: {command[:100]}")
+    listing = outputs[-2]
+    if "batch_1760796202_0a1b2c3d" not in listing or "COMPLETED" not in listing:
+        sys.exit(f"FAIL: the listing does not show the finished batch:\n{listing}")
+    if "SERVING" not in outputs[-1]:
+        sys.exit(f"FAIL: health is not SERVING:\n{outputs[-1]}")
+    print("ok: the README walkthrough works as written")
+
+
 def main():
     binary = os.path.abspath(sys.argv[1])
     admin_url = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -50,23 +71,7 @@ def main():
             if server.poll() is not None:
                 sys.exit("FAIL: the server did not start")
             time.sleep(0.2)
-        outputs = []
-        found = commands()
-        if len(found) < 7:
-            sys.exit(f"FAIL: expected the README's grpcurl walkthrough, found {found}")
-        for command in found:
-            command = command.replace("localhost:50051", addr)
-            run = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
-            if run.returncode != 0:
-                sys.exit(f"FAIL: {command}\n{run.stderr}")
-            outputs.append(run.stdout)
-            print(f"ok: {command[:100]}")
-        listing = outputs[-2]
-        if "batch_1760796202_0a1b2c3d" not in listing or "COMPLETED" not in listing:
-            sys.exit(f"FAIL: the listing does not show the finished batch:\n{listing}")
-        if "SERVING" not in outputs[-1]:
-            sys.exit(f"FAIL: health is not SERVING:\n{outputs[-1]}")
-        print("ok: the README walkthrough works as written")
+        run_walkthrough(addr)
     finally:
         server.terminate()
         server.wait(timeout=15)
