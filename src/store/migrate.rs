@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Pooling, StoreError, detect_pooling};
+use super::{Pooling, StoreError, connect_dedicated, detect_pooling};
 use crate::config::{DatabaseConfig, DbPooler};
 use crate::telemetry::cause_chain;
 
@@ -20,12 +20,6 @@ pub const MIGRATION_LOCK_KEY: i64 = 0x6261_7463_6868_6973; // "batchhis"
 /// Why migrating failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("could not connect to the database within {0:?}")]
-    ConnectTimedOut(Duration),
-    #[error("could not connect to the database")]
-    Connect(#[source] tokio_postgres::Error),
-    #[error("could not set up TLS")]
-    Tls(#[source] super::StoreError),
     #[error("could not take the migration lock")]
     Lock(#[source] tokio_postgres::Error),
     #[error(
@@ -56,7 +50,6 @@ impl MigrateError {
     /// starting, or unreachable, rather than refusing this build.
     fn is_transient(&self) -> bool {
         match self {
-            Self::ConnectTimedOut(_) | Self::Connect(_) => true,
             Self::Reach(error) => {
                 matches!(error, StoreError::Unavailable(_) | StoreError::TimedOut(_))
             }
@@ -121,12 +114,9 @@ pub async fn migrate(
     config: &tokio_postgres::Config,
     connect_timeout: Duration,
 ) -> Result<Vec<String>, MigrateError> {
-    let tls = super::connector().map_err(MigrateError::Tls)?;
-    let (mut client, connection) = tokio::time::timeout(connect_timeout, config.connect(tls))
+    let mut client = connect_dedicated(config, connect_timeout)
         .await
-        .map_err(|_| MigrateError::ConnectTimedOut(connect_timeout))?
-        .map_err(MigrateError::Connect)?;
-    let connection = tokio::spawn(connection);
+        .map_err(MigrateError::Reach)?;
 
     // Released when this connection closes, even if migrating fails midway.
     client
@@ -149,8 +139,6 @@ pub async fn migrate(
         });
 
     drop(client);
-    // The connection task ends once the client is gone; its result adds nothing.
-    let _ = connection.await;
     let applied: Vec<String> = report?
         .applied_migrations()
         .iter()

@@ -595,7 +595,11 @@ impl Store {
     ) -> Result<T, StoreError> {
         if let Some(replica) = self.replica.as_ref().filter(|r| r.status().in_use) {
             match self.on_replica(replica, operation.clone()).await {
-                Err(StoreError::Unavailable(_) | StoreError::TimedOut(_)) => replica.unreachable(),
+                Err(
+                    StoreError::Unavailable(_)
+                    | StoreError::TimedOut(_)
+                    | StoreError::OutcomeUnknown(_),
+                ) => replica.unreachable(),
                 outcome => return outcome,
             }
         }

@@ -38,11 +38,7 @@ impl Probe {
     async fn query(&mut self) -> Result<(), StoreError> {
         let client = match self.client.take().filter(|client| !client.is_closed()) {
             Some(client) => client,
-            None => {
-                let (client, connection) = self.config.connect(super::connector()?).await?;
-                tokio::spawn(connection);
-                client
-            }
+            None => super::connect_dedicated(&self.config, self.timeout).await?,
         };
         client.simple_query("SELECT 1").await?;
         self.client = Some(client);

@@ -997,7 +997,12 @@ async fn wal_mode_files_are_read_whole_without_writing_beside_them() {
     let before = files_in(&mount);
     let file = TempFile(mount.join("batches.db"));
     let report = import(&app, &file, OnConflict::Fail, false).await;
-    assert_eq!((report.rows_read, report.imported), (3, 3), "{}", report.to_text());
+    assert_eq!(
+        (report.rows_read, report.imported),
+        (3, 3),
+        "{}",
+        report.to_text()
+    );
     assert_eq!(files_in(&mount), before, "nothing written beside the file");
     std::fs::remove_file(mount.join("batches.db-wal")).unwrap();
 
