@@ -1,16 +1,21 @@
 //! Command line and environment, validated into the settings each command
-//! runs with.
+//! runs with: the top of the crate, which only `main` and `startup` use.
+//! Each module below defines the settings it takes (`store::DatabaseConfig`,
+//! `maintenance::Upkeep`, `tls::TlsFiles`, `import::ImportOptions`), so none
+//! of them depends on this one.
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::tz::TimeZone;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::SslMode;
 
 use crate::domain::StaleThreshold;
 use crate::import::ImportOptions;
+use crate::local_cluster::{LocalCluster, LocalClusterError};
 use crate::maintenance::Upkeep;
-use crate::store::OnConflict;
+use crate::store::{DatabaseConfig, OnConflict, Pooling};
+use crate::telemetry::LogFormat;
 use crate::tls::TlsFiles;
 
 /// The batch-history service and its tools.
@@ -35,26 +40,6 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Copy a legacy SQLite batches.db into PostgreSQL (migrating first).
     ImportSqlite(ImportArgs),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line, for log collectors.
-    Json,
-    /// Human-readable lines.
-    Pretty,
-}
-
-impl LogFormat {
-    /// `pretty` for a person at a terminal, `json` for everything else
-    /// (compose, CI, log collectors).
-    pub fn for_stderr() -> Self {
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            Self::Pretty
-        } else {
-            Self::Json
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -336,77 +321,6 @@ impl TryFrom<ServeArgs> for ServeConfig {
     }
 }
 
-/// How to reach PostgreSQL.
-#[derive(Clone)]
-pub struct DatabaseConfig {
-    /// How calls reach the database: directly, or through a pooler.
-    pub pg: tokio_postgres::Config,
-    /// `DATABASE_DIRECT_URL`: how work that needs a session of its own
-    /// reaches the database when `pg` goes through a pooler.
-    pub direct: Option<tokio_postgres::Config>,
-    /// `DATABASE_READ_URL`: a streaming replica for listings and stats.
-    pub read: Option<tokio_postgres::Config>,
-    /// How far behind the replica may be and still serve reads.
-    pub read_max_lag: Duration,
-    /// What `pg` reaches, if configured rather than found out.
-    pub pooler: DbPooler,
-    pub pool_max_size: usize,
-    /// Bound on waiting for a connection or a statement.
-    pub timeout: Duration,
-    /// How long to keep retrying at start while the database does not answer.
-    pub startup_timeout: Duration,
-}
-
-impl DatabaseConfig {
-    /// How work that needs a session of its own (a `LISTEN`, a session
-    /// advisory lock, a transaction spanning several round trips) connects:
-    /// `DATABASE_DIRECT_URL` when set, else `DATABASE_URL`.
-    pub fn session(&self) -> &tokio_postgres::Config {
-        self.direct.as_ref().unwrap_or(&self.pg)
-    }
-
-    /// Where the database is, for logs: never the password.
-    pub fn describe(&self) -> String {
-        describe(&self.pg)
-    }
-
-    /// Where the direct connection goes, if one is set, for logs.
-    pub fn describe_direct(&self) -> Option<String> {
-        self.direct.as_ref().map(describe)
-    }
-}
-
-/// `pg` as a URL without its password.
-fn describe(pg: &tokio_postgres::Config) -> String {
-    let hosts: Vec<String> = pg
-        .get_hosts()
-        .iter()
-        .zip(pg.get_ports().iter().chain(std::iter::repeat(&5432)))
-        .map(|(host, port)| match host {
-            Host::Tcp(name) => format!("{name}:{port}"),
-            Host::Unix(path) => format!("{}:{port}", path.display()),
-        })
-        .collect();
-    format!(
-        "postgres://{}@{}/{}",
-        pg.get_user().unwrap_or_default(),
-        hosts.join(","),
-        pg.get_dbname().unwrap_or_default()
-    )
-}
-
-impl std::fmt::Debug for DatabaseConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("database", &self.describe())
-            .field("direct", &self.describe_direct())
-            .field("read", &self.read.as_ref().map(describe))
-            .field("pool_max_size", &self.pool_max_size)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
 impl TryFrom<DatabaseArgs> for DatabaseConfig {
     type Error = ConfigError;
 
@@ -437,7 +351,11 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
                 .map(|url| connection("DATABASE_READ_URL", &url, timeout))
                 .transpose()?,
             read_max_lag: Duration::from_millis(args.db_read_max_lag_ms),
-            pooler: args.db_pooler,
+            pooling: match args.db_pooler {
+                DbPooler::Auto => None,
+                DbPooler::Session => Some(Pooling::Session),
+                DbPooler::Transaction => Some(Pooling::Transaction),
+            },
             pool_max_size: usize::from(args.db_pool_max_size),
             timeout,
             startup_timeout: Duration::from_millis(args.db_startup_timeout_ms),
@@ -468,6 +386,32 @@ fn connection(
         pg.application_name("batch-history");
     }
     Ok(pg)
+}
+
+/// Starts the private cluster when `args` name no database, and points
+/// them at it; returns it, to be stopped once the command is done.
+pub async fn start_unless_configured(
+    args: &mut DatabaseArgs,
+) -> Result<Option<LocalCluster>, LocalClusterError> {
+    let named = |url: &Option<String>| url.as_deref().is_some_and(|url| !url.trim().is_empty());
+    if named(&args.database_url)
+        || args.database_url_file.is_some()
+        || libpq_environment(|name| std::env::var(name).ok()).is_some()
+    {
+        return Ok(None);
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(LocalCluster::default_data_dir);
+    let cluster = LocalCluster::start(data_dir).await?;
+    tracing::info!(
+        "no DATABASE_URL: using the development default, a private PostgreSQL in {dir} \
+         (psql -h {dir} -U postgres); set DATABASE_URL for anything else",
+        dir = cluster.data_dir().display()
+    );
+    args.database_url = Some(cluster.connection_string());
+    Ok(Some(cluster))
 }
 
 /// The variables libpq and psql read (`PGHOST`, `PGPORT`, `PGUSER`,

@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: command line and environment, validated into settings.
+//! - [`config`]: the command line and environment, validated into each
+//!   command's settings. The top: only `main` and [`startup`] use it; each
+//!   module below defines the settings it takes ([`store::DatabaseConfig`]).
 //! - [`telemetry`]: structured logging, and spans over OTLP.
 //! - [`domain`]: validated types; a value that exists is valid.
 //! - [`store`]: PostgreSQL access (every SQL statement) and migrations.
@@ -19,7 +21,7 @@
 //! - [`watch`]: live change streams fed by PostgreSQL LISTEN/NOTIFY.
 //! - [`maintenance`]: background stale-batch sweep and retention.
 //! - [`tls`]: TLS on the gRPC port, reloaded when certificates change.
-//! - [`healthcheck`]: the `healthcheck` command's `grpc.health.v1` probe.
+//! - [`health_client`]: the `healthcheck` command, a `grpc.health.v1` client.
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
 pub mod background;
@@ -27,7 +29,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod health;
-pub mod healthcheck;
+pub mod health_client;
 pub mod import;
 pub mod local_cluster;
 pub mod maintenance;

@@ -12,8 +12,6 @@ use std::{
     process::Command,
 };
 
-use crate::config::{DatabaseArgs, libpq_environment};
-
 /// The superuser the cluster is created with, and the database used.
 const SUPERUSER: &str = "postgres";
 
@@ -50,32 +48,6 @@ pub enum LocalClusterError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Starts the private cluster when `args` name no database, and points
-/// them at it; returns it, to be stopped once the command is done.
-pub async fn start_unless_configured(
-    args: &mut DatabaseArgs,
-) -> Result<Option<LocalCluster>, LocalClusterError> {
-    let named = |url: &Option<String>| url.as_deref().is_some_and(|url| !url.trim().is_empty());
-    if named(&args.database_url)
-        || args.database_url_file.is_some()
-        || libpq_environment(|name| std::env::var(name).ok()).is_some()
-    {
-        return Ok(None);
-    }
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(LocalCluster::default_data_dir);
-    let cluster = LocalCluster::start(data_dir).await?;
-    tracing::info!(
-        "no DATABASE_URL: using the development default, a private PostgreSQL in {dir} \
-         (psql -h {dir} -U postgres); set DATABASE_URL for anything else",
-        dir = cluster.data_dir().display()
-    );
-    args.database_url = Some(cluster.connection_string());
-    Ok(Some(cluster))
 }
 
 /// A running private cluster.

@@ -1,10 +1,11 @@
 use std::{process::ExitCode, time::Duration};
 
-use batch_history::config::{Cli, Command, DatabaseConfig, ImportConfig, LogFormat, ServeConfig};
-use batch_history::local_cluster::{LocalCluster, start_unless_configured};
+use batch_history::config::{Cli, Command, ImportConfig, ServeConfig, start_unless_configured};
+use batch_history::local_cluster::LocalCluster;
 use batch_history::startup::{App, shutdown_signal};
-use batch_history::telemetry::{self, OtlpConfig, cause_chain};
-use batch_history::{healthcheck, import, store};
+use batch_history::store::DatabaseConfig;
+use batch_history::telemetry::{self, LogFormat, OtlpConfig, cause_chain};
+use batch_history::{health_client, import, store};
 use clap::Parser;
 
 #[tokio::main]
@@ -63,13 +64,13 @@ async fn run(command: Command) -> Result<(), Failure> {
             finish(migrated.await, cluster).await?;
         }
         Command::Healthcheck(args) => {
-            let tls = args.tls_ca_file.map(|ca_file| healthcheck::ClientTls {
+            let tls = args.tls_ca_file.map(|ca_file| health_client::ClientTls {
                 ca_file,
                 identity: args.tls_cert_file.zip(args.tls_key_file),
                 server_name: args.tls_server_name,
             });
             let timeout = Duration::from_millis(args.timeout_ms);
-            healthcheck::check(&args.addr, timeout, tls.as_ref()).await?;
+            health_client::check(&args.addr, timeout, tls.as_ref()).await?;
         }
         Command::ImportSqlite(mut args) => {
             let cluster = start_unless_configured(&mut args.database).await?;

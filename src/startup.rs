@@ -8,7 +8,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tower::util::{MapRequestLayer, MapResponseLayer};
 
 use crate::background::Background;
-use crate::config::{DatabaseConfig, Secret, ServeConfig};
+use crate::config::{Secret, ServeConfig};
 use crate::grpc::{
     BatchHistoryService, BearerAuth, MAX_REQUEST_BYTES, remap_decoding_errors, stamp_arrival,
 };
@@ -16,7 +16,7 @@ use crate::health::{self, Health};
 use crate::maintenance::Upkeep;
 use crate::metrics::Metrics;
 use crate::proto::{self, batch_history_server::BatchHistoryServer};
-use crate::store::{self, MigrateError, Probe, Store, StoreError};
+use crate::store::{self, DatabaseConfig, MigrateError, Probe, Store, StoreError};
 use crate::tls::{ReloadingTls, TlsError};
 use crate::watch::Hub;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;

@@ -15,7 +15,7 @@ use std::{path::PathBuf, time::Instant};
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
-use crate::config::DatabaseConfig;
+use crate::store::DatabaseConfig;
 use crate::store::{self, BulkLoad, LoadOutcome, MigrateError, OnConflict, StoreError};
 
 pub use legacy::{ReadError, parse_legacy_time};

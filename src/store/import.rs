@@ -6,8 +6,8 @@ use std::pin::Pin;
 
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Json, types::Type};
 
+use super::DatabaseConfig;
 use super::StoreError;
-use crate::config::DatabaseConfig;
 use crate::domain::{Batch, BatchId};
 
 /// What to do with a batch whose id is stored with other content.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::DatabaseConfig;
 use super::{Pooling, StoreError, connect_dedicated, detect_pooling};
-use crate::config::{DatabaseConfig, DbPooler};
 use crate::telemetry::cause_chain;
 
 mod embedded {
@@ -88,12 +88,11 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
 async fn set_up_once(database: &DatabaseConfig) -> Result<Pooling, MigrateError> {
-    let pooling = match database.pooler {
-        DbPooler::Auto => detect_pooling(&database.pg, database.timeout)
+    let pooling = match database.pooling {
+        Some(pooling) => pooling,
+        None => detect_pooling(&database.pg, database.timeout)
             .await
             .map_err(MigrateError::Reach)?,
-        DbPooler::Session => Pooling::Session,
-        DbPooler::Transaction => Pooling::Transaction,
     };
     tracing::info!(
         transaction_pooler = pooling == Pooling::Transaction,

@@ -13,6 +13,7 @@ mod import;
 mod migrate;
 mod probe;
 mod replica;
+mod settings;
 mod sql;
 mod tls;
 
@@ -27,7 +28,6 @@ use tokio_postgres::{
 };
 use tracing::Instrument;
 
-use crate::config::DatabaseConfig;
 use crate::domain::{
     Batch, BatchError, BatchFilter, BatchId, BatchStats, Cursor, Finish, ListQuery,
     MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, NewBatch,
@@ -44,6 +44,7 @@ pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate, set_up};
 pub use probe::Probe;
 use replica::Replica;
 pub use replica::{ReplicaStatus, monitor as monitor_replica};
+pub use settings::DatabaseConfig;
 pub use tls::connector;
 
 /// Key of the transaction-level advisory lock that lets one replica sweep

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use super::DatabaseConfig;
 use super::StoreError;
-use crate::config::DatabaseConfig;
 
 /// Checks that PostgreSQL answers, reconnecting as needed.
 pub struct Probe {

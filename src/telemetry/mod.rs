@@ -7,9 +7,28 @@ use tracing_subscriber::{
     EnvFilter, Layer, filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
-use crate::config::LogFormat;
-
 pub use otlp::OtlpConfig;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+impl LogFormat {
+    /// `pretty` for a person at a terminal, `json` for everything else
+    /// (compose, CI, log collectors).
+    pub fn for_stderr() -> Self {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Self::Pretty
+        } else {
+            Self::Json
+        }
+    }
+}
 
 /// Installs the global subscriber: log lines in `format` at the levels of
 /// `RUST_LOG` (default `info`), and with `otlp`, the exported spans

@@ -9,10 +9,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::{Change, DeletedBatch, FAN_OUT_CAPACITY, Hub, LEASE_RENEWAL};
-use crate::config::DatabaseConfig;
 use crate::domain::{Batch, BatchId};
 use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError, connector};
+use crate::store::{DatabaseConfig, Store, StoreError, connector};
 use crate::telemetry::cause_chain;
 
 /// Pause before reconnecting a lost listener connection.

@@ -10,9 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use batch_history::config::DatabaseConfig;
 use batch_history::proto::{self, CreateBatchRequest, RecordProgressRequest};
 use batch_history::startup::App;
+use batch_history::store::DatabaseConfig;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 

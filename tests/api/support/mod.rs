@@ -9,10 +9,11 @@ pub mod process;
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
-use batch_history::config::{DatabaseConfig, ServeConfig};
+use batch_history::config::ServeConfig;
 use batch_history::local_cluster::LocalCluster;
 use batch_history::proto::{self, batch_history_client::BatchHistoryClient};
 use batch_history::startup::App;
+use batch_history::store::DatabaseConfig;
 use batch_history::store::Pooling;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
