@@ -4,10 +4,11 @@
 
 use std::pin::Pin;
 
-use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Json, types::Type};
+use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Json};
 
 use super::DatabaseConfig;
 use super::StoreError;
+use super::sql::{COLUMN_TYPES, columns};
 use crate::domain::{Batch, BatchId};
 
 /// What to do with a batch whose id is stored with other content.
@@ -44,32 +45,12 @@ pub struct LoadOutcome {
 
 const STAGE: &str = "CREATE TEMPORARY TABLE import_batches (LIKE batches) ON COMMIT DROP";
 
-const COPY: &str = "COPY import_batches (batch_id, state, provider, model, current_model, topic_filter, \
-     difficulty_filter, reasoning_instruction, target_count, samples_generated, total_tokens, \
-     errors, error_count, model_switches, metadata, start_time, end_time, update_time, version) \
-     FROM STDIN (FORMAT binary)";
-
-const COPY_TYPES: [Type; 19] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::JSONB,
-    Type::INT8,
-    Type::JSONB,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-];
+/// Every column, in the order [`BulkLoad::write`] writes them.
+const COPY: &str = concat!(
+    "COPY import_batches (",
+    columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
 /// A batch's content, as the digest an import compares and remembers, of
 /// the row `$t`. Update time and version are not content: they only say when
@@ -211,7 +192,7 @@ impl BulkLoad {
         Ok(Self {
             client,
             connection,
-            writer: Box::pin(BinaryCopyInWriter::new(sink, &COPY_TYPES)),
+            writer: Box::pin(BinaryCopyInWriter::new(sink, &COLUMN_TYPES)),
             staged: 0,
         })
     }

@@ -24,7 +24,9 @@ impl<'s> Statement<'s> {
     }
 }
 
-/// Every column of `batches`, in the order [`super::batch_from_row`] reads by name.
+/// Every column of `batches`: the one list that the statements below, the
+/// import's COPY and [`COLUMN_TYPES`] follow ([`super::batch_from_row`]
+/// reads by name).
 macro_rules! columns {
     () => {
         "batch_id, state, provider, model, current_model, topic_filter, difficulty_filter, \
@@ -32,6 +34,30 @@ macro_rules! columns {
          error_count, model_switches, metadata, start_time, end_time, update_time, version"
     };
 }
+pub(super) use columns;
+
+/// The type of each of [`columns!`], in its order.
+pub const COLUMN_TYPES: [Type; 19] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+    Type::INT8,
+    Type::JSONB,
+    Type::INT8,
+    Type::JSONB,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+];
 
 /// Inserts a batch unless its id exists; returns the new or the existing row
 /// and whether this statement created it. $1 id, $2–$6 texts, $7 target
@@ -486,5 +512,15 @@ impl<'q> Listing<'q> {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_column_has_a_type() {
+        assert_eq!(columns!().split(',').count(), COLUMN_TYPES.len());
     }
 }
