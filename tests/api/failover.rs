@@ -60,15 +60,23 @@ async fn write_until(
     (acknowledged, failed)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_write() {
+/// A primary with database `history`, and a streaming standby of it.
+async fn primary_and_standby() -> (TempCluster, TempCluster) {
     let primary = TempCluster::start("");
-    let client = primary.client("postgres").await;
-    client
+    primary
+        .client("postgres")
+        .await
         .batch_execute("CREATE DATABASE history")
         .await
         .unwrap();
     let standby = TempCluster::standby_of(&primary);
+    (primary, standby)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_write() {
+    let (primary, standby) = primary_and_standby().await;
+    let client = primary.client("postgres").await;
     // Set after the base backup, so that the promoted standby does not wait
     // for a standby of its own.
     client
@@ -227,13 +235,7 @@ async fn create(client: &mut BatchHistoryClient<Channel>, batch_id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
-    let primary = TempCluster::start("");
-    let admin = primary.client("postgres").await;
-    admin
-        .batch_execute("CREATE DATABASE history")
-        .await
-        .unwrap();
-    let standby = TempCluster::standby_of(&primary);
+    let (primary, standby) = primary_and_standby().await;
     let url = format!("postgres://postgres@127.0.0.1:{}/history", primary.port);
     let mut database = database_config(&url, Duration::from_secs(1));
     database.read = Some(standby.config("history"));
