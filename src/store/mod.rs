@@ -6,6 +6,7 @@
 //! cancelled its statement on the server (see `Store::with_connection`).
 
 mod cancel;
+mod changes;
 mod connection;
 mod error;
 mod hot_rows;
@@ -35,6 +36,7 @@ use crate::domain::{
 };
 
 use cancel::Canceller;
+pub use changes::{ChangeListener, DeletedBatch, Notice};
 use connection::Connection;
 pub use connection::{Pooling, connect_dedicated, detect_pooling};
 pub use error::{Counter, StoreError};

@@ -1,17 +1,14 @@
-//! The change feed: listens for the notifications of migration V3's trigger
-//! on a connection of its own, reads the rows they name, and publishes each
-//! change to the hub once, in the order the changes committed.
+//! The change feed: takes the notices of migration V3's trigger from the
+//! store's listener ([`ChangeListener`]), reads the rows they name, and
+//! publishes each change to the hub once, in the order the changes
+//! committed.
 
 use std::{collections::HashMap, time::Duration};
 
-use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio_postgres::AsyncMessage;
-
-use super::{Change, DeletedBatch, FAN_OUT_CAPACITY, Hub, LEASE_RENEWAL};
+use super::{Change, FAN_OUT_CAPACITY, Hub, LEASE_RENEWAL};
 use crate::domain::{Batch, BatchId};
 use crate::shutdown::Shutdown;
-use crate::store::{DatabaseConfig, Store, StoreError, connector};
+use crate::store::{ChangeListener, DatabaseConfig, DeletedBatch, Notice, Store, StoreError};
 use crate::telemetry::cause_chain;
 
 /// Pause before reconnecting a lost listener connection.
@@ -59,25 +56,7 @@ async fn listen(
     hub: &Hub,
     shutdown: &Shutdown,
 ) -> Result<(), StoreError> {
-    let connect = database.session().connect(connector()?);
-    let (client, mut connection) = tokio::time::timeout(database.timeout, connect)
-        .await
-        .map_err(|_| StoreError::TimedOut(database.timeout))??;
-    let (notifications, mut payloads) = mpsc::channel::<String>(FAN_OUT_CAPACITY);
-    tokio::spawn(async move {
-        // Polling for messages also drives the connection's I/O.
-        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            if let AsyncMessage::Notification(notification) = message
-                && notifications
-                    .send(notification.payload().to_owned())
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-        }
-    });
-    client.batch_execute("LISTEN batch_changes").await?;
+    let mut listener = ChangeListener::listen(database, FAN_OUT_CAPACITY).await?;
     hub.listening.send_replace(true);
     tracing::debug!("change feed listening");
     let mut renewals = shutdown.every(LEASE_RENEWAL);
@@ -85,7 +64,7 @@ async fn listen(
     loop {
         let woke = tokio::select! {
             renew = renewals.next() => if renew { Wake::Renew } else { Wake::Stop },
-            payload = payloads.recv() => Wake::Payload(payload),
+            notice = listener.next() => Wake::Notice(notice),
         };
         let first = match woke {
             Wake::Stop => return Ok(()),
@@ -93,25 +72,19 @@ async fn listen(
                 hub.renew_lease(store).await?;
                 continue;
             }
-            Wake::Payload(payload) => payload,
-        };
-        let Some(first) = first else {
-            return Err(StoreError::internal(
-                "listening for changes",
-                "the connection closed",
-            ));
+            Wake::Notice(notice) => notice?,
         };
         // Everything already queued is handled together: one query for all
         // the changed rows, and a burst of changes to one batch becomes one
         // event with its latest state.
         let mut burst = vec![first];
         while burst.len() < MAX_BURST
-            && let Ok(payload) = payloads.try_recv()
+            && let Some(notice) = listener.try_next()
         {
-            burst.push(payload);
+            burst.push(notice);
         }
         if hub.has_watchers() {
-            publish_burst(store, hub, &mut ahead, &burst).await?;
+            publish_burst(store, hub, &mut ahead, burst).await?;
         } else {
             // Nothing was published, so nothing is ahead.
             ahead = AheadOfNotices::default();
@@ -124,24 +97,15 @@ async fn listen(
 enum Wake {
     Stop,
     Renew,
-    Payload(Option<String>),
+    Notice(Result<Notice, StoreError>),
 }
 
 async fn publish_burst(
     store: &Store,
     hub: &Hub,
     ahead: &mut AheadOfNotices,
-    payloads: &[String],
+    notices: Vec<Notice>,
 ) -> Result<(), StoreError> {
-    let notices = payloads
-        .iter()
-        .filter_map(|payload| match serde_json::from_str(payload) {
-            Ok(notice) => Some(notice),
-            Err(error) => {
-                tracing::warn!(%error, payload, "ignoring an unreadable change notification");
-                None
-            }
-        });
     let mut fates = coalesce(notices);
     for (batch_id, fate) in &mut fates {
         if fate.deleted.is_some() {
@@ -191,15 +155,6 @@ async fn publish_burst(
         });
     }
     Ok(())
-}
-
-/// A notification, as migration V3's trigger writes it.
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(tag = "op", rename_all = "UPPERCASE")]
-enum Notice {
-    Insert { batch_id: BatchId, version: i64 },
-    Update { batch_id: BatchId, version: i64 },
-    Delete(DeletedBatch),
 }
 
 /// What a burst of notices says happened to one batch.
@@ -291,10 +246,6 @@ mod tests {
         BatchId::parse(name.into()).unwrap()
     }
 
-    fn parse(payload: &str) -> Notice {
-        serde_json::from_str(payload).unwrap()
-    }
-
     fn deleted(name: &str) -> DeletedBatch {
         DeletedBatch {
             batch_id: id(name),
@@ -305,24 +256,6 @@ mod tests {
             difficulty_filter: "advanced".into(),
             start_time: "2025-01-01T00:00:00Z".parse().unwrap(),
         }
-    }
-
-    #[test]
-    fn reads_notices_as_postgres_writes_them() {
-        assert_eq!(
-            parse(r#"{"op" : "UPDATE", "batch_id" : "a", "version" : 7}"#),
-            Notice::Update {
-                batch_id: id("a"),
-                version: 7
-            }
-        );
-        assert_eq!(
-            parse(
-                r#"{"op" : "DELETE", "batch_id" : "a", "state" : "COMPLETED", "provider" : "groq", "model" : "", "topic_filter" : "", "difficulty_filter" : "advanced", "start_time" : "2025-01-01T01:00:00+01:00"}"#
-            ),
-            Notice::Delete(deleted("a"))
-        );
-        assert!(serde_json::from_str::<Notice>(r#"{"op" : "TRUNCATE"}"#).is_err());
     }
 
     #[test]

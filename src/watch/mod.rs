@@ -1,6 +1,8 @@
 //! Live changes: one PostgreSQL `LISTEN batch_changes` connection per
-//! process feeds an in-memory fan-out to every watcher, so a change made
-//! through any replica reaches watchers on all of them.
+//! process (the store's [`crate::store::ChangeListener`]) feeds an in-memory
+//! fan-out to every watcher, so a change made through any replica reaches
+//! watchers on all of them. This module keeps the fan-out, the lease's
+//! bookkeeping and the filtering; `docs/ARCHITECTURE.md` has the protocol.
 //!
 //! - [`feed`]: the listener, which turns notifications into [`Change`]s.
 //! - [`streams`]: the watch RPCs' streams, each a snapshot then changes.
@@ -10,13 +12,11 @@ mod streams;
 
 use std::{sync::Arc, time::Duration};
 
-use jiff::Timestamp;
-use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::domain::{Batch, BatchId, Facets, State};
-use crate::store::{Store, StoreError};
+use crate::domain::{Batch, Facets};
+use crate::store::{DeletedBatch, Store, StoreError};
 
 pub use feed::feed;
 pub use streams::{Event, EventStream, StreamEnd, watch_batch, watch_batches};
@@ -42,19 +42,6 @@ pub enum Change {
     ShuttingDown,
 }
 
-/// A deleted batch, as its deletion announced it: enough to filter on.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct DeletedBatch {
-    pub batch_id: BatchId,
-    #[serde(deserialize_with = "state_by_name")]
-    pub state: State,
-    pub provider: String,
-    pub model: String,
-    pub topic_filter: String,
-    pub difficulty_filter: String,
-    pub start_time: Timestamp,
-}
-
 impl DeletedBatch {
     /// What filters look at.
     pub fn facets(&self) -> Facets<'_> {
@@ -67,12 +54,6 @@ impl DeletedBatch {
             start_time: self.start_time,
         }
     }
-}
-
-fn state_by_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<State, D::Error> {
-    let name = String::deserialize(deserializer)?;
-    State::from_name(&name)
-        .ok_or_else(|| serde::de::Error::custom(format_args!("unknown state {name:?}")))
 }
 
 /// The in-memory fan-out of changes, and this process's watch lease.
