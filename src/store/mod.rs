@@ -589,21 +589,24 @@ impl Store {
         self.run_on(target, None, operation).await
     }
 
-    /// Runs a read on the replica while it keeps up and answers, else on
-    /// the primary. A replica that fails to answer is out of use until the
-    /// monitor hears from it again.
+    /// Runs a read on the replica while it keeps up, else on the primary.
+    /// Any failure on the replica (a read has nothing a caller did wrong to
+    /// report) sends the read to the primary, and takes the replica out of
+    /// use until the monitor hears from it again.
     async fn read<T>(
         &self,
         operation: impl AsyncFnOnce(&Connection<'_>) -> Result<T, StoreError> + Clone,
     ) -> Result<T, StoreError> {
         if let Some(replica) = self.replica.as_ref().filter(|r| r.status().in_use) {
             match self.on_replica(replica, operation.clone()).await {
-                Err(
-                    StoreError::Unavailable(_)
-                    | StoreError::TimedOut(_)
-                    | StoreError::OutcomeUnknown(_),
-                ) => replica.unreachable(),
-                outcome => return outcome,
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    tracing::warn!(
+                        error = %crate::telemetry::cause_chain(&error),
+                        "a read on the replica failed; reading from the primary"
+                    );
+                    replica.unreachable();
+                }
             }
         }
         self.with_connection(None, operation).await
