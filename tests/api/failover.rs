@@ -239,7 +239,9 @@ async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
     let url = format!("postgres://postgres@127.0.0.1:{}/history", primary.port);
     let mut database = database_config(&url, Duration::from_secs(1));
     database.read = Some(standby.config("history"));
-    database.read_max_lag = Duration::from_secs(1);
+    // Margin for a loaded machine: the listing right after the create must
+    // still find the replica in use.
+    database.read_max_lag = Duration::from_secs(3);
     let app = App::build(ServeConfig {
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..serve_config(database)
@@ -297,9 +299,9 @@ async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
     let page = scrape(metrics_addr).await;
     assert_eq!(metric(&page, "batch_history_replica_reads"), Some(0.0));
     let lag = metric(&page, "batch_history_replica_lag_seconds").unwrap();
-    assert!(lag > 1.0, "lag {lag}");
+    assert!(lag > 3.0, "lag {lag}");
     eprintln!(
-        "a replica behind by more than 1 s was left after {:?}",
+        "a replica behind by more than 3 s was left after {:?}",
         paused.elapsed()
     );
 
