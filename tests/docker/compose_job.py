@@ -12,7 +12,8 @@ and free host ports: PostgreSQL already runs on this machine's 5432):
   - the import profile: a dry run, a run, a re-run that adds nothing, from a
     0600 root-owned file and from a WAL-mode file with rows only in its
     -wal log; a missing directory is refused and not created;
-  - every line the service logged is JSON, with no password;
+  - every line the service logged is JSON, with no password and no Rust
+    debug string (`Some(...)`); the Dockerfile names no BuildKit frontend;
 and always `down -v`. Prints the timings and the image size.
 
 Usage: compose_job.py   (from the repository root)
@@ -188,10 +189,15 @@ def check_logs(stack):
             fail(f"a log line is not JSON: {line}")
         if PASSWORD in line or PASSWORD.split("#")[0] in line:
             fail(f"a log line holds the password: {line}")
+        if "Some(" in line:
+            fail(f"a log line holds a Rust debug string: {line}")
     print(f"ok: all {len(lines)} log lines of the service are JSON, none holds the password")
 
 
 def main():
+    with open("Dockerfile") as dockerfile:
+        if dockerfile.readline().startswith("# syntax"):
+            fail("the Dockerfile names a BuildKit frontend image, which offline builders cannot fetch")
     build_start = time.monotonic()
     subprocess.run(["docker", "build", "-q", "-t", "batch-history:latest", "."], check=True,
                    stdout=subprocess.DEVNULL)
