@@ -32,6 +32,22 @@ pub struct DeletedBatch {
     pub start_time: Timestamp,
 }
 
+#[cfg(test)]
+impl DeletedBatch {
+    /// A completed `groq` batch with difficulty `advanced`, as tests use.
+    pub(crate) fn example(batch_id: BatchId) -> Self {
+        Self {
+            batch_id,
+            state: State::Completed,
+            provider: "groq".into(),
+            model: String::new(),
+            topic_filter: String::new(),
+            difficulty_filter: "advanced".into(),
+            start_time: "2025-01-01T00:00:00Z".parse().unwrap(),
+        }
+    }
+}
+
 fn state_by_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<State, D::Error> {
     let name = String::deserialize(deserializer)?;
     State::from_name(&name)
@@ -134,15 +150,7 @@ mod tests {
             parse(
                 r#"{"op" : "DELETE", "batch_id" : "a", "state" : "COMPLETED", "provider" : "groq", "model" : "", "topic_filter" : "", "difficulty_filter" : "advanced", "start_time" : "2025-01-01T01:00:00+01:00"}"#
             ),
-            Notice::Delete(DeletedBatch {
-                batch_id: id("a"),
-                state: State::Completed,
-                provider: "groq".into(),
-                model: String::new(),
-                topic_filter: String::new(),
-                difficulty_filter: "advanced".into(),
-                start_time: "2025-01-01T00:00:00Z".parse().unwrap(),
-            })
+            Notice::Delete(DeletedBatch::example(id("a")))
         );
         assert!(read(r#"{"op" : "TRUNCATE"}"#).is_none());
     }

@@ -240,22 +240,13 @@ impl AheadOfNotices {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::State;
 
     fn id(name: &str) -> BatchId {
         BatchId::parse(name.into()).unwrap()
     }
 
     fn deleted(name: &str) -> DeletedBatch {
-        DeletedBatch {
-            batch_id: id(name),
-            state: State::Completed,
-            provider: "groq".into(),
-            model: String::new(),
-            topic_filter: String::new(),
-            difficulty_filter: "advanced".into(),
-            start_time: "2025-01-01T00:00:00Z".parse().unwrap(),
-        }
+        DeletedBatch::example(id(name))
     }
 
     #[test]
