@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Address to serve Prometheus metrics on (HTTP); off unless set.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Address to serve the web page on (HTTP): history, batch details, live
+    /// progress and stats; off unless set.
+    #[arg(long, env = "UI_ADDR")]
+    pub ui_addr: Option<SocketAddr>,
     /// Shared secret: when set, BatchHistory calls need
     /// `authorization: Bearer <token>` (health and reflection stay open).
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
@@ -259,6 +263,7 @@ impl TryFrom<ImportArgs> for ImportConfig {
 pub struct ServeConfig {
     pub listen_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub ui_addr: Option<SocketAddr>,
     pub auth_token: Option<Secret>,
     /// TLS on the gRPC port; plain HTTP/2 when `None`.
     pub tls: Option<TlsFiles>,
@@ -293,6 +298,7 @@ impl TryFrom<ServeArgs> for ServeConfig {
         Ok(Self {
             listen_addr: args.listen_addr,
             metrics_addr: args.metrics_addr,
+            ui_addr: args.ui_addr,
             auth_token: secret("AUTH_TOKEN", args.auth_token, args.auth_token_file)?
                 .filter(|token| !token.is_empty())
                 .map(Secret::new),

@@ -14,7 +14,9 @@
 //! - [`import`]: `import-sqlite`, which copies the legacy SQLite history in.
 //! - [`local_cluster`]: the development default, a private PostgreSQL when no
 //!   `DATABASE_URL` is set.
+//! - [`web`]: the operator's web page (history, details, live progress, stats).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`http_endpoint`]: the HTTP/1.1 accept loop both of them run on.
 //! - [`background`]: the server's background tasks, supervised.
 //! - [`shutdown`]: the stop signal those tasks wait on.
 //! - [`health`]: what `grpc.health.v1` reports, and the database probe behind it.
@@ -30,6 +32,7 @@ pub mod domain;
 pub mod grpc;
 pub mod health;
 pub mod health_client;
+pub mod http_endpoint;
 pub mod import;
 pub mod local_cluster;
 pub mod maintenance;
@@ -40,6 +43,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;
+pub mod web;
 
 /// Messages, client and server generated from the gRPC contract.
 pub mod proto {

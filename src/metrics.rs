@@ -1,17 +1,18 @@
 //! Prometheus metrics: per-RPC counts by status code and latency histograms,
 //! pool occupancy, and batches by state, served as text on `METRICS_ADDR`.
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use http_body_util::Full;
-use hyper::{Request, Response, body::Bytes, header, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, body::Bytes, header};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 
+use crate::http_endpoint;
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::telemetry::cause_chain;
 
@@ -128,46 +129,17 @@ impl Metrics {
 }
 
 /// Serves the metrics over HTTP/1.1 on `listener`, at any path, until
-/// `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    store: Store,
-    shutdown: impl Future<Output = ()>,
-) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics listener cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+/// shutdown.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store, shutdown: Shutdown) {
+    let scrape = move |_: Request<hyper::body::Incoming>| {
         let (metrics, store) = (metrics.clone(), store.clone());
-        tokio::spawn(async move {
-            let scrape = service_fn(move |_: Request<hyper::body::Incoming>| {
-                let (metrics, store) = (metrics.clone(), store.clone());
-                async move {
-                    let body = metrics.render(&store).await;
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header(header::CONTENT_TYPE, TextEncoder::new().format_type())
-                            .body(Full::new(Bytes::from(body)))
-                            .unwrap_or_default(),
-                    )
-                }
-            });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), scrape)
-                .await
-            {
-                tracing::debug!(%error, "metrics connection ended with an error");
-            }
-        });
-    }
+        async move {
+            let body = metrics.render(&store).await;
+            Response::builder()
+                .header(header::CONTENT_TYPE, TextEncoder::new().format_type())
+                .body(Full::new(Bytes::from(body)).boxed())
+                .unwrap_or_default()
+        }
+    };
+    http_endpoint::serve(listener, "metrics", scrape, shutdown).await;
 }

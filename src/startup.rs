@@ -19,6 +19,7 @@ use crate::proto::{self, batch_history_server::BatchHistoryServer};
 use crate::store::{self, DatabaseConfig, MigrateError, Probe, Store, StoreError};
 use crate::tls::{ReloadingTls, TlsError};
 use crate::watch::Hub;
+use crate::web::WebPage;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 pub use crate::health::SERVICE_NAME;
@@ -54,6 +55,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    ui_listener: Option<TcpListener>,
+    /// For the web page's sign-in, when set.
+    auth_token: Option<Secret>,
     store: Store,
     probe: Probe,
     auth: BearerAuth,
@@ -72,6 +76,10 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let ui_listener = match config.ui_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         tracing::info!(database = %config.database.describe(), "migrating");
         let pooling = store::set_up(&config.database).await?;
         let store = Store::new(&config.database, pooling).map_err(StartupError::Database)?;
@@ -79,6 +87,8 @@ impl App {
         Ok(Self {
             listener,
             metrics_listener,
+            ui_listener,
+            auth_token: config.auth_token.clone(),
             store,
             probe: Probe::new(&config.database),
             auth: BearerAuth::new(config.auth_token.as_ref().map(Secret::expose)),
@@ -96,6 +106,13 @@ impl App {
     /// The metrics address actually bound, if metrics are on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// The web page's address actually bound, if the page is on.
+    pub fn ui_addr(&self) -> Option<SocketAddr> {
+        self.ui_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
     }
@@ -129,16 +146,18 @@ impl App {
         let (stop_signal, stopping) = crate::shutdown::channel();
         let mut background = Background::default();
         if let Some(listener) = self.metrics_listener {
-            let mut stopping = stopping.clone();
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "serving metrics");
-            }
             background.spawn(
                 "metrics endpoint",
-                crate::metrics::serve(listener, metrics, self.store.clone(), async move {
-                    stopping.wait().await;
-                }),
+                crate::metrics::serve(listener, metrics, self.store.clone(), stopping.clone()),
             );
+        }
+        if let Some(listener) = self.ui_listener {
+            let page = WebPage::new(
+                self.store.clone(),
+                hub.clone(),
+                self.auth_token.as_ref().map(Secret::expose),
+            );
+            background.spawn("web page", page.serve(listener, stopping.clone()));
         }
         background.spawn(
             "change feed",

@@ -308,6 +308,7 @@ pub fn serve_config(database: DatabaseConfig) -> ServeConfig {
     ServeConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        ui_addr: None,
         auth_token: None,
         tls: None,
         upkeep: Default::default(),

@@ -1,0 +1,248 @@
+//! The page addresses' query strings, parsed once into what a page shows.
+//! Field names match `ListBatches`' so that an error reads the same in both.
+
+use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
+
+use crate::domain::{
+    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, Order, State,
+};
+
+/// Which part of a listing a history page shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// The newest batches.
+    Newest,
+    /// The batches just older than the cursor, newest first.
+    OlderThan(Cursor),
+    /// The batches just newer than the cursor (shown newest first).
+    NewerThan(Cursor),
+}
+
+/// A history page: its filter and where it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub filter: BatchFilter,
+    pub position: Position,
+}
+
+/// What the live event stream follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveQuery {
+    /// Batches a history page's filter keeps.
+    History(BatchFilter),
+    /// One batch's detail.
+    Batch(BatchId),
+}
+
+/// The name and value pairs of a query string, decoded.
+pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+impl HistoryQuery {
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, FieldViolation> {
+        let filter = filter(pairs)?;
+        let token = |name: &str, order: Order| {
+            value(pairs, name)
+                .map(|token| Cursor::from_token(token, &filter, order).map_err(|e| e.at(name)))
+                .transpose()
+        };
+        let position = match (
+            token("older", Order::NewestFirst)?,
+            token("newer", Order::OldestFirst)?,
+        ) {
+            (None, None) => Position::Newest,
+            (Some(cursor), None) => Position::OlderThan(cursor),
+            (None, Some(cursor)) => Position::NewerThan(cursor),
+            (Some(_), Some(_)) => {
+                return Err(InvalidValue("cannot be given with older".into()).at("newer"));
+            }
+        };
+        Ok(Self { filter, position })
+    }
+}
+
+impl LiveQuery {
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, FieldViolation> {
+        match value(pairs, "batch_id") {
+            Some(id) => Ok(Self::Batch(
+                BatchId::parse(id.to_owned()).map_err(|e| e.at("batch_id"))?,
+            )),
+            None => Ok(Self::History(filter(pairs)?)),
+        }
+    }
+}
+
+/// The filter form's fields; empty ones match everything.
+pub fn filter(pairs: &[(String, String)]) -> Result<BatchFilter, FieldViolation> {
+    let label = |name: &str| {
+        value(pairs, name)
+            .map(|text| Label::parse(text.to_owned()).map_err(|e| e.at(name)))
+            .transpose()
+    };
+    let time = |name: &str| {
+        value(pairs, name)
+            .map(|text| timestamp(text).map_err(|e| e.at(name)))
+            .transpose()
+    };
+    Ok(BatchFilter {
+        states: pairs
+            .iter()
+            .filter(|(name, text)| name == "states" && !text.is_empty())
+            .map(|(_, text)| {
+                State::from_name(text).ok_or_else(|| {
+                    InvalidValue(format!(
+                        "{text:?} is not RUNNING, COMPLETED, STOPPED or FAILED"
+                    ))
+                    .at("states")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        provider: label("provider")?,
+        model: label("model")?,
+        topic_filter: label("topic_filter")?,
+        difficulty_filter: label("difficulty_filter")?,
+        started_after: time("started_after")?,
+        started_before: time("started_before")?,
+    })
+}
+
+/// The query string that gives `filter` back to [`filter`], without a
+/// leading `?`; empty for the filter that keeps everything.
+pub fn filter_query(filter: &BatchFilter) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for state in &filter.states {
+        query.append_pair("states", state.as_str());
+    }
+    for (name, label) in [
+        ("provider", &filter.provider),
+        ("model", &filter.model),
+        ("topic_filter", &filter.topic_filter),
+        ("difficulty_filter", &filter.difficulty_filter),
+    ] {
+        if let Some(label) = label {
+            query.append_pair(name, label.as_str());
+        }
+    }
+    for (name, time) in [
+        ("started_after", filter.started_after),
+        ("started_before", filter.started_before),
+    ] {
+        if let Some(time) = time {
+            query.append_pair(name, &form_time(time));
+        }
+    }
+    query.finish()
+}
+
+/// A time as a `datetime-local` input shows it, in UTC.
+pub fn form_time(time: Timestamp) -> String {
+    time.to_zoned(TimeZone::UTC)
+        .datetime()
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+/// The value of the first non-empty field called `name`.
+fn value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(field, text)| field == name && !text.trim().is_empty())
+        .map(|(_, text)| text.trim())
+}
+
+/// A `datetime-local` value (`2026-11-26T09:30`, seconds optional), read as
+/// UTC, or an RFC 3339 time with its offset.
+fn timestamp(text: &str) -> Result<Timestamp, InvalidValue> {
+    text.parse::<Timestamp>()
+        .ok()
+        .or_else(|| {
+            text.parse::<DateTime>()
+                .ok()
+                .and_then(|local| local.to_zoned(TimeZone::UTC).ok())
+                .map(|zoned| zoned.timestamp())
+        })
+        .ok_or_else(|| {
+            InvalidValue(format!(
+                "{text:?} is not a time such as 2026-11-26T09:30 (UTC) or 2026-11-26T09:30:00+01:00"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(text: &str) -> Vec<(String, String)> {
+        pairs(Some(text))
+    }
+
+    #[test]
+    fn a_filter_survives_its_own_query_string() {
+        let filter = filter(&query(
+            "states=RUNNING&states=FAILED&provider=groq&model=llama+3&topic_filter=contracts\
+             &difficulty_filter=&started_after=2026-11-01T08%3A30&started_before=2026-11-26T10:00:00%2B01:00",
+        ))
+        .unwrap();
+        assert_eq!(filter.states, [State::Running, State::Failed].into());
+        assert_eq!(filter.model.as_ref().map(Label::as_str), Some("llama 3"));
+        assert_eq!(filter.difficulty_filter, None);
+        assert_eq!(
+            filter.started_after,
+            Some("2026-11-01T08:30:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            filter.started_before,
+            Some("2026-11-26T09:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            super::filter(&query(&filter_query(&filter))).unwrap(),
+            filter
+        );
+        assert_eq!(filter_query(&BatchFilter::default()), "");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (text, field) in [
+            ("states=DONE", "states"),
+            ("started_after=yesterday", "started_after"),
+            ("older=xyz", "older"),
+            ("batch_id=a%20b", "batch_id"),
+        ] {
+            let error = if text.starts_with("batch_id") {
+                LiveQuery::parse(&query(text)).unwrap_err()
+            } else {
+                HistoryQuery::parse(&query(text)).unwrap_err()
+            };
+            assert_eq!(error.field, field, "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn page_tokens_belong_to_their_filter_and_direction() {
+        let cursor = Cursor {
+            start_time: "2026-11-26T10:00:00Z".parse().unwrap(),
+            batch_id: BatchId::parse("batch_1".into()).unwrap(),
+        };
+        let running = filter(&query("states=RUNNING")).unwrap();
+        let older = cursor.to_token(&running, Order::NewestFirst);
+        let newer = cursor.to_token(&running, Order::OldestFirst);
+        assert_eq!(
+            HistoryQuery::parse(&query(&format!("states=RUNNING&older={older}")))
+                .unwrap()
+                .position,
+            Position::OlderThan(cursor.clone())
+        );
+        assert_eq!(
+            HistoryQuery::parse(&query(&format!("states=RUNNING&newer={newer}")))
+                .unwrap()
+                .position,
+            Position::NewerThan(cursor)
+        );
+        assert!(HistoryQuery::parse(&query(&format!("states=FAILED&older={older}"))).is_err());
+        assert!(HistoryQuery::parse(&query(&format!("states=RUNNING&older={newer}"))).is_err());
+    }
+}
