@@ -35,10 +35,10 @@ pub async fn events(store: &Store, hub: &Hub, query: LiveQuery) -> Result<Body, 
         // Reconnect soon after the server ends a stream to start over.
         let mut next = Some(Bytes::from_static(b"retry: 2000\n\n"));
         loop {
-            if let Some(frame) = next.take() {
-                if frames.send(frame).await.is_err() {
-                    return;
-                }
+            if let Some(frame) = next.take()
+                && frames.send(frame).await.is_err()
+            {
+                return;
             }
             next = tokio::select! {
                 () = frames.closed() => return,

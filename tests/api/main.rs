@@ -18,3 +18,4 @@ mod reflection;
 mod reliability;
 mod save;
 mod support;
+mod web;

@@ -4,6 +4,7 @@
 //! ([`cluster`]).
 
 pub mod cluster;
+pub mod http;
 pub mod pgbouncer;
 pub mod process;
 
@@ -187,6 +188,8 @@ impl Drop for TestDb {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The web page's address, when the config turned it on.
+    pub ui_addr: Option<SocketAddr>,
     pub client: BatchHistoryClient<Channel>,
     pub db: TestDb,
     shutdown: Option<oneshot::Sender<()>>,
@@ -213,6 +216,7 @@ impl TestApp {
         .expect("the app did not start");
         let addr = app.local_addr().unwrap();
         let metrics_addr = app.metrics_addr().unwrap();
+        let ui_addr = app.ui_addr();
         let (shutdown, stopped) = oneshot::channel();
         let server = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -227,6 +231,7 @@ impl TestApp {
         Self {
             addr,
             metrics_addr,
+            ui_addr,
             client,
             db,
             shutdown: Some(shutdown),
@@ -355,16 +360,9 @@ pub fn database_config_via(
 
 /// The metrics page at `addr`, fetched over plain HTTP/1.1.
 pub async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    let response = http::get(addr, "/metrics", &[]).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    response.body
 }
 
 pub fn rand_u64() -> u64 {
