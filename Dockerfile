@@ -23,7 +23,7 @@ COPY --from=build /src/target/release/batch-history /usr/local/bin/batch-history
 USER 65532:65532
 ENV LISTEN_ADDR=0.0.0.0:50051 \
     LOG_FORMAT=json
-EXPOSE 50051
+EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["batch-history", "healthcheck", "--addr", "127.0.0.1:50051"]
 ENTRYPOINT ["batch-history"]

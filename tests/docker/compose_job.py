@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "readme"))
 from walkthrough import run_walkthrough  # noqa: E402
@@ -210,12 +211,13 @@ def main():
     if user != "65532:65532":
         fail(f"the image runs as {user!r}, not 65532")
 
-    port = free_port()
+    port, ui_port = free_port(), free_port()
     legacy_dir = tempfile.mkdtemp()
     env_file = tempfile.NamedTemporaryFile("w", suffix=".env", delete=False).name
     with open(".env.example") as example, open(env_file, "w") as env:
         env.write(example.read() + f"\nPOSTGRES_PASSWORD={PASSWORD}\n"
-                  f"BATCH_HISTORY_PORTS={port}\nPOSTGRES_HOST_PORT={free_port()}\n"
+                  f"BATCH_HISTORY_PORTS={port}\nBATCH_HISTORY_UI_PORTS={ui_port}\n"
+                  f"POSTGRES_HOST_PORT={free_port()}\n"
                   f"LEGACY_DB_DIR={legacy_dir}\n")
     stack = Stack(env_file)
     try:
@@ -226,6 +228,10 @@ def main():
               f"{stack.seconds_to_healthy('postgres'):.1f} s after its start, batch-history "
               f"{stack.seconds_to_healthy('batch-history'):.1f} s after its own")
         run_walkthrough(f"127.0.0.1:{port}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
+            if "batch_1760796202_0a1b2c3d" not in page.read().decode():
+                fail("the web page does not list the walkthrough's batch")
+        print("ok: the web page lists the walkthrough's batch")
 
         stack.compose("stop", "postgres")
         start = time.monotonic()
