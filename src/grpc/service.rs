@@ -273,7 +273,9 @@ impl BatchHistory for BatchHistoryService {
     ) -> Result<Response<BatchEventStream>, Status> {
         self.call("WatchBatches", request, |request| async {
             let filter = BatchFilter::try_from(request)?;
-            let events = watch::watch_batches(&self.store, &self.hub, filter).await?;
+            let events =
+                watch::watch_batches(&self.store, &self.hub, filter, watch::Snapshot::Running)
+                    .await?;
             Ok(
                 Box::pin(events.map(|event| event.map(Into::into).map_err(Into::into)))
                     as BatchEventStream,

@@ -19,7 +19,7 @@ use crate::domain::{Batch, Facets};
 use crate::store::{DeletedBatch, Store, StoreError};
 
 pub use feed::feed;
-pub use streams::{Event, EventStream, StreamEnd, watch_batch, watch_batches};
+pub use streams::{Event, EventStream, Snapshot, StreamEnd, watch_batch, watch_batches};
 
 /// Changes buffered for all watchers of a process; a watcher further behind
 /// than this is cut off.

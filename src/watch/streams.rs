@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::codegen::tokio_stream::Stream;
 
 use super::{Change, Hub};
-use crate::domain::{Batch, BatchFilter, BatchId, Facets, ListQuery, Order, PageSize, State};
+use crate::domain::{Batch, BatchFilter, BatchId, Facets, ListQuery, Order, Page, PageSize, State};
 use crate::store::{Store, StoreError};
 
 /// Events buffered for one watcher's client.
@@ -190,29 +190,50 @@ pub async fn watch_batch(
     Ok(stream)
 }
 
-/// Watches the batches `filter` keeps: a snapshot of the running ones, then
-/// every change that [`follows`] them, until the client goes away.
+/// What a batch watcher starts from.
+#[derive(Debug, Clone)]
+pub enum Snapshot {
+    /// Every running batch the filter keeps: a watcher that tracks them all.
+    Running,
+    /// These batches as they are now (those that exist), whatever their
+    /// state: a page that shows them and follows only them and new ones.
+    Of(Vec<BatchId>),
+}
+
+/// Watches the batches `filter` keeps: `snapshot`, then every change that
+/// [`follows`] them, until the client goes away.
 pub async fn watch_batches(
     store: &Store,
     hub: &Hub,
     filter: BatchFilter,
+    snapshot: Snapshot,
 ) -> Result<EventStream, StoreError> {
     let changes = hub.subscribe();
     hub.prepare_watch(store).await?;
-    let mut snapshot = filter.matches_state(State::Running).then(|| ListQuery {
-        filter: BatchFilter {
-            states: [State::Running].into(),
-            ..filter.clone()
-        },
-        order: Order::OldestFirst,
-        page_size: PageSize::largest(),
-        after: None,
-    });
+    let mut running = match snapshot {
+        Snapshot::Running => filter.matches_state(State::Running).then(|| ListQuery {
+            filter: BatchFilter {
+                states: [State::Running].into(),
+                ..filter.clone()
+            },
+            order: Order::OldestFirst,
+            page_size: PageSize::largest(),
+            after: None,
+        }),
+        Snapshot::Of(_) => None,
+    };
     // The first page is read before answering, so that an unreachable
     // database fails the call itself.
-    let mut page = match &snapshot {
-        Some(query) => Some(store.list_current(query).await?),
-        None => None,
+    let mut page = match (&running, snapshot) {
+        (Some(query), _) => Some(store.list_current(query).await?),
+        (None, Snapshot::Of(batch_ids)) => {
+            let batch_ids: Vec<&str> = batch_ids.iter().map(BatchId::as_str).collect();
+            Some(Page {
+                batches: store.get_many(&batch_ids).await?,
+                next: None,
+            })
+        }
+        (None, Snapshot::Running) => None,
     };
     let (sink, stream) = stream();
     let store = store.clone();
@@ -229,7 +250,7 @@ pub async fn watch_batches(
                     return;
                 }
             }
-            if let (Some(next), Some(query)) = (current.next, snapshot.as_mut()) {
+            if let (Some(next), Some(query)) = (current.next, running.as_mut()) {
                 query.after = Some(next);
                 match store.list_current(query).await {
                     Ok(next_page) => page = Some(next_page),

@@ -2,7 +2,7 @@
 //! watch RPCs (so a page on any replica sees changes made through any
 //! replica). Each event carries the HTML the page would show after a reload.
 
-use std::{convert::Infallible, time::Duration};
+use std::{collections::HashSet, convert::Infallible, time::Duration};
 
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
@@ -14,9 +14,10 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 use super::pages;
 use super::query::LiveQuery;
+use crate::domain::{BatchFilter, BatchId};
 use crate::http_endpoint::Body;
 use crate::store::{Store, StoreError};
-use crate::watch::{self, Event, Hub};
+use crate::watch::{self, Event, Hub, Snapshot};
 
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -25,9 +26,16 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// is nothing more to follow (the batch finished); otherwise it ends only
 /// when the server asks watchers to start over, and the browser reconnects.
 pub async fn events(store: &Store, hub: &Hub, query: LiveQuery) -> Result<Body, StoreError> {
-    let mut stream = match &query {
-        LiveQuery::History(filter) => watch::watch_batches(store, hub, filter.clone()).await?,
-        LiveQuery::Batch(batch_id) => watch::watch_batch(store, hub, batch_id.clone()).await?,
+    let (mut stream, mut page) = match query {
+        LiveQuery::History { filter, shown } => {
+            let snapshot = Snapshot::Of(shown.clone());
+            let stream = watch::watch_batches(store, hub, filter.clone(), snapshot).await?;
+            let shown = shown.into_iter().collect();
+            (stream, Page::History { filter, shown })
+        }
+        LiveQuery::Batch(batch_id) => {
+            (watch::watch_batch(store, hub, batch_id).await?, Page::Batch)
+        }
     };
     let (frames, body) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
@@ -44,7 +52,7 @@ pub async fn events(store: &Store, hub: &Hub, query: LiveQuery) -> Result<Body, 
                 () = frames.closed() => return,
                 _ = keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
                 event = stream.next() => match event {
-                    Some(Ok(event)) => Some(render(&query, event)),
+                    Some(Ok(event)) => page.render(event),
                     Some(Err(end)) => {
                         tracing::debug!(reason = %end, "live page stream ends; the browser reconnects");
                         return;
@@ -61,36 +69,65 @@ pub async fn events(store: &Store, hub: &Hub, query: LiveQuery) -> Result<Body, 
     Ok(BodyExt::boxed(StreamBody::new(body)))
 }
 
-/// One server-sent event: what to replace (`target`, an element id) with
-/// what (`html`), and whether a page without that element should add it.
-fn render(query: &LiveQuery, event: Event) -> Bytes {
-    let now = Timestamp::now();
-    let (kind, data) = match (query, event) {
-        (LiveQuery::History(_), Event::Snapshot(batch) | Event::Updated(batch)) => (
-            "batch",
-            json!({ "target": pages::row_id(&batch.batch_id), "html": pages::row(&batch, now), "add": false }),
-        ),
-        (LiveQuery::History(filter), Event::Created(batch)) => (
-            "batch",
-            json!({
-                "target": pages::row_id(&batch.batch_id),
-                "html": pages::row(&batch, now),
-                "add": filter.matches(batch.facets()),
-            }),
-        ),
-        (LiveQuery::History(_), Event::Deleted(batch_id)) => {
-            ("deleted", json!({ "target": pages::row_id(&batch_id) }))
-        }
-        (
-            LiveQuery::Batch(_),
-            Event::Snapshot(batch) | Event::Created(batch) | Event::Updated(batch),
-        ) => (
-            "batch",
-            json!({ "target": pages::DETAIL_ID, "html": pages::detail(&batch, now), "add": false }),
-        ),
-        (LiveQuery::Batch(_), Event::Deleted(_)) => {
-            ("deleted", json!({ "target": pages::DETAIL_ID }))
-        }
-    };
-    Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
+/// What the page being kept current shows.
+enum Page {
+    /// A history page: the rows it shows (with those added since it loaded),
+    /// and the filter that decides which new batches it adds.
+    History {
+        filter: BatchFilter,
+        shown: HashSet<BatchId>,
+    },
+    Batch,
+}
+
+impl Page {
+    /// The server-sent event for `event`, if the page shows what it changed:
+    /// what to replace (`target`, an element id) with what (`html`), and
+    /// whether the page adds it as a new row.
+    fn render(&mut self, event: Event) -> Option<Bytes> {
+        let now = Timestamp::now();
+        let (kind, data) = match (self, event) {
+            (Page::History { shown, .. }, Event::Snapshot(batch) | Event::Updated(batch)) => {
+                if !shown.contains(&batch.batch_id) {
+                    return None;
+                }
+                let html = pages::row(&batch, now);
+                let target = pages::row_id(&batch.batch_id);
+                (
+                    "batch",
+                    json!({ "target": target, "html": html, "add": false }),
+                )
+            }
+            (Page::History { filter, shown }, Event::Created(batch)) => {
+                if !filter.matches(batch.facets()) {
+                    return None;
+                }
+                shown.insert(batch.batch_id.clone());
+                let html = pages::row(&batch, now);
+                let target = pages::row_id(&batch.batch_id);
+                (
+                    "batch",
+                    json!({ "target": target, "html": html, "add": true }),
+                )
+            }
+            (Page::History { shown, .. }, Event::Deleted(batch_id)) => {
+                if !shown.remove(&batch_id) {
+                    return None;
+                }
+                ("deleted", json!({ "target": pages::row_id(&batch_id) }))
+            }
+            (
+                Page::Batch,
+                Event::Snapshot(batch) | Event::Created(batch) | Event::Updated(batch),
+            ) => {
+                let html = pages::detail(&batch, now);
+                (
+                    "batch",
+                    json!({ "target": pages::DETAIL_ID, "html": html, "add": false }),
+                )
+            }
+            (Page::Batch, Event::Deleted(_)) => ("deleted", json!({ "target": pages::DETAIL_ID })),
+        };
+        Some(Bytes::from(format!("event: {kind}\ndata: {data}\n\n")))
+    }
 }

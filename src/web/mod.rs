@@ -193,7 +193,13 @@ impl WebPage {
             older: older.map(|cursor| cursor.to_token(&query.filter, Order::NewestFirst)),
         };
         let main = pages::history(&query.filter, &batches, &paging, Timestamp::now());
-        let live = format!("/events?{}", query::filter_query(&query.filter));
+        let mut live = form_urlencoded::Serializer::new(query::filter_query(&query.filter));
+        let shown: Vec<&str> = batches
+            .iter()
+            .map(|batch| batch.batch_id.as_str())
+            .collect();
+        live.append_pair("shown", &shown.join(","));
+        let live = format!("/events?{}", live.finish());
         Ok(self.page(
             StatusCode::OK,
             "History",

@@ -4,7 +4,7 @@
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 
 use crate::domain::{
-    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, Order, State,
+    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, Order, PageSize, State,
 };
 
 /// Which part of a listing a history page shows.
@@ -28,8 +28,11 @@ pub struct HistoryQuery {
 /// What the live event stream follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LiveQuery {
-    /// Batches a history page's filter keeps.
-    History(BatchFilter),
+    /// A history page: the batches it shows, and new ones its filter keeps.
+    History {
+        filter: BatchFilter,
+        shown: Vec<BatchId>,
+    },
     /// One batch's detail.
     Batch(BatchId),
 }
@@ -70,7 +73,16 @@ impl LiveQuery {
             Some(id) => Ok(Self::Batch(
                 BatchId::parse(id.to_owned()).map_err(|e| e.at("batch_id"))?,
             )),
-            None => Ok(Self::History(filter(pairs)?)),
+            None => Ok(Self::History {
+                filter: filter(pairs)?,
+                shown: value(pairs, "shown")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|id| !id.is_empty())
+                    .take(usize::from(PageSize::MAX))
+                    .map(|id| BatchId::parse(id.to_owned()).map_err(|e| e.at("shown")))
+                    .collect::<Result<_, _>>()?,
+            }),
         }
     }
 }
@@ -211,8 +223,9 @@ mod tests {
             ("started_after=yesterday", "started_after"),
             ("older=xyz", "older"),
             ("batch_id=a%20b", "batch_id"),
+            ("shown=ok,not%20ok", "shown"),
         ] {
-            let error = if text.starts_with("batch_id") {
+            let error = if text.starts_with("batch_id") || text.starts_with("shown") {
                 LiveQuery::parse(&query(text)).unwrap_err()
             } else {
                 HistoryQuery::parse(&query(text)).unwrap_err()

@@ -77,22 +77,33 @@ async fn the_event_stream_sends_each_change_as_the_row_or_detail_to_show() {
     let page = app.ui_addr.unwrap();
     let mut client = app.client.clone();
 
-    let mut history = http::send(page, "GET", "/events?states=RUNNING", &[], "").await;
+    app.create("shown-1", "groq").await;
+    app.create("hidden-1", "groq").await;
+    // A page that shows shown-1 (and not hidden-1, say on another page).
+    let events = "/events?states=RUNNING&shown=shown-1";
+    let mut history = http::send(page, "GET", events, &[], "").await;
     let mut seen = String::new();
-    read_until(&mut history, &mut seen, "retry: 2000").await;
+    read_until(&mut history, &mut seen, r#""target":"batch-shown-1""#).await;
     assert!(seen.contains("content-type: text/event-stream"), "{seen}");
     app.create("live-1", "groq").await;
     read_until(&mut history, &mut seen, r#""add":true"#).await;
     assert!(seen.contains(r#""target":"batch-live-1""#), "{seen}");
-    client
-        .record_progress(RecordProgressRequest {
-            batch_id: "live-1".into(),
-            samples_delta: 42,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    for (batch_id, samples) in [("hidden-1", 7), ("shown-1", 9), ("live-1", 42)] {
+        client
+            .record_progress(RecordProgressRequest {
+                batch_id: batch_id.into(),
+                samples_delta: samples,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     read_until(&mut history, &mut seen, "42 / 100").await;
+    assert!(seen.contains("9 / 100"), "{seen}");
+    assert!(
+        !seen.contains("hidden-1"),
+        "a batch the page does not show was sent: {seen}"
+    );
 
     let mut detail = http::send(page, "GET", "/events?batch_id=live-1", &[], "").await;
     let mut detail_seen = String::new();

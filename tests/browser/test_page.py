@@ -16,14 +16,17 @@ def wait_for(browser, condition, what, timeout=10):
     return WebDriverWait(browser, timeout).until(lambda _: condition(), message=what)
 
 
+# Read in one script each: a live update may replace the element between
+# finding it and reading it.
 def text(browser, selector):
-    found = browser.find_elements(By.CSS_SELECTOR, selector)
-    return found[0].text if found else None
+    return browser.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", selector)
 
 
 def progress_value(browser, batch_id):
-    bars = browser.find_elements(By.CSS_SELECTOR, f'[id="batch-{batch_id}"] progress')
-    return int(bars[0].get_attribute("value")) if bars else None
+    return browser.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.value : null",
+        f'[id="batch-{batch_id}"] progress')
 
 
 def row_ids(browser):
