@@ -31,6 +31,7 @@ pub async fn events(store: &Store, hub: &Hub, query: LiveQuery) -> Result<Body, 
             let snapshot = Snapshot::Of(shown.clone());
             let stream = watch::watch_batches(store, hub, filter.clone(), snapshot).await?;
             let shown = shown.into_iter().collect();
+            let filter = Box::new(filter);
             (stream, Page::History { filter, shown })
         }
         LiveQuery::Batch(batch_id) => {
@@ -74,7 +75,7 @@ enum Page {
     /// A history page: the rows it shows (with those added since it loaded),
     /// and the filter that decides which new batches it adds.
     History {
-        filter: BatchFilter,
+        filter: Box<BatchFilter>,
         shown: HashSet<BatchId>,
     },
     Batch,
