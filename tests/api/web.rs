@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use batch_history::config::{Secret, ServeConfig};
-use batch_history::proto::{self, FinishBatchRequest, RecordProgressRequest};
+use batch_history::proto::batch_history_client::BatchHistoryClient;
+use batch_history::proto::{self, CreateBatchRequest, FinishBatchRequest, RecordProgressRequest};
 use batch_history::startup::App;
 
 use crate::support::cluster::TempCluster;
@@ -85,7 +86,24 @@ async fn the_event_stream_sends_each_change_as_the_row_or_detail_to_show() {
     let mut seen = String::new();
     read_until(&mut history, &mut seen, r#""target":"batch-shown-1""#).await;
     assert!(seen.contains("content-type: text/event-stream"), "{seen}");
-    app.create("live-1", "groq").await;
+    // Created through another replica: the page hears of it through the feed.
+    let other = App::build(serve_config(app.db.database_config(Duration::from_secs(5))))
+        .await
+        .unwrap();
+    let other_addr = other.local_addr().unwrap();
+    tokio::spawn(other.run_until_stopped(std::future::pending()));
+    BatchHistoryClient::connect(format!("http://{other_addr}"))
+        .await
+        .unwrap()
+        .create_batch(CreateBatchRequest {
+            batch_id: "live-1".into(),
+            batch: Some(proto::Batch {
+                target_count: 100,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
     read_until(&mut history, &mut seen, r#""add":true"#).await;
     assert!(seen.contains(r#""target":"batch-live-1""#), "{seen}");
     for (batch_id, samples) in [("hidden-1", 7), ("shown-1", 9), ("live-1", 42)] {
