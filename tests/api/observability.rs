@@ -25,11 +25,12 @@ async fn metrics_count_calls_by_code_and_show_pool_and_batches() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
-    let page = app.scrape().await;
-    assert!(
-        page.contains("content-type: text/plain; version=0.0.4"),
-        "{page}"
+    let response = crate::support::http::get(app.metrics_addr, "/metrics", &[]).await;
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; version=0.0.4")
     );
+    let page = app.scrape().await;
     assert_eq!(
         sample(
             &page,
