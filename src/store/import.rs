@@ -8,7 +8,7 @@ use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Json};
 
 use super::DatabaseConfig;
 use super::StoreError;
-use super::sql::{COLUMN_TYPES, columns};
+use super::sql::{COLUMN_TYPES, COPY_TO_STAGE};
 use crate::domain::{Batch, BatchId};
 
 /// What to do with a batch whose id is stored with other content.
@@ -44,13 +44,6 @@ pub struct LoadOutcome {
 }
 
 const STAGE: &str = "CREATE TEMPORARY TABLE import_batches (LIKE batches) ON COMMIT DROP";
-
-/// Every column, in the order [`BulkLoad::write`] writes them.
-const COPY: &str = concat!(
-    "COPY import_batches (",
-    columns!(),
-    ") FROM STDIN (FORMAT binary)"
-);
 
 /// A batch's content, as the digest an import compares and remembers, of
 /// the row `$t`. Update time and version are not content: they only say when
@@ -188,11 +181,11 @@ impl BulkLoad {
             )
             .await?;
         client.batch_execute(STAGE).await?;
-        let sink = client.copy_in(COPY).await?;
+        let sink = client.copy_in(COPY_TO_STAGE).await?;
         Ok(Self {
             client,
             connection,
-            writer: Box::pin(BinaryCopyInWriter::new(sink, &COLUMN_TYPES)),
+            writer: Box::pin(BinaryCopyInWriter::new(sink, COLUMN_TYPES)),
             staged: 0,
         })
     }

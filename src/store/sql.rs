@@ -24,40 +24,52 @@ impl<'s> Statement<'s> {
     }
 }
 
-/// Every column of `batches`: the one list that the statements below, the
-/// import's COPY and [`COLUMN_TYPES`] follow ([`super::batch_from_row`]
-/// reads by name).
-macro_rules! columns {
-    () => {
-        "batch_id, state, provider, model, current_model, topic_filter, difficulty_filter, \
-         reasoning_instruction, target_count, samples_generated, total_tokens, errors, \
-         error_count, model_switches, metadata, start_time, end_time, update_time, version"
+/// Every column of `batches`, in order, with its type: the one list that the
+/// statements below (through [`columns!`]), the import's COPY and its
+/// [`COLUMN_TYPES`] come from ([`super::batch_from_row`] reads by name).
+/// Calls `$then!` with `name: TYPE` pairs.
+macro_rules! with_batch_columns {
+    ($then:ident) => {
+        $then! {
+            batch_id: TEXT, state: TEXT, provider: TEXT, model: TEXT, current_model: TEXT,
+            topic_filter: TEXT, difficulty_filter: TEXT, reasoning_instruction: TEXT,
+            target_count: INT4, samples_generated: INT8, total_tokens: INT8, errors: JSONB,
+            error_count: INT8, model_switches: JSONB, metadata: JSONB,
+            start_time: TIMESTAMPTZ, end_time: TIMESTAMPTZ, update_time: TIMESTAMPTZ,
+            version: INT8
+        }
     };
 }
-pub(super) use columns;
+
+macro_rules! column_names {
+    ($first:ident: $first_type:ident $(, $name:ident: $type:ident)*) => {
+        concat!(stringify!($first) $(, ", ", stringify!($name))*)
+    };
+}
+
+macro_rules! column_types {
+    ($($name:ident: $type:ident),*) => {
+        [$(Type::$type),*]
+    };
+}
+
+/// The column list of every statement that returns whole batches.
+macro_rules! columns {
+    () => {
+        with_batch_columns!(column_names)
+    };
+}
+
+/// The import's bulk load into its staging table: every column, in the
+/// order `BulkLoad::write` writes them.
+pub const COPY_TO_STAGE: &str = concat!(
+    "COPY import_batches (",
+    columns!(),
+    ") FROM STDIN (FORMAT binary)"
+);
 
 /// The type of each of [`columns!`], in its order.
-pub const COLUMN_TYPES: [Type; 19] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::JSONB,
-    Type::INT8,
-    Type::JSONB,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::INT8,
-];
+pub const COLUMN_TYPES: &[Type] = &with_batch_columns!(column_types);
 
 /// Inserts a batch unless its id exists; returns the new or the existing row
 /// and whether this statement created it. $1 id, $2–$6 texts, $7 target
@@ -512,15 +524,5 @@ impl<'q> Listing<'q> {
                 }
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_column_has_a_type() {
-        assert_eq!(columns!().split(',').count(), COLUMN_TYPES.len());
     }
 }
