@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the command line and environment, validated into each
-//!   command's settings. The top: only `main` and [`startup`] use it; each
-//!   module below defines the settings it takes ([`store::DatabaseConfig`]).
+//! - [`cli`]: the command line and environment, validated into each
+//!   command's settings. The top: only `main` uses it.
+//! - [`config`]: those settings, composed of the settings each module below
+//!   defines for itself ([`store::DatabaseConfig`]), so none depends on it.
 //! - [`telemetry`]: structured logging, and spans over OTLP.
 //! - [`domain`]: validated types; a value that exists is valid.
 //! - [`store`]: PostgreSQL access (every SQL statement) and migrations.
@@ -27,6 +28,7 @@
 //! - [`proto`]: code generated from `proto/batchhistory/v1/batch_history.proto`.
 
 pub mod background;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;

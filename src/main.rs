@@ -1,6 +1,7 @@
 use std::{process::ExitCode, time::Duration};
 
-use batch_history::config::{Cli, Command, ImportConfig, ServeConfig, start_unless_configured};
+use batch_history::cli::{Cli, Command, start_unless_configured};
+use batch_history::config::{ImportConfig, ServeConfig};
 use batch_history::local_cluster::LocalCluster;
 use batch_history::startup::{App, shutdown_signal};
 use batch_history::store::DatabaseConfig;

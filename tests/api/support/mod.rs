@@ -341,12 +341,12 @@ pub fn database_config_via(
     direct_url: Option<&str>,
     timeout: Duration,
 ) -> DatabaseConfig {
-    DatabaseConfig::try_from(batch_history::config::DatabaseArgs {
+    DatabaseConfig::try_from(batch_history::cli::DatabaseArgs {
         database_url: Some(url.into()),
         database_url_file: None,
         database_direct_url: direct_url.map(str::to_owned),
         database_direct_url_file: None,
-        db_pooler: batch_history::config::DbPooler::Auto,
+        db_pooler: batch_history::cli::DbPooler::Auto,
         database_read_url: None,
         database_read_url_file: None,
         db_read_max_lag_ms: 5_000,
