@@ -333,11 +333,10 @@ async fn get_and_delete_report_missing_batches() {
 
 #[tokio::test]
 async fn a_lost_database_is_unavailable_not_internal() {
-    let app = TestApp::spawn_on(
-        crate::support::TestDb::create().await,
-        std::time::Duration::from_millis(1_000),
-    )
-    .await;
+    let app = TestApp::builder()
+        .timeout(std::time::Duration::from_millis(1_000))
+        .spawn()
+        .await;
     app.create("before", "groq").await;
     app.db.drop_now().await;
 

@@ -12,14 +12,13 @@ use std::sync::{
 use std::time::{Duration, Instant};
 
 use batch_history::proto::{self, batch_history_client::BatchHistoryClient};
-use batch_history::startup::App;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::cluster::TempCluster;
 use batch_history::config::ServeConfig;
 
-use crate::support::{database_config, health_client, scrape, serve_config};
+use crate::support::{Server, database_config, health_client, scrape, serve_config};
 
 /// Creates batches `{writer}-{n}` until told to stop; returns the ids the
 /// service acknowledged and the codes of the calls that failed.
@@ -93,17 +92,9 @@ async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/history?target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let app = App::build(serve_config(database_config(&url, Duration::from_secs(1))))
-        .await
-        .expect("the app did not start");
-    let addr = app.local_addr().unwrap();
-    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    let client = BatchHistoryClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let server = Server::start(serve_config(database_config(&url, Duration::from_secs(1)))).await;
+    let addr = server.addr;
+    let client = server.client().await;
     let mut health = health_client(format!("http://{addr}")).await;
     let mut serving = async || {
         health
@@ -196,8 +187,7 @@ async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_
         codes.keys().all(|code| code == "Unavailable"),
         "failed calls said UNAVAILABLE, nothing else: {codes:?}"
     );
-    let _ = shutdown.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// The value of the unlabelled metric `name` on a metrics page.
@@ -242,20 +232,13 @@ async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
     // Margin for a loaded machine: the listing right after the create must
     // still find the replica in use.
     database.read_max_lag = Duration::from_secs(3);
-    let app = App::build(ServeConfig {
+    let server = Server::start(ServeConfig {
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..serve_config(database)
     })
-    .await
-    .expect("the app did not start");
-    let (addr, metrics_addr) = (app.local_addr().unwrap(), app.metrics_addr().unwrap());
-    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    let mut client = BatchHistoryClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    .await;
+    let metrics_addr = server.metrics_addr.unwrap();
+    let mut client = server.client().await;
     let replica_reads = async || metric(&scrape(metrics_addr).await, "batch_history_replica_reads");
 
     create(&mut client, "before").await;
@@ -324,6 +307,5 @@ async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
         ["after", "before"],
         "an unreachable replica falls back to the primary, failing nothing"
     );
-    let _ = shutdown.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -13,7 +13,7 @@ use prost::Message;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::support::{TestApp, TestDb, assert_invalid, health_client, rand_u64};
+use crate::support::{TestApp, assert_invalid, health_client, rand_u64};
 
 fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
     RecordProgressRequest {
@@ -63,7 +63,10 @@ fn hammer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_locked_elsewhere_starves_no_other_batch_and_timed_out_calls_never_apply() {
-    let app = TestApp::spawn_on(TestDb::create().await, Duration::from_secs(1)).await;
+    let app = TestApp::builder()
+        .timeout(Duration::from_secs(1))
+        .spawn()
+        .await;
     app.create("hot", "groq").await;
     for n in 0..20 {
         app.create(&format!("cold-{n}"), "groq").await;
@@ -190,7 +193,10 @@ async fn raw_call_with_deadline(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_retried_after_a_deadline_or_unavailable_is_applied_once() {
-    let app = TestApp::spawn_on(TestDb::create().await, Duration::from_secs(1)).await;
+    let app = TestApp::builder()
+        .timeout(Duration::from_secs(1))
+        .spawn()
+        .await;
     app.create("b", "groq").await;
     let mut client = app.client.clone();
 

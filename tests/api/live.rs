@@ -11,10 +11,9 @@ use batch_history::proto::{
     WatchBatchRequest, WatchBatchesRequest, batch::State, batch_event::Kind,
     batch_history_client::BatchHistoryClient,
 };
-use batch_history::startup::App;
 use tonic::{Code, Streaming, transport::Channel};
 
-use crate::support::{TestApp, TestDb, serve_config, timestamp};
+use crate::support::{Server, TestApp, TestDb, serve_config, timestamp};
 
 const SOON: Duration = Duration::from_secs(1);
 
@@ -60,18 +59,12 @@ fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
 }
 
 /// A second server on `db`, with `upkeep`.
-async fn replica(db: &TestDb, upkeep: Upkeep) -> BatchHistoryClient<Channel> {
-    let app = App::build(ServeConfig {
+async fn replica(db: &TestDb, upkeep: Upkeep) -> Server {
+    Server::start(ServeConfig {
         upkeep,
         ..serve_config(db.database_config(Duration::from_secs(5)))
     })
     .await
-    .unwrap();
-    let addr = app.local_addr().unwrap();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    BatchHistoryClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -120,11 +113,12 @@ async fn watch_batch_streams_its_changes_until_it_finishes() {
 async fn a_change_through_one_replica_reaches_a_watcher_on_another() {
     let app = TestApp::spawn().await;
     let other = replica(&app.db, Upkeep::default()).await;
+    let other_client = other.client().await;
     app.create("already-running", "groq").await;
     app.create("other-provider", "cerebras").await;
 
     let mut stream = watch_all(
-        &other,
+        &other_client,
         WatchBatchesRequest {
             provider: "groq".into(),
             ..Default::default()
@@ -631,7 +625,7 @@ async fn the_sweep_stops_only_stale_batches_and_says_why() {
 #[tokio::test]
 async fn background_upkeep_sweeps_and_purges() {
     let app = TestApp::spawn().await;
-    let mut client = replica(
+    let sweeper = replica(
         &app.db,
         Upkeep {
             stale_after: Some(StaleThreshold::parse(Duration::from_secs(1)).unwrap()),
@@ -639,6 +633,7 @@ async fn background_upkeep_sweeps_and_purges() {
         },
     )
     .await;
+    let mut client = sweeper.client().await;
     client
         .create_batch(CreateBatchRequest {
             batch_id: "old".into(),

@@ -11,13 +11,12 @@ use std::{
 };
 
 use batch_history::proto::{self, CreateBatchRequest, RecordProgressRequest};
-use batch_history::startup::App;
 use batch_history::store::DatabaseConfig;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::cluster::TempCluster;
-use crate::support::{database_config, health_client, serve_config};
+use crate::support::{Server, database_config, health_client, serve_config};
 
 const TIMEOUT: Duration = Duration::from_millis(1_000);
 
@@ -62,11 +61,8 @@ async fn a_database_restart_under_load_loses_nothing_and_heals() {
     let mut pg = cluster.config("postgres");
     pg.connect_timeout(TIMEOUT);
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-    let app = App::build(serve_config(database_config(&url, TIMEOUT)))
-        .await
-        .expect("the app starts on the throwaway cluster");
-    let addr = app.local_addr().unwrap();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let server = Server::start(serve_config(database_config(&url, TIMEOUT))).await;
+    let addr = server.addr;
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
@@ -244,18 +240,8 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
             pool_max_size: 2,
             ..database_config(&url, Duration::from_secs(2))
         };
-        let app = App::build(serve_config(database))
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
-        let addr = app.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        let mut client =
-            proto::batch_history_client::BatchHistoryClient::connect(format!("http://{addr}"))
-                .await
-                .unwrap();
+        let server = Server::start(serve_config(database)).await;
+        let mut client = server.client().await;
         client
             .create_batch(CreateBatchRequest {
                 batch_id: format!("tls-{want_tls}"),
@@ -277,8 +263,7 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
         for row in rows {
             assert_eq!(row.get::<_, bool>(0), want_tls, "{url}");
         }
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
     }
     let _ = std::fs::remove_dir_all(cert_dir);
 }

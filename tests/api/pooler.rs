@@ -67,7 +67,7 @@ async fn statements_cancelled_through_the_pooler_never_apply_and_it_keeps_servin
         Some(&db.url(None)),
         Duration::from_millis(300),
     );
-    let app = TestApp::spawn_with(db, serve_config(database)).await;
+    let app = TestApp::builder().db(db).database(database).spawn().await;
     app.create("hot", "groq").await;
     let mut locker = app.db.client().await;
     let lock = locker.transaction().await.unwrap();

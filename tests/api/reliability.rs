@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use batch_history::config::{Secret, ServeConfig};
 use batch_history::proto::{
     self, BatchError, CreateBatchRequest, GetBatchRequest, ListBatchesRequest,
     RecordProgressRequest, batch_history_client::BatchHistoryClient,
@@ -501,18 +500,11 @@ async fn passwords_never_reach_the_logs() {
 
 #[tokio::test]
 async fn with_a_token_calls_need_it_but_probes_do_not() {
-    let db = TestDb::create().await;
-    let app = App::build(ServeConfig {
-        auth_token: Some(Secret::new("t0ken-for-tests".into())),
-        ..serve_config(db.database_config(Duration::from_secs(5)))
-    })
-    .await
-    .unwrap();
-    let addr = app.local_addr().unwrap();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let mut client = BatchHistoryClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let app = TestApp::builder()
+        .auth_token("t0ken-for-tests")
+        .spawn()
+        .await;
+    let (addr, mut client) = (app.addr, app.client.clone());
 
     let status = client
         .list_batches(ListBatchesRequest::default())

@@ -4,28 +4,16 @@
 
 use std::time::Duration;
 
-use batch_history::config::{Secret, ServeConfig};
-use batch_history::proto::batch_history_client::BatchHistoryClient;
+use batch_history::config::ServeConfig;
 use batch_history::proto::{self, CreateBatchRequest, FinishBatchRequest, RecordProgressRequest};
-use batch_history::startup::App;
 
 use crate::support::cluster::TempCluster;
 use crate::support::http::{self, get, read_until, request};
-use crate::support::{TestApp, TestDb, database_config, serve_config};
-
-async fn spawn_with_page(auth_token: Option<&str>) -> TestApp {
-    let db = TestDb::create().await;
-    let config = ServeConfig {
-        ui_addr: Some("127.0.0.1:0".parse().unwrap()),
-        auth_token: auth_token.map(|token| Secret::new(token.into())),
-        ..serve_config(db.database_config(Duration::from_secs(5)))
-    };
-    TestApp::spawn_with(db, config).await
-}
+use crate::support::{Server, TestApp, database_config, serve_config};
 
 #[tokio::test]
 async fn the_page_shows_batches_and_names_the_field_of_a_bad_address() {
-    let app = spawn_with_page(None).await;
+    let app = TestApp::builder().web_page().spawn().await;
     let page = app.ui_addr.unwrap();
     app.create("web-groq", "groq").await;
     app.create("web-cerebras", "cerebras").await;
@@ -74,7 +62,7 @@ async fn the_page_shows_batches_and_names_the_field_of_a_bad_address() {
 
 #[tokio::test]
 async fn the_event_stream_sends_each_change_as_the_row_or_detail_to_show() {
-    let app = spawn_with_page(None).await;
+    let app = TestApp::builder().web_page().spawn().await;
     let page = app.ui_addr.unwrap();
     let mut client = app.client.clone();
 
@@ -87,14 +75,10 @@ async fn the_event_stream_sends_each_change_as_the_row_or_detail_to_show() {
     read_until(&mut history, &mut seen, r#""target":"batch-shown-1""#).await;
     assert!(seen.contains("content-type: text/event-stream"), "{seen}");
     // Created through another replica: the page hears of it through the feed.
-    let other = App::build(serve_config(app.db.database_config(Duration::from_secs(5))))
+    let other = Server::start(serve_config(app.db.database_config(Duration::from_secs(5)))).await;
+    other
+        .client()
         .await
-        .unwrap();
-    let other_addr = other.local_addr().unwrap();
-    tokio::spawn(other.run_until_stopped(std::future::pending()));
-    BatchHistoryClient::connect(format!("http://{other_addr}"))
-        .await
-        .unwrap()
         .create_batch(CreateBatchRequest {
             batch_id: "live-1".into(),
             batch: Some(proto::Batch {
@@ -144,7 +128,11 @@ async fn the_event_stream_sends_each_change_as_the_row_or_detail_to_show() {
 #[tokio::test]
 async fn with_a_token_only_a_signed_in_browser_sees_the_page() {
     let token = "web-test-token-93c1";
-    let app = spawn_with_page(Some(token)).await;
+    let app = TestApp::builder()
+        .web_page()
+        .auth_token(token)
+        .spawn()
+        .await;
     let page = app.ui_addr.unwrap();
 
     let refused = get(page, "/", &[]).await;
@@ -183,14 +171,12 @@ async fn with_the_database_down_the_page_says_so_and_recovers() {
         .await
         .unwrap();
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-    let app = App::build(ServeConfig {
+    let server = Server::start(ServeConfig {
         ui_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..serve_config(database_config(&url, Duration::from_millis(1_000)))
     })
-    .await
-    .expect("the app starts on the throwaway cluster");
-    let page = app.ui_addr().unwrap();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    .await;
+    let page = server.ui_addr.unwrap();
     assert_eq!(get(page, "/", &[]).await.status, 200);
 
     let cluster = tokio::task::spawn_blocking(move || {

@@ -10,12 +10,13 @@ pub mod process;
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
-use batch_history::config::ServeConfig;
+use batch_history::config::{Secret, ServeConfig};
 use batch_history::local_cluster::LocalCluster;
 use batch_history::proto::{self, batch_history_client::BatchHistoryClient};
 use batch_history::startup::App;
 use batch_history::store::DatabaseConfig;
 use batch_history::store::Pooling;
+use batch_history::telemetry::cause_chain;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -184,59 +185,46 @@ impl Drop for TestDb {
     }
 }
 
-/// A running server, its client and its database.
-pub struct TestApp {
+/// A server built from a config, serving in the background until stopped or
+/// dropped: for tests that bring their own database.
+pub struct Server {
     pub addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    /// The web page's address, when the config turned it on.
+    pub metrics_addr: Option<SocketAddr>,
     pub ui_addr: Option<SocketAddr>,
-    pub client: BatchHistoryClient<Channel>,
-    pub db: TestDb,
     shutdown: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
+    task: JoinHandle<()>,
 }
 
-impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_on(TestDb::create().await, Duration::from_secs(5)).await
-    }
-
-    pub async fn spawn_on(db: TestDb, timeout: Duration) -> Self {
-        let config = serve_config(db.database_config(timeout));
-        Self::spawn_with(db, config).await
-    }
-
-    /// Serves `db` with `config`, metrics on a free port.
-    pub async fn spawn_with(db: TestDb, config: ServeConfig) -> Self {
-        let app = App::build(ServeConfig {
-            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-            ..config
-        })
-        .await
-        .expect("the app did not start");
+impl Server {
+    /// Builds the app from `config` (migrating its database) and serves it.
+    pub async fn start(config: ServeConfig) -> Self {
+        let app = App::build(config)
+            .await
+            .unwrap_or_else(|error| panic!("the app did not start: {}", cause_chain(&error)));
         let addr = app.local_addr().unwrap();
-        let metrics_addr = app.metrics_addr().unwrap();
-        let ui_addr = app.ui_addr();
+        let (metrics_addr, ui_addr) = (app.metrics_addr(), app.ui_addr());
         let (shutdown, stopped) = oneshot::channel();
-        let server = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             app.run_until_stopped(async {
                 let _ = stopped.await;
             })
             .await
             .expect("the server failed");
         });
-        let client = BatchHistoryClient::connect(format!("http://{addr}"))
-            .await
-            .expect("cannot connect to the server");
         Self {
             addr,
             metrics_addr,
             ui_addr,
-            client,
-            db,
             shutdown: Some(shutdown),
-            server,
+            task,
         }
+    }
+
+    /// A client connected to this server.
+    pub async fn client(&self) -> BatchHistoryClient<Channel> {
+        BatchHistoryClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("cannot connect to the server")
     }
 
     /// Tells the server to shut down gracefully, without waiting.
@@ -246,10 +234,122 @@ impl TestApp {
         }
     }
 
-    /// Stops the server gracefully and waits until it has.
+    /// Stops the server gracefully and waits until it has, failing the test
+    /// if it stopped with an error.
     pub async fn stop(mut self) {
         self.begin_stop();
-        (&mut self.server).await.expect("the server panicked");
+        (&mut self.task).await.expect("the server panicked");
+    }
+}
+
+/// A running server (metrics on), its client and its fresh database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// The web page's address, when the builder turned it on.
+    pub ui_addr: Option<SocketAddr>,
+    pub client: BatchHistoryClient<Channel>,
+    pub db: TestDb,
+    server: Server,
+}
+
+/// How a [`TestApp`] differs from the default: a fresh database, a 5 s
+/// database timeout, metrics on, no web page, token or upkeep changes.
+#[must_use]
+pub struct TestAppBuilder {
+    db: Option<TestDb>,
+    timeout: Duration,
+    database: Option<DatabaseConfig>,
+    ui: bool,
+    auth_token: Option<String>,
+}
+
+impl TestAppBuilder {
+    /// Serve this database instead of a fresh one.
+    pub fn db(self, db: TestDb) -> Self {
+        Self {
+            db: Some(db),
+            ..self
+        }
+    }
+
+    /// The budget of each call's database work.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
+    }
+
+    /// Reach the database with these settings (a pooler, a small pool)
+    /// instead of the database's own, direct ones.
+    pub fn database(self, database: DatabaseConfig) -> Self {
+        Self {
+            database: Some(database),
+            ..self
+        }
+    }
+
+    /// Serve the web page on a free port too.
+    pub fn web_page(self) -> Self {
+        Self { ui: true, ..self }
+    }
+
+    pub fn auth_token(self, token: &str) -> Self {
+        Self {
+            auth_token: Some(token.into()),
+            ..self
+        }
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let db = match self.db {
+            Some(db) => db,
+            None => TestDb::create().await,
+        };
+        let database = self
+            .database
+            .unwrap_or_else(|| db.database_config(self.timeout));
+        let free = || Some("127.0.0.1:0".parse().unwrap());
+        let server = Server::start(ServeConfig {
+            metrics_addr: free(),
+            ui_addr: if self.ui { free() } else { None },
+            auth_token: self.auth_token.map(Secret::new),
+            ..serve_config(database)
+        })
+        .await;
+        TestApp {
+            addr: server.addr,
+            metrics_addr: server.metrics_addr.unwrap(),
+            ui_addr: server.ui_addr,
+            client: server.client().await,
+            db,
+            server,
+        }
+    }
+}
+
+impl TestApp {
+    /// The default app on a fresh database.
+    pub async fn spawn() -> Self {
+        Self::builder().spawn().await
+    }
+
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            db: None,
+            timeout: Duration::from_secs(5),
+            database: None,
+            ui: false,
+            auth_token: None,
+        }
+    }
+
+    /// Tells the server to shut down gracefully, without waiting.
+    pub fn begin_stop(&mut self) {
+        self.server.begin_stop();
+    }
+
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 
     /// The metrics page, fetched over plain HTTP/1.1.
