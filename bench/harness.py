@@ -149,6 +149,9 @@ def main(argv):
                LISTEN_ADDR=f"127.0.0.1:{s['port']}", LOG_FORMAT="json", RUST_LOG="warn",
                # The seeded RUNNING batches are old: the stale sweep would stop them.
                STALE_AFTER="0")
+    # SERVER_ENV="NAME=value ...": settings for the server alone (the load
+    # generator is a tokio program too), e.g. TOKIO_WORKER_THREADS=1.
+    env.update(pair.split("=", 1) for pair in os.environ.get("SERVER_ENV", "").split())
     table, memory, p50 = [], [], {}
     for rows in s["sizes"]:
         psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

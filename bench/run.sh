@@ -15,7 +15,8 @@
 # CLIENTS, STATS_CLIENTS (default 1: GetBatchStats reads the whole table),
 # ROUNDS, BENCH_SECONDS (bash reserves SECONDS), BENCH_PORT, OPS (a subset
 # of the operations), DB_POOLER (`transaction`: the statements sent behind a
-# transaction pooler, against PostgreSQL itself).
+# transaction pooler, against PostgreSQL itself), SERVER_ENV (`NAME=value`
+# settings for the server alone, e.g. `TOKIO_WORKER_THREADS=1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 bench/harness.py "$@"

@@ -2,7 +2,14 @@
 //! call the store, convert the answer. Every call also gets a request id,
 //! a span, and a place in the metrics.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use tokio::time::Instant;
 use tonic::{
@@ -126,21 +133,29 @@ impl BatchHistoryService {
 }
 
 /// The caller's request id if it is a sensible one (1 to 128 visible ASCII
-/// characters), else a fresh random one.
+/// characters), else a fresh one.
 fn request_id(metadata: &MetadataMap) -> String {
     metadata
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(
-            || {
-                let mut bytes = [0_u8; 16];
-                // Without randomness the id is still unique enough per process.
-                let _ = getrandom::fill(&mut bytes);
-                bytes.iter().map(|b| format!("{b:02x}")).collect()
-            },
-            str::to_owned,
-        )
+        .map_or_else(fresh_request_id, str::to_owned)
+}
+
+/// 32 hex digits: this process's random half, then a count of the ids it
+/// has made. Unique within the process by the count and across processes
+/// by the random half, without asking the OS for randomness on every call
+/// (a system call that was 1% of a GetBatch's CPU).
+fn fresh_request_id() -> String {
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| {
+        let mut bytes = [0_u8; 8];
+        // Without randomness the ids are still unique within the process.
+        let _ = getrandom::fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    });
+    format!("{process:016x}{:016x}", COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn record_batch_id(batch_id: &str) {
