@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-BIN = "target/release/batch-history"
+BIN = os.environ.get("BENCH_BIN", "target/release/batch-history")
 LOADGEN = "target/release/examples/loadgen"
 OPS = ["create", "progress", "get", "list-deep", "list-filtered", "stats"]
 TICKS = os.sysconf("SC_CLK_TCK")
