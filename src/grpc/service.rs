@@ -155,7 +155,10 @@ fn fresh_request_id() -> String {
         let _ = getrandom::fill(&mut bytes);
         u64::from_le_bytes(bytes)
     });
-    format!("{process:016x}{:016x}", COUNT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{process:016x}{:016x}",
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn record_batch_id(batch_id: &str) {
