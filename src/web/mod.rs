@@ -106,7 +106,7 @@ impl WebPage {
                     Some(_) => self.page(
                         StatusCode::OK,
                         "Sign in",
-                        Section::None,
+                        Section::SignIn,
                         None,
                         &pages::login(false),
                     ),
@@ -275,7 +275,7 @@ impl WebPage {
             self.page(
                 StatusCode::UNAUTHORIZED,
                 "Sign in",
-                Section::None,
+                Section::SignIn,
                 None,
                 &pages::login(true),
             )

@@ -42,7 +42,10 @@ impl Display for Escaped<'_> {
 pub enum Section {
     History,
     Stats,
+    /// Neither of those: a batch, an error.
     None,
+    /// The sign-in form, which offers nothing else.
+    SignIn,
 }
 
 /// A whole page around `main`. `live` is the event stream address that
@@ -69,7 +72,16 @@ pub fn layout(
             )
         })
         .unwrap_or_default();
-    let sign_out = if signed_in {
+    let nav = if section == Section::SignIn {
+        String::new()
+    } else {
+        format!(
+            r#"<nav aria-label="Pages"><a href="/"{}>History</a> <a href="/stats"{}>Stats</a></nav>"#,
+            current(Section::History),
+            current(Section::Stats)
+        )
+    };
+    let sign_out = if signed_in && section != Section::SignIn {
         r#"<form method="post" action="/logout" class="sign-out"><button type="submit">Sign out</button></form>"#
     } else {
         ""
@@ -87,7 +99,7 @@ pub fn layout(
 <body>
 <header class="top">
 <a class="brand" href="/">batch-history</a>
-<nav aria-label="Pages"><a href="/"{history}>History</a> <a href="/stats"{stats}>Stats</a></nav>
+{nav}
 {live}{sign_out}
 </header>
 <main id="main">
@@ -97,8 +109,6 @@ pub fn layout(
 </html>
 "#,
         title = Escaped(title),
-        history = current(Section::History),
-        stats = current(Section::Stats),
     )
 }
 

@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from batch_history_client import BatchHistory, Batch
@@ -14,6 +15,15 @@ from conftest import page_server
 
 def wait_for(browser, condition, what, timeout=10):
     return WebDriverWait(browser, timeout).until(lambda _: condition(), message=what)
+
+
+def follow(browser, selector, by=By.CSS_SELECTOR):
+    """Clicks what loads another page, and waits until the old one is gone:
+    a click returns before the page it asked for has loaded."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(by, selector).click()
+    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(old),
+                                     message=f"clicking {selector} loaded no page")
 
 
 # Read in one script each: a live update may replace the element between
@@ -58,7 +68,7 @@ def test_progress_moves_live_and_the_detail_shows_errors_and_switches(service, b
     assert "75 / 100" in text(browser, f'[id="batch-{batch_id}"]')
     screenshot("01-history-live-progress")
 
-    browser.find_element(By.LINK_TEXT, batch_id).click()
+    follow(browser, batch_id, By.LINK_TEXT)
     wait_for(browser, lambda: text(browser, "#live-status") == "Live", "the detail did not go live")
     assert "No errors." in text(browser, "#batch-detail")
     client.progress(batch_id, samples=5, errors=[{"error": "rate limited by provider",
@@ -96,29 +106,29 @@ def test_filter_by_state_and_page_forward_and_back(service, browser, screenshot)
     browser.get(url + "/")
     first = row_ids(browser)
     assert len(first) == 50
-    browser.find_element(By.CSS_SELECTOR, "a[rel=next]").click()
+    follow(browser, "a[rel=next]")
     second = row_ids(browser)
-    browser.find_element(By.CSS_SELECTOR, "a[rel=next]").click()
+    follow(browser, "a[rel=next]")
     third = row_ids(browser)
     assert len(second) == 50 and third and not set(first) & set(second)
     assert not set(second) & set(third)
-    browser.find_element(By.CSS_SELECTOR, "a[rel=prev]").click()
+    follow(browser, "a[rel=prev]")
     assert row_ids(browser) == second, "back one page is not the page before"
-    browser.find_element(By.CSS_SELECTOR, "a[rel=prev]").click()
+    follow(browser, "a[rel=prev]")
     assert row_ids(browser) == first, "back to the first page is not the first page"
     assert browser.find_elements(By.CSS_SELECTOR, "a[rel=prev]") == []
 
     browser.find_element(By.CSS_SELECTOR, ".filter-box summary").click()
     browser.find_element(By.CSS_SELECTOR, 'input[name=states][value=FAILED]').click()
     browser.find_element(By.CSS_SELECTOR, "input[name=provider]").send_keys("cerebras")
-    browser.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click()
+    follow(browser, ".filters button[type=submit]")
     wait_for(browser, lambda: "states=FAILED" in browser.current_url, "the filter was not applied")
     states = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#batch-rows .state")]
     assert set(row_ids(browser)) == failed and set(states) == {"FAILED"}
     assert browser.find_element(By.CSS_SELECTOR, ".filter-box").get_attribute("open") is not None
     screenshot("03-history-filtered-failed")
 
-    browser.find_element(By.LINK_TEXT, "Stats for these filters").click()
+    follow(browser, "Stats for these filters", By.LINK_TEXT)
     assert text(browser, "#main .totals").startswith("12 batches")
     browser.get(url + "/stats?provider=cerebras")
     assert text(browser, "#main .totals").startswith("120 batches")
@@ -140,6 +150,10 @@ def test_phone_width_keeps_the_page_within_the_screen(service, browser, screensh
     overflow = browser.execute_script(
         "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
+    table_overflow = browser.execute_script(
+        "const wrap = document.querySelector('.table-wrap');"
+        " return wrap.scrollWidth - wrap.clientWidth")
+    assert table_overflow <= 0, f"the history table needs {table_overflow}px of sideways scrolling"
     for control in browser.find_elements(By.CSS_SELECTOR, "input, button, progress, a"):
         name = browser.execute_script(
             "const e = arguments[0]; return e.labels && e.labels.length ? e.labels[0].textContent"
@@ -154,6 +168,7 @@ def test_with_a_token_the_page_asks_for_it_and_never_puts_it_in_an_address(brows
         browser.get(url + "/")
         assert browser.current_url == url + "/login"
         assert browser.find_elements(By.CSS_SELECTOR, "#batch-rows") == []
+        assert browser.find_elements(By.CSS_SELECTOR, ".sign-out, nav a") == []
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url + "/events?")
         assert refused.value.code == 401
@@ -162,11 +177,13 @@ def test_with_a_token_the_page_asks_for_it_and_never_puts_it_in_an_address(brows
             assert "Batches per state" not in redirected.read().decode()
 
         browser.find_element(By.NAME, "token").send_keys("not-the-token")
-        browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-        assert "not the one" in text(browser, ".error")
+        follow(browser, "form.login button")
+        # The click submits; the answer is another page, loaded after it returns.
+        wait_for(browser, lambda: "not the one" in (text(browser, ".error") or ""),
+                 "a wrong token was not refused with a message")
         screenshot("06-sign-in-refused")
         browser.find_element(By.NAME, "token").send_keys(token)
-        browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+        follow(browser, "form.login button")
         wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#batch-rows"),
                  "the right token did not open the history")
         wait_for(browser, lambda: text(browser, "#live-status") == "Live", "signed in, not live")
@@ -174,6 +191,7 @@ def test_with_a_token_the_page_asks_for_it_and_never_puts_it_in_an_address(brows
         cookies = browser.get_cookies()
         assert cookies and all(token not in c["value"] and c["httpOnly"] for c in cookies)
 
-        browser.find_element(By.CSS_SELECTOR, ".sign-out button").click()
+        follow(browser, ".sign-out button")
+        wait_for(browser, lambda: browser.current_url == url + "/login", "signing out did not end")
         browser.get(url + "/")
         assert browser.current_url == url + "/login"
