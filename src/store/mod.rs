@@ -154,44 +154,7 @@ impl Store {
     /// create already happened.
     pub async fn create(&self, batch: &NewBatch) -> Result<Batch, StoreError> {
         self.with_connection(batch.batch_id.as_ref(), async |client| {
-            let statement = sql::CREATE;
-            let metadata = Json(batch.metadata.as_map());
-            for _ in 0..MAX_ATTEMPTS {
-                let batch_id = match &batch.batch_id {
-                    Some(id) => id.clone(),
-                    None => BatchId::generate(jiff::Timestamp::now()),
-                };
-                let row = client
-                    .query_opt(
-                        statement,
-                        &[
-                            &batch_id.as_str(),
-                            &batch.provider.as_str(),
-                            &batch.model.as_str(),
-                            &batch.topic_filter.as_str(),
-                            &batch.difficulty_filter.as_str(),
-                            &batch.reasoning_instruction.as_str(),
-                            &batch.target_count.get(),
-                            &metadata,
-                            &batch.start_time,
-                        ],
-                    )
-                    .await?;
-                // No row: another create of this id committed after this
-                // statement's snapshot was taken, so it is invisible here. Retry.
-                let Some(row) = row else { continue };
-                let stored = batch_from_row(&row)?;
-                if row.try_get::<_, bool>("created")? {
-                    return Ok(stored);
-                }
-                match &batch.batch_id {
-                    Some(_) if batch.matches(&stored) => return Ok(stored),
-                    Some(id) => return Err(StoreError::AlreadyExists(id.clone())),
-                    // A generated id collided: draw another.
-                    None => continue,
-                }
-            }
-            Err(StoreError::Contended)
+            until_decided(move || create_once(client, batch)).await
         })
         .await
     }
@@ -271,70 +234,7 @@ impl Store {
     /// Applies a progress report to a running batch, once per request id.
     pub async fn record_progress(&self, progress: &Progress) -> Result<Batch, StoreError> {
         self.with_connection(Some(&progress.batch_id), async |client| {
-            let statement = sql::RECORD_PROGRESS;
-            let errors = Json(&progress.errors);
-            let switches = Json(&progress.model_switches);
-            let request_id = progress.idempotency.as_ref().map(|i| i.request_id.as_str());
-            let switched_to = progress
-                .model_switches
-                .iter()
-                .rev()
-                .map(|switch| switch.to_model.as_str())
-                .find(|model| !model.is_empty());
-            let fingerprint = progress.idempotency.as_ref().map(|i| &i.fingerprint[..]);
-            for _ in 0..MAX_ATTEMPTS {
-                let row = client
-                    .query_opt(
-                        statement,
-                        &[
-                            &progress.batch_id.as_str(),
-                            &progress.samples_delta.get(),
-                            &progress.tokens_delta.get(),
-                            &errors,
-                            &switches,
-                            &(MAX_KEPT_ERRORS as i32),
-                            &request_id,
-                            &fingerprint,
-                            &(MAX_KEPT_ERROR_BYTES as i32),
-                            &(MAX_KEPT_SWITCHES as i32),
-                            &(MAX_KEPT_SWITCH_BYTES as i32),
-                            &switched_to,
-                        ],
-                    )
-                    .await;
-                let row = match row {
-                    // A retry of this report committed first; look again.
-                    Err(error) if violates(&error, REQUEST_ID_KEY) => continue,
-                    Err(error) if is_out_of_range(&error) => {
-                        return Err(overflowed_counter(client, progress).await);
-                    }
-                    row => row?,
-                };
-                // Set only when this report's request id was already recorded.
-                if let (Some(row), Some(idempotency)) = (&row, &progress.idempotency)
-                    && let Some(same_report) = row.try_get::<_, Option<bool>>("replay_matches")?
-                {
-                    return if same_report {
-                        batch_from_row(row)
-                    } else {
-                        Err(StoreError::RequestIdReused(idempotency.request_id.clone()))
-                    };
-                }
-                match Outcome::of(row)? {
-                    Outcome::Applied(batch) => return Ok(batch),
-                    Outcome::Missing => {
-                        return Err(StoreError::NotFound(progress.batch_id.clone()));
-                    }
-                    Outcome::Unchanged(batch) if batch.state == State::Running => continue,
-                    Outcome::Unchanged(batch) => {
-                        return Err(StoreError::NotRunning {
-                            batch_id: batch.batch_id,
-                            state: batch.state,
-                        });
-                    }
-                }
-            }
-            Err(StoreError::Contended)
+            until_decided(move || record_progress_once(client, progress)).await
         })
         .await
     }
@@ -343,44 +243,7 @@ impl Store {
     /// date unless the stored one is ahead; returns the batch as stored.
     pub async fn save(&self, save: &Save) -> Result<Batch, StoreError> {
         self.with_connection(Some(&save.batch_id), async |client| {
-            let statement = sql::SAVE;
-            let created = &save.created;
-            let (errors, switches) = (Json(&save.errors), Json(&save.model_switches));
-            let metadata = Json(created.metadata.as_map());
-            for _ in 0..MAX_ATTEMPTS {
-                let row = client
-                    .query_opt(
-                        statement,
-                        &[
-                            &save.batch_id.as_str(),
-                            &save.state.as_str(),
-                            &created.provider.as_str(),
-                            &created.model.as_str(),
-                            &save.current_model.as_str(),
-                            &created.topic_filter.as_str(),
-                            &created.difficulty_filter.as_str(),
-                            &created.reasoning_instruction.as_str(),
-                            &created.target_count.get(),
-                            &save.samples_generated.get(),
-                            &save.total_tokens.get(),
-                            &errors,
-                            &save.error_count,
-                            &switches,
-                            &save.switch_count,
-                            &metadata,
-                            &created.start_time,
-                            &save.end_time,
-                        ],
-                    )
-                    .await?;
-                match Outcome::of(row)? {
-                    Outcome::Applied(batch) | Outcome::Unchanged(batch) => return Ok(batch),
-                    // Created by another call after this statement's snapshot
-                    // was taken, and ahead of this save: look again.
-                    Outcome::Missing => continue,
-                }
-            }
-            Err(StoreError::Contended)
+            until_decided(move || save_once(client, save)).await
         })
         .await
     }
@@ -395,38 +258,7 @@ impl Store {
     /// returns the batch unchanged.
     pub async fn finish(&self, finish: &Finish) -> Result<Batch, StoreError> {
         self.with_connection(Some(&finish.batch_id), async |client| {
-            let statement = sql::FINISH;
-            let target = finish.state.state();
-            let errors: Vec<&BatchError> = finish.error.iter().collect();
-            let errors = Json(&errors);
-            for _ in 0..MAX_ATTEMPTS {
-                let row = client
-                    .query_opt(
-                        statement,
-                        &[
-                            &finish.batch_id.as_str(),
-                            &target.as_str(),
-                            &finish.end_time,
-                            &errors,
-                            &(MAX_KEPT_ERRORS as i32),
-                            &(MAX_KEPT_ERROR_BYTES as i32),
-                        ],
-                    )
-                    .await?;
-                match Outcome::of(row)? {
-                    Outcome::Applied(batch) => return Ok(batch),
-                    Outcome::Missing => return Err(StoreError::NotFound(finish.batch_id.clone())),
-                    Outcome::Unchanged(batch) if batch.state == target => return Ok(batch),
-                    Outcome::Unchanged(batch) if batch.state == State::Running => continue,
-                    Outcome::Unchanged(batch) => {
-                        return Err(StoreError::NotRunning {
-                            batch_id: batch.batch_id,
-                            state: batch.state,
-                        });
-                    }
-                }
-            }
-            Err(StoreError::Contended)
+            until_decided(move || finish_once(client, finish)).await
         })
         .await
     }
@@ -848,6 +680,190 @@ impl Drop for Lease<'_> {
         } else {
             drop(Object::take(client));
         }
+    }
+}
+
+/// Runs one attempt of a conditional write after another until one decides
+/// (a batch, or an error), at most [`MAX_ATTEMPTS`] times. An attempt that
+/// lost a race with a concurrent writer answers `Ok(None)`.
+async fn until_decided<F>(mut attempt: impl FnMut() -> F) -> Result<Batch, StoreError>
+where
+    F: Future<Output = Result<Option<Batch>, StoreError>>,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        if let Some(batch) = attempt().await? {
+            return Ok(batch);
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// One attempt of [`Store::create`].
+async fn create_once(
+    client: &Connection<'_>,
+    batch: &NewBatch,
+) -> Result<Option<Batch>, StoreError> {
+    let batch_id = match &batch.batch_id {
+        Some(id) => id.clone(),
+        None => BatchId::generate(jiff::Timestamp::now()),
+    };
+    let row = client
+        .query_opt(
+            sql::CREATE,
+            &[
+                &batch_id.as_str(),
+                &batch.provider.as_str(),
+                &batch.model.as_str(),
+                &batch.topic_filter.as_str(),
+                &batch.difficulty_filter.as_str(),
+                &batch.reasoning_instruction.as_str(),
+                &batch.target_count.get(),
+                &Json(batch.metadata.as_map()),
+                &batch.start_time,
+            ],
+        )
+        .await?;
+    // No row: another create of this id committed after this statement's
+    // snapshot was taken, so it is invisible here. Retry.
+    let Some(row) = row else { return Ok(None) };
+    let stored = batch_from_row(&row)?;
+    if row.try_get::<_, bool>("created")? {
+        return Ok(Some(stored));
+    }
+    match &batch.batch_id {
+        Some(_) if batch.matches(&stored) => Ok(Some(stored)),
+        Some(id) => Err(StoreError::AlreadyExists(id.clone())),
+        // A generated id collided: draw another.
+        None => Ok(None),
+    }
+}
+
+/// One attempt of [`Store::record_progress`].
+async fn record_progress_once(
+    client: &Connection<'_>,
+    progress: &Progress,
+) -> Result<Option<Batch>, StoreError> {
+    let request_id = progress.idempotency.as_ref().map(|i| i.request_id.as_str());
+    let fingerprint = progress.idempotency.as_ref().map(|i| &i.fingerprint[..]);
+    let switched_to = progress
+        .model_switches
+        .iter()
+        .rev()
+        .map(|switch| switch.to_model.as_str())
+        .find(|model| !model.is_empty());
+    let row = client
+        .query_opt(
+            sql::RECORD_PROGRESS,
+            &[
+                &progress.batch_id.as_str(),
+                &progress.samples_delta.get(),
+                &progress.tokens_delta.get(),
+                &Json(&progress.errors),
+                &Json(&progress.model_switches),
+                &(MAX_KEPT_ERRORS as i32),
+                &request_id,
+                &fingerprint,
+                &(MAX_KEPT_ERROR_BYTES as i32),
+                &(MAX_KEPT_SWITCHES as i32),
+                &(MAX_KEPT_SWITCH_BYTES as i32),
+                &switched_to,
+            ],
+        )
+        .await;
+    let row = match row {
+        // A retry of this report committed first; look again.
+        Err(error) if violates(&error, REQUEST_ID_KEY) => return Ok(None),
+        Err(error) if is_out_of_range(&error) => {
+            return Err(overflowed_counter(client, progress).await);
+        }
+        row => row?,
+    };
+    // Set only when this report's request id was already recorded.
+    if let (Some(row), Some(idempotency)) = (&row, &progress.idempotency)
+        && let Some(same_report) = row.try_get::<_, Option<bool>>("replay_matches")?
+    {
+        return if same_report {
+            batch_from_row(row).map(Some)
+        } else {
+            Err(StoreError::RequestIdReused(idempotency.request_id.clone()))
+        };
+    }
+    match Outcome::of(row)? {
+        Outcome::Applied(batch) => Ok(Some(batch)),
+        Outcome::Missing => Err(StoreError::NotFound(progress.batch_id.clone())),
+        Outcome::Unchanged(batch) if batch.state == State::Running => Ok(None),
+        Outcome::Unchanged(batch) => Err(StoreError::NotRunning {
+            batch_id: batch.batch_id,
+            state: batch.state,
+        }),
+    }
+}
+
+/// One attempt of [`Store::save`].
+async fn save_once(client: &Connection<'_>, save: &Save) -> Result<Option<Batch>, StoreError> {
+    let created = &save.created;
+    let row = client
+        .query_opt(
+            sql::SAVE,
+            &[
+                &save.batch_id.as_str(),
+                &save.state.as_str(),
+                &created.provider.as_str(),
+                &created.model.as_str(),
+                &save.current_model.as_str(),
+                &created.topic_filter.as_str(),
+                &created.difficulty_filter.as_str(),
+                &created.reasoning_instruction.as_str(),
+                &created.target_count.get(),
+                &save.samples_generated.get(),
+                &save.total_tokens.get(),
+                &Json(&save.errors),
+                &save.error_count,
+                &Json(&save.model_switches),
+                &save.switch_count,
+                &Json(created.metadata.as_map()),
+                &created.start_time,
+                &save.end_time,
+            ],
+        )
+        .await?;
+    match Outcome::of(row)? {
+        Outcome::Applied(batch) | Outcome::Unchanged(batch) => Ok(Some(batch)),
+        // Created by another call after this statement's snapshot was taken,
+        // and ahead of this save: look again.
+        Outcome::Missing => Ok(None),
+    }
+}
+
+/// One attempt of [`Store::finish`].
+async fn finish_once(
+    client: &Connection<'_>,
+    finish: &Finish,
+) -> Result<Option<Batch>, StoreError> {
+    let target = finish.state.state();
+    let errors: Vec<&BatchError> = finish.error.iter().collect();
+    let row = client
+        .query_opt(
+            sql::FINISH,
+            &[
+                &finish.batch_id.as_str(),
+                &target.as_str(),
+                &finish.end_time,
+                &Json(&errors),
+                &(MAX_KEPT_ERRORS as i32),
+                &(MAX_KEPT_ERROR_BYTES as i32),
+            ],
+        )
+        .await?;
+    match Outcome::of(row)? {
+        Outcome::Applied(batch) => Ok(Some(batch)),
+        Outcome::Missing => Err(StoreError::NotFound(finish.batch_id.clone())),
+        Outcome::Unchanged(batch) if batch.state == target => Ok(Some(batch)),
+        Outcome::Unchanged(batch) if batch.state == State::Running => Ok(None),
+        Outcome::Unchanged(batch) => Err(StoreError::NotRunning {
+            batch_id: batch.batch_id,
+            state: batch.state,
+        }),
     }
 }
 
