@@ -56,11 +56,10 @@ pub struct App {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     ui_listener: Option<TcpListener>,
-    /// For the web page's sign-in, when set.
+    /// The shared secret of gRPC calls and the web page's sign-in, if set.
     auth_token: Option<Secret>,
     store: Store,
     probe: Probe,
-    auth: BearerAuth,
     tls: Option<ReloadingTls>,
     database: DatabaseConfig,
     upkeep: Upkeep,
@@ -88,10 +87,9 @@ impl App {
             listener,
             metrics_listener,
             ui_listener,
-            auth_token: config.auth_token.clone(),
+            auth_token: config.auth_token,
             store,
             probe: Probe::new(&config.database),
-            auth: BearerAuth::new(config.auth_token.as_ref().map(Secret::expose)),
             tls,
             database: config.database,
             upkeep: config.upkeep,
@@ -133,6 +131,7 @@ impl App {
             .build_v1alpha()
             .map_err(StartupError::Reflection)?;
         let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
+        let auth = BearerAuth::new(self.auth_token.as_ref().map(Secret::expose));
         let hub = Hub::default();
         let batch_history = BatchHistoryServer::new(BatchHistoryService::new(
             self.store.clone(),
@@ -198,7 +197,7 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(batch_history, self.auth));
+            .add_service(InterceptedService::new(batch_history, auth));
         let tls_stopping = stopping.clone();
         let server = async move {
             match self.tls {

@@ -134,9 +134,14 @@ impl PageSize {
     pub fn parse(requested: i32) -> Result<Self, InvalidValue> {
         match requested {
             ..0 => Err(InvalidValue("must be zero or more".into())),
-            0 => Ok(Self(Self::DEFAULT)),
+            0 => Ok(Self::standard()),
             n => Ok(Self(n.min(i32::from(Self::MAX)) as u16)),
         }
+    }
+
+    /// The page size of a request that names none.
+    pub const fn standard() -> Self {
+        Self(Self::DEFAULT)
     }
 
     /// The largest page.

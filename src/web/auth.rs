@@ -11,7 +11,6 @@ const COOKIE_NAME: &str = "bh_session";
 const LABEL: &[u8] = b"batch-history web session v1";
 
 /// Who may see the page.
-#[derive(Clone)]
 pub struct Sessions {
     key: hmac::Key,
     tag: hmac::Tag,

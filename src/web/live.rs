@@ -40,7 +40,9 @@ pub async fn events(store: &Store, hub: &Hub, query: LiveQuery) -> Result<Body, 
     };
     let (frames, body) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        // The first comment after a quiet interval, not at once.
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         // Reconnect soon after the server ends a stream to start over.
         let mut next = Some(Bytes::from_static(b"retry: 2000\n\n"));
         loop {

@@ -152,7 +152,7 @@ impl WebPage {
         let listing = |order, after| ListQuery {
             filter: query.filter.clone(),
             order,
-            page_size: PageSize::parse(0).unwrap_or_else(|_| PageSize::largest()),
+            page_size: PageSize::standard(),
             after,
         };
         let mut position = query.position;

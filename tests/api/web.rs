@@ -167,9 +167,7 @@ async fn with_a_token_only_a_signed_in_browser_sees_the_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_down_the_page_says_so_and_recovers() {
-    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(""))
-        .await
-        .unwrap();
+    let cluster = tokio::task::block_in_place(|| TempCluster::start(""));
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
     let server = Server::start(ServeConfig {
         ui_addr: Some("127.0.0.1:0".parse().unwrap()),
@@ -179,23 +177,13 @@ async fn with_the_database_down_the_page_says_so_and_recovers() {
     let page = server.ui_addr.unwrap();
     assert_eq!(get(page, "/", &[]).await.status, 200);
 
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.stop();
-        cluster
-    })
-    .await
-    .unwrap();
+    tokio::task::block_in_place(|| cluster.stop());
     let down = get(page, "/", &[]).await;
     assert_eq!(down.status, 503, "{}", down.body);
     assert!(down.body.contains("Database unavailable"));
     assert_eq!(get(page, "/events?", &[]).await.status, 503);
 
-    let _cluster = tokio::task::spawn_blocking(move || {
-        cluster.resume();
-        cluster
-    })
-    .await
-    .unwrap();
+    tokio::task::block_in_place(|| cluster.resume());
     let mut status = 0;
     for _ in 0..50 {
         status = get(page, "/", &[]).await.status;
