@@ -15,6 +15,7 @@ mod migrate;
 mod probe;
 mod replica;
 mod settings;
+mod shared_reads;
 mod sql;
 mod tls;
 
@@ -47,6 +48,7 @@ pub use probe::Probe;
 use replica::Replica;
 pub use replica::{ReplicaStatus, monitor as monitor_replica};
 pub use settings::DatabaseConfig;
+use shared_reads::SharedReads;
 pub use tls::connector;
 
 /// Key of the transaction-level advisory lock that lets one replica sweep
@@ -74,6 +76,9 @@ pub struct Store {
     canceller: Canceller,
     /// `DATABASE_READ_URL`'s replica, for listings and stats.
     replica: Option<Arc<Replica>>,
+    /// Where GetBatch runs, unless statements cannot be prepared (behind a
+    /// transaction pooler).
+    shared_reads: Option<Arc<SharedReads>>,
 }
 
 /// Where an operation runs: the primary's pool, or the replica's.
@@ -99,6 +104,8 @@ impl Store {
             ))),
             None => None,
         };
+        let shared_reads = (pooling == Pooling::Session)
+            .then(|| Arc::new(SharedReads::new(config.pg.clone(), config.timeout)));
         Ok(Self {
             pool: pool(&config.pg, config, &tls)?,
             timeout: config.timeout,
@@ -106,6 +113,7 @@ impl Store {
             hot_rows: HotRows::default(),
             canceller: Canceller::new(tls, &config.pg, pooling),
             replica,
+            shared_reads,
         })
     }
 
@@ -148,6 +156,9 @@ impl Store {
     /// Closes the pool: idle connections are dropped, and waiting calls fail.
     pub fn close(&self) {
         self.pool.close();
+        if let Some(shared_reads) = &self.shared_reads {
+            shared_reads.close();
+        }
     }
 
     /// Creates `batch` in RUNNING, or returns the stored batch if the same
@@ -161,14 +172,19 @@ impl Store {
 
     /// The batch with this id.
     pub async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
-        self.with_connection(None, async |client| {
-            let statement = sql::GET;
-            match client.query_opt(statement, &[&batch_id.as_str()]).await? {
-                Some(row) => batch_from_row(&row),
-                None => Err(StoreError::NotFound(batch_id.clone())),
+        let row = match &self.shared_reads {
+            Some(shared_reads) => shared_reads.get(batch_id).await?,
+            None => {
+                self.with_connection(None, async |client| {
+                    client.query_opt(sql::GET, &[&batch_id.as_str()]).await
+                })
+                .await?
             }
-        })
-        .await
+        };
+        match row {
+            Some(row) => batch_from_row(&row),
+            None => Err(StoreError::NotFound(batch_id.clone())),
+        }
     }
 
     /// Takes or extends this replica's watch lease: while any lease is

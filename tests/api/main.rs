@@ -17,5 +17,6 @@ mod progress;
 mod reflection;
 mod reliability;
 mod save;
+mod shared_reads;
 mod support;
 mod web;
