@@ -113,7 +113,15 @@ impl BatchHistoryService {
         self.metrics.observe(method, code, elapsed);
         span.in_scope(|| tracing::debug!(?code, elapsed_ms = elapsed.as_secs_f64() * 1e3, "done"));
 
-        let request_id = MetadataValue::try_from(request_id.as_str()).ok();
+        let request_id = MetadataValue::try_from(request_id.as_str())
+            .ok()
+            .map(|mut id| {
+                // Never indexed by HPACK: each id is new, and indexing it would
+                // walk and churn the connection's header table on every call,
+                // evicting the headers that do repeat.
+                id.set_sensitive(true);
+                id
+            });
         match result {
             Ok(message) => {
                 let mut response = Response::new(message);

@@ -906,30 +906,31 @@ impl Outcome {
 }
 
 fn batch_from_row(row: &Row) -> Result<Batch, StoreError> {
-    let state: &str = row.try_get("state")?;
-    let batch_id: String = row.try_get("batch_id")?;
+    use sql::column;
+    let state: &str = row.try_get(column::state)?;
+    let batch_id: String = row.try_get(column::batch_id)?;
     Ok(Batch {
         batch_id: BatchId::parse(batch_id)
             .map_err(|e| StoreError::internal("reading a stored batch id", e))?,
         state: State::from_name(state).ok_or_else(|| {
             StoreError::internal("reading a stored state", format!("unknown state {state:?}"))
         })?,
-        provider: row.try_get("provider")?,
-        model: row.try_get("model")?,
-        current_model: row.try_get("current_model")?,
-        topic_filter: row.try_get("topic_filter")?,
-        difficulty_filter: row.try_get("difficulty_filter")?,
-        reasoning_instruction: row.try_get("reasoning_instruction")?,
-        target_count: row.try_get("target_count")?,
-        samples_generated: row.try_get("samples_generated")?,
-        total_tokens: row.try_get("total_tokens")?,
-        errors: row.try_get::<_, Json<_>>("errors")?.0,
-        error_count: row.try_get("error_count")?,
-        model_switches: row.try_get::<_, Json<_>>("model_switches")?.0,
-        metadata: row.try_get::<_, Json<_>>("metadata")?.0,
-        start_time: row.try_get("start_time")?,
-        end_time: row.try_get("end_time")?,
-        update_time: row.try_get("update_time")?,
-        version: row.try_get("version")?,
+        provider: row.try_get(column::provider)?,
+        model: row.try_get(column::model)?,
+        current_model: row.try_get(column::current_model)?,
+        topic_filter: row.try_get(column::topic_filter)?,
+        difficulty_filter: row.try_get(column::difficulty_filter)?,
+        reasoning_instruction: row.try_get(column::reasoning_instruction)?,
+        target_count: row.try_get(column::target_count)?,
+        samples_generated: row.try_get(column::samples_generated)?,
+        total_tokens: row.try_get(column::total_tokens)?,
+        errors: row.try_get::<_, Json<_>>(column::errors)?.0,
+        error_count: row.try_get(column::error_count)?,
+        model_switches: row.try_get::<_, Json<_>>(column::model_switches)?.0,
+        metadata: row.try_get::<_, Json<_>>(column::metadata)?.0,
+        start_time: row.try_get(column::start_time)?,
+        end_time: row.try_get(column::end_time)?,
+        update_time: row.try_get(column::update_time)?,
+        version: row.try_get(column::version)?,
     })
 }

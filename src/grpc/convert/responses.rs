@@ -63,7 +63,7 @@ impl From<Batch> for proto::Batch {
     fn from(batch: Batch) -> Self {
         let etag = batch.etag();
         Self {
-            batch_id: batch.batch_id.to_string(),
+            batch_id: batch.batch_id.into_string(),
             state: proto_state(batch.state) as i32,
             provider: batch.provider,
             model: batch.model,
