@@ -9,7 +9,8 @@ Reports per operation the median throughput of each, the median of the
 per-round ratios with its range, latency percentiles, and CPU time per call:
 the server's, and PostgreSQL's while serving the server and while serving
 pgbench (from /proc: live backends and the postmaster's reaped children, so
-the database must run on this machine).
+the database must run on this machine), and the clients' own (loadgen's over
+its timed calls, pgbench's whole run, from wait4).
 """
 import json
 import os
@@ -21,7 +22,9 @@ from pathlib import Path
 
 BIN = os.environ.get("BENCH_BIN", "target/release/batch-history")
 LOADGEN = "target/release/examples/loadgen"
-OPS = ["create", "progress", "get", "list-deep", "list-filtered", "stats"]
+OPS = ["create", "progress", "get", "list-deep", "list-basic", "list-filtered", "stats"]
+# The basic view is the same statement as the full one, with less sent.
+PGBENCH_SCRIPT = {"list-basic": "list-deep"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -102,30 +105,45 @@ def service_round(op, clients, rows, seconds, port, server, postmaster):
     for line in loadgen.stderr:
         if line.strip() == "ready":
             break
-    before = (cpu(server)[0], postgres_cpu(postmaster))
-    out, errors = loadgen.communicate()
-    if loadgen.returncode:
+    before = (cpu(server)[0], postgres_cpu(postmaster), cpu(loadgen.pid)[0])
+    out, errors = loadgen.stdout.read(), loadgen.stderr.read()
+    client_cpu, status = reap(loadgen)
+    if status:
         sys.exit(f"loadgen failed: {errors}")
     result = json.loads(out.splitlines()[-1])
     calls = max(result["ops"], 1)
     result["server_us"] = (cpu(server)[0] - before[0]) / calls * 1e6
     result["postgres_us"] = (postgres_cpu(postmaster) - before[1]) / calls * 1e6
+    result["client_us"] = (client_cpu - before[2]) / calls * 1e6
     return result
+
+
+def reap(child):
+    """Waits for `child` to exit; its CPU seconds (user + system) and exit status."""
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime, child.returncode
 
 
 def pgbench_round(op, clients, rows, seconds, database, postmaster):
     before = postgres_cpu(postmaster)
-    out = run("pgbench", "-n", "-M", "prepared", "-c", str(clients),
-              "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
-              "-D", f"seeded={rows}", "-f", f"bench/pgbench/{op}.sql", database,
-              capture_output=True).stdout
+    pgbench = subprocess.Popen(
+        ["pgbench", "-n", "-M", "prepared", "-c", str(clients),
+         "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
+         "-D", f"seeded={rows}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = pgbench.stdout.read()
+    client_cpu, status = reap(pgbench)
+    if status:
+        sys.exit(f"pgbench failed ({status}) on {op}")
     # pgbench's backends have exited by now: the postmaster has reaped them.
     time.sleep(0.2)
     processed = next(int(line.split(":")[1].split("/")[0])
                      for line in out.splitlines() if "actually processed" in line)
     tps = next(float(line.split()[2]) for line in out.splitlines() if line.startswith("tps = "))
     return {"ops_per_second": tps,
-            "postgres_us": (postgres_cpu(postmaster) - before) / max(processed, 1) * 1e6}
+            "postgres_us": (postgres_cpu(postmaster) - before) / max(processed, 1) * 1e6,
+            "client_us": client_cpu / max(processed, 1) * 1e6}
 
 
 def spread(values, digits=0):
@@ -193,7 +211,7 @@ def main(argv):
           "first; medians (min-max); CPU in µs per call")
     print(f"{'operation':<14} {'rows':>8} {'cl':>3} {'service/s':>20} {'pgbench/s':>20} "
           f"{'ratio':>17} {'server CPU':>18} {'PG CPU (service)':>18} {'PG CPU (pgbench)':>18} "
-          f"{'p50 ms':>7} {'p99 ms':>7}  errors")
+          f"{'loadgen CPU':>14} {'pgbench CPU':>14} {'p50 ms':>7} {'p99 ms':>7}  errors")
     for op, rows, clients, rounds in table:
         service = [r["service"] for r in rounds]
         bench = [r["pgbench"] for r in rounds]
@@ -207,6 +225,8 @@ def main(argv):
               f"{spread([r['server_us'] for r in service]):>18} "
               f"{spread([r['postgres_us'] for r in service]):>18} "
               f"{spread([r['postgres_us'] for r in bench]):>18} "
+              f"{statistics.median(r['client_us'] for r in service):>14.0f} "
+              f"{statistics.median(r['client_us'] for r in bench):>14.0f} "
               f"{statistics.median(r['p50_ms'] for r in service):>7.2f} "
               f"{statistics.median(r['p99_ms'] for r in service):>7.2f}  {errors or 'none'}")
     print()

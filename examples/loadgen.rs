@@ -13,7 +13,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use batch_history::proto::{
-    self, CreateBatchRequest, GetBatchRequest, GetBatchStatsRequest, ListBatchesRequest,
+    self, BatchView, CreateBatchRequest, GetBatchRequest, GetBatchStatsRequest, ListBatchesRequest,
     RecordProgressRequest, batch::State, batch_history_client::BatchHistoryClient,
 };
 use clap::Parser;
@@ -61,6 +61,8 @@ enum Op {
     Get,
     /// ListBatches: one page of 50 at a random depth, via a real page token.
     ListDeep,
+    /// ListDeep in BATCH_VIEW_BASIC: without errors and model switches.
+    ListBasic,
     /// ListBatches: the first page of 50 RUNNING batches.
     ListFiltered,
     /// GetBatchStats over every batch: the largest aggregate.
@@ -74,6 +76,7 @@ impl Op {
             Op::Progress => "progress",
             Op::Get => "get",
             Op::ListDeep => "list-deep",
+            Op::ListBasic => "list-basic",
             Op::ListFiltered => "list-filtered",
             Op::Stats => "stats",
         }
@@ -103,11 +106,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clients: Vec<_> = (0..args.clients)
         .map(|n| BatchHistoryClient::new(channels[n % connections].clone()))
         .collect();
-    let tokens = Arc::new(if args.ops.contains(&Op::ListDeep) {
-        page_tokens(clients[0].clone()).await?
-    } else {
-        Vec::new()
-    });
+    let tokens = Arc::new(
+        if args.ops.contains(&Op::ListDeep) || args.ops.contains(&Op::ListBasic) {
+            page_tokens(clients[0].clone()).await?
+        } else {
+            Vec::new()
+        },
+    );
 
     // Measurement starts here: a harness that reads CPU times waits for this.
     eprintln!("ready");
@@ -216,10 +221,15 @@ async fn drive(
                 })
                 .await
                 .map(drop),
-            Op::ListDeep => client
+            Op::ListDeep | Op::ListBasic => client
                 .list_batches(ListBatchesRequest {
                     page_size: 50,
                     page_token: tokens[random.below(tokens.len() as u64) as usize].clone(),
+                    view: if op == Op::ListBasic {
+                        BatchView::Basic
+                    } else {
+                        BatchView::Full
+                    } as i32,
                     ..Default::default()
                 })
                 .await

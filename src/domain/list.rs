@@ -236,6 +236,16 @@ pub struct ListQuery {
     pub page_size: PageSize,
     /// `None` for the first page.
     pub after: Option<Cursor>,
+    pub detail: Detail,
+}
+
+/// How much of each batch a listing reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    /// Without the bodies of errors and model switches (their counts
+    /// stay): what a table of batches shows, at a fraction of the cost.
+    Basic,
 }
 
 /// One page of batches, and where the next one starts.

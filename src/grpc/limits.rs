@@ -5,7 +5,7 @@ use http::{HeaderValue, Response};
 use prost::Message;
 
 use crate::domain::{Batch, Cursor};
-use crate::proto::{self, BatchView};
+use crate::proto;
 
 /// Largest request message accepted: room for a progress report with
 /// hundreds of large errors, far from what would strain the server.
@@ -15,21 +15,16 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// default, less room for framing.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 
-/// Converts `batches`, in order and in `view`, while they fit in one
-/// response of [`MAX_RESPONSE_BYTES`] (the first one always fits: a stored
-/// batch is far smaller). Returns them, and the cursor after the last one
-/// if some had to be left out.
-pub fn fit_batches(batches: Vec<Batch>, view: BatchView) -> (Vec<proto::Batch>, Option<Cursor>) {
+/// Converts `batches`, in order, while they fit in one response of
+/// [`MAX_RESPONSE_BYTES`] (the first one always fits: a stored batch is far
+/// smaller). Returns them, and the cursor after the last one if some had to
+/// be left out.
+pub fn fit_batches(batches: Vec<Batch>) -> (Vec<proto::Batch>, Option<Cursor>) {
     let mut fitted = Vec::with_capacity(batches.len());
     let mut bytes = 0;
     let mut last: Option<Cursor> = None;
-    for mut batch in batches {
+    for batch in batches {
         let cursor = Cursor::after(&batch);
-        // Left out before converting, which is what costs (JSON to Struct).
-        if view == BatchView::Basic {
-            batch.errors = Vec::new();
-            batch.model_switches = Vec::new();
-        }
         let batch = proto::Batch::from(batch);
         // The field's tag and length prefix take at most 6 more bytes.
         let size = batch.encoded_len() + 6;

@@ -18,7 +18,7 @@ use tonic::{
 };
 use tracing::{Instrument, Span, field};
 
-use super::convert::{batch_view, parse_batch_id, stale_after};
+use super::convert::{parse_batch_id, stale_after};
 use super::deadline::deadline;
 use super::limits::fit_batches;
 use super::status::ending_at;
@@ -27,7 +27,7 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 use crate::proto::{
-    self, BatchView, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
+    self, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
     GetBatchStatsRequest, ListBatchesRequest, ListBatchesResponse, PurgeBatchesRequest,
     PurgeBatchesResponse, RecordProgressRequest, SaveBatchRequest, SweepStaleBatchesRequest,
     SweepStaleBatchesResponse, WatchBatchRequest, WatchBatchesRequest,
@@ -205,10 +205,9 @@ impl BatchHistory for BatchHistoryService {
         request: Request<ListBatchesRequest>,
     ) -> Result<Response<ListBatchesResponse>, Status> {
         self.call("ListBatches", request, |request| async {
-            let view = batch_view(request.view)?;
             let query = ListQuery::try_from(request)?;
             let page = self.store.list(&query).await?;
-            let (batches, cut) = fit_batches(page.batches, view);
+            let (batches, cut) = fit_batches(page.batches);
             Ok(ListBatchesResponse {
                 next_page_token: cut
                     .or(page.next)
@@ -329,7 +328,7 @@ impl BatchHistory for BatchHistoryService {
             let threshold = stale_after(&request, self.stale_after)?;
             let stopped = self.store.sweep_stale(threshold).await?;
             let stopped_count = i64::try_from(stopped.len()).unwrap_or(i64::MAX);
-            let (stopped, _) = fit_batches(stopped, BatchView::Full);
+            let (stopped, _) = fit_batches(stopped);
             Ok(SweepStaleBatchesResponse {
                 stopped,
                 stopped_count,

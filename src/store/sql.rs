@@ -6,7 +6,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use jiff::Timestamp;
 
-use crate::domain::{BatchFilter, ListQuery, Order};
+use crate::domain::{BatchFilter, Detail, ListQuery, Order};
 
 /// A statement's text and the types of its parameters, which it is
 /// prepared with (or, behind a transaction-mode pooler, sent with on every
@@ -72,6 +72,26 @@ macro_rules! column_positions {
 }
 
 with_batch_columns!(column_positions);
+
+/// A column of [`columns!`] as a listing in [`Detail::Basic`] reads it:
+/// the bodies of errors and model switches left empty, in their places.
+macro_rules! basic_column {
+    (errors) => {
+        "'[]'::jsonb"
+    };
+    (model_switches) => {
+        "'[]'::jsonb"
+    };
+    ($name:ident) => {
+        stringify!($name)
+    };
+}
+
+macro_rules! basic_column_names {
+    ($first:ident: $first_type:ident $(, $name:ident: $type:ident)*) => {
+        concat!(basic_column!($first) $(, ", ", basic_column!($name))*)
+    };
+}
 
 /// The column list of every statement that returns whole batches.
 macro_rules! columns {
@@ -441,10 +461,15 @@ enum Param<'q> {
 
 impl<'q> Listing<'q> {
     pub fn new(query: &'q ListQuery) -> Self {
-        let mut listing = Listing::filtered(
-            concat!("SELECT ", columns!(), " FROM batches WHERE true"),
-            &query.filter,
-        );
+        let select = match query.detail {
+            Detail::Full => concat!("SELECT ", columns!(), " FROM batches WHERE true"),
+            Detail::Basic => concat!(
+                "SELECT ",
+                with_batch_columns!(basic_column_names),
+                " FROM batches WHERE true"
+            ),
+        };
+        let mut listing = Listing::filtered(select, &query.filter);
         let (direction, past) = match query.order {
             Order::NewestFirst => ("DESC", "<"),
             Order::OldestFirst => ("ASC", ">"),

@@ -13,7 +13,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::codegen::tokio_stream::Stream;
 
 use super::{Change, Hub};
-use crate::domain::{Batch, BatchFilter, BatchId, Facets, ListQuery, Order, Page, PageSize, State};
+use crate::domain::{
+    Batch, BatchFilter, BatchId, Detail, Facets, ListQuery, Order, Page, PageSize, State,
+};
 use crate::store::{Store, StoreError};
 
 /// Events buffered for one watcher's client.
@@ -219,6 +221,7 @@ pub async fn watch_batches(
             order: Order::OldestFirst,
             page_size: PageSize::largest(),
             after: None,
+            detail: Detail::Full,
         }),
         Snapshot::Of(_) => None,
     };

@@ -25,7 +25,7 @@ use hyper::{
 use jiff::Timestamp;
 use tokio::net::TcpListener;
 
-use crate::domain::{BatchId, Cursor, FieldViolation, ListQuery, Order, PageSize};
+use crate::domain::{BatchId, Cursor, Detail, FieldViolation, ListQuery, Order, PageSize};
 use crate::http_endpoint::{self, Body};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
@@ -154,6 +154,8 @@ impl WebPage {
             order,
             page_size: PageSize::standard(),
             after,
+            // A row shows the number of errors, not their bodies.
+            detail: Detail::Basic,
         };
         let mut position = query.position;
         let (batches, newer, older) = loop {

@@ -6,4 +6,4 @@ mod json;
 mod requests;
 mod responses;
 
-pub use requests::{batch_view, parse_batch_id, stale_after};
+pub use requests::{parse_batch_id, stale_after};

@@ -9,10 +9,11 @@ use prost_types::Struct;
 
 use super::json::struct_to_json;
 use crate::domain::{
-    BatchError, BatchFilter, BatchId, Cursor, FieldViolation, Finish, Idempotency, InvalidValue,
-    JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
-    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Order, PageSize,
-    Progress, Prose, Purge, RequestId, Save, StaleThreshold, State, TerminalState, keep_newest,
+    BatchError, BatchFilter, BatchId, Cursor, Detail, FieldViolation, Finish, Idempotency,
+    InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES,
+    MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative,
+    Order, PageSize, Progress, Prose, Purge, RequestId, Save, StaleThreshold, State, TerminalState,
+    keep_newest,
 };
 use crate::proto;
 
@@ -230,6 +231,7 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
             filter,
             order,
             after,
+            detail: detail(request.view)?,
         })
     }
 }
@@ -464,11 +466,11 @@ fn timestamp(value: prost_types::Timestamp, field: &str) -> Result<Timestamp, Fi
 }
 
 /// The view a listing asked for; unset means FULL, as before views existed.
-pub fn batch_view(value: i32) -> Result<proto::BatchView, FieldViolation> {
-    match proto::BatchView::try_from(value) {
-        Ok(proto::BatchView::Unspecified | proto::BatchView::Full) => Ok(proto::BatchView::Full),
-        Ok(proto::BatchView::Basic) => Ok(proto::BatchView::Basic),
-        Err(_) => Err(InvalidValue(format!("{value} is not a BatchView")).at("view")),
+fn detail(view: i32) -> Result<Detail, FieldViolation> {
+    match proto::BatchView::try_from(view) {
+        Ok(proto::BatchView::Unspecified | proto::BatchView::Full) => Ok(Detail::Full),
+        Ok(proto::BatchView::Basic) => Ok(Detail::Basic),
+        Err(_) => Err(InvalidValue(format!("{view} is not a BatchView")).at("view")),
     }
 }
 
