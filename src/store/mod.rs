@@ -4,6 +4,8 @@
 //! prepared once per connection, and gives up after the configured timeout
 //! with [`StoreError::TimedOut`] instead of hanging its caller, having
 //! cancelled its statement on the server (see `Store::with_connection`).
+//! GetBatch, a read on connections that concurrent calls share, is left to
+//! finish instead (see `shared_reads`).
 
 mod cancel;
 mod changes;
