@@ -40,8 +40,14 @@ def progress_value(browser, batch_id):
 
 
 def row_ids(browser):
-    return [row.get_attribute("id").removeprefix("batch-")
-            for row in browser.find_elements(By.CSS_SELECTOR, "#batch-rows tr")]
+    return browser.execute_script(
+        "return [...document.querySelectorAll('#batch-rows tr')]"
+        ".map(row => row.id.replace(/^batch-/, ''))")
+
+
+def row_states(browser):
+    return browser.execute_script(
+        "return [...document.querySelectorAll('#batch-rows .state')].map(e => e.innerText)")
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +129,7 @@ def test_filter_by_state_and_page_forward_and_back(service, browser, screenshot)
     browser.find_element(By.CSS_SELECTOR, "input[name=provider]").send_keys("cerebras")
     follow(browser, ".filters button[type=submit]")
     wait_for(browser, lambda: "states=FAILED" in browser.current_url, "the filter was not applied")
-    states = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#batch-rows .state")]
-    assert set(row_ids(browser)) == failed and set(states) == {"FAILED"}
+    assert set(row_ids(browser)) == failed and set(row_states(browser)) == {"FAILED"}
     assert browser.find_element(By.CSS_SELECTOR, ".filter-box").get_attribute("open") is not None
     screenshot("03-history-filtered-failed")
 
