@@ -264,8 +264,30 @@ async fn sslmode_require_connects_with_tls_and_absent_stays_plain() {
             assert_eq!(row.get::<_, bool>(0), want_tls, "{url}");
         }
         server.stop().await;
+        // A backend leaves pg_stat_activity only once it has exited, a
+        // moment after its client hung up; the next server's connections
+        // must be the only ones checked.
+        let start = Instant::now();
+        while service_backends(&db).await > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the stopped server's connections stay open"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let _ = std::fs::remove_dir_all(cert_dir);
+}
+
+/// How many backends serve a batch-history process.
+async fn service_backends(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'batch-history'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// After a host reboot the service may start before its database (the
