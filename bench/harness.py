@@ -10,10 +10,11 @@ per-round ratios with its range, latency percentiles, and CPU time per call:
 the server's, and PostgreSQL's while serving the server and while serving
 pgbench (from /proc: live backends and the postmaster's reaped children, so
 the database must run on this machine), and the clients' own (loadgen's over
-its timed calls, pgbench's whole run, from wait4).
+its timed calls, pgbench's whole run, from getrusage of reaped children).
 """
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -106,8 +107,7 @@ def service_round(op, clients, rows, seconds, port, server, postmaster):
         if line.strip() == "ready":
             break
     before = (cpu(server)[0], postgres_cpu(postmaster), cpu(loadgen.pid)[0])
-    out, errors = loadgen.stdout.read(), loadgen.stderr.read()
-    client_cpu, status = reap(loadgen)
+    out, errors, status, client_cpu = finish(loadgen)
     if status:
         sys.exit(f"loadgen failed: {errors}")
     result = json.loads(out.splitlines()[-1])
@@ -118,11 +118,16 @@ def service_round(op, clients, rows, seconds, port, server, postmaster):
     return result
 
 
-def reap(child):
-    """Waits for `child` to exit; its CPU seconds (user + system) and exit status."""
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_utime + usage.ru_stime, child.returncode
+def finish(child):
+    """Reads `child`'s output to the end and waits for it: its stdout, stderr,
+    exit status, and the CPU seconds (user + system) of its whole run. Nothing
+    else is reaped meanwhile, so the growth of RUSAGE_CHILDREN is its own."""
+    def children_cpu():
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+    before = children_cpu()
+    out, errors = child.communicate()
+    return out, errors, child.returncode, children_cpu() - before
 
 
 def pgbench_round(op, clients, rows, seconds, database, postmaster):
@@ -132,8 +137,7 @@ def pgbench_round(op, clients, rows, seconds, database, postmaster):
          "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
          "-D", f"seeded={rows}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = pgbench.stdout.read()
-    client_cpu, status = reap(pgbench)
+    out, _, status, client_cpu = finish(pgbench)
     if status:
         sys.exit(f"pgbench failed ({status}) on {op}")
     # pgbench's backends have exited by now: the postmaster has reaped them.
