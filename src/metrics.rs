@@ -1,5 +1,6 @@
 //! Prometheus metrics: per-RPC counts by status code and latency histograms,
-//! pool occupancy, and batches by state, served as text on `METRICS_ADDR`.
+//! pool occupancy and the connections GetBatch calls share, and batches by
+//! state, served as text on `METRICS_ADDR`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +23,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     pool: IntGaugeVec,
+    shared_reads: IntGauge,
     batches: IntGaugeVec,
     replica_reads: IntGauge,
     replica_lag: Gauge,
@@ -54,6 +56,10 @@ impl Metrics {
             ),
             &["state"],
         )?;
+        let shared_reads = IntGauge::new(
+            "shared_read_connections",
+            "Connections beside the pool that concurrent GetBatch calls share (at most 2)",
+        )?;
         let batches = IntGaugeVec::new(
             Opts::new("batches", "Stored batches by state, counted at scrape time"),
             &["state"],
@@ -61,6 +67,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(shared_reads.clone()))?;
         registry.register(Box::new(batches.clone()))?;
         let replica_reads = IntGauge::new(
             "replica_reads",
@@ -77,6 +84,7 @@ impl Metrics {
             requests,
             latency,
             pool,
+            shared_reads,
             batches,
             replica_reads,
             replica_lag,
@@ -104,6 +112,8 @@ impl Metrics {
         self.pool
             .with_label_values(&["waiting"])
             .set(pool.waiting as i64);
+        self.shared_reads
+            .set(store.shared_read_connections() as i64);
         if let Some(replica) = store.replica_status() {
             self.replica_reads.set(i64::from(replica.in_use));
             if let Some(lag) = replica.lag {

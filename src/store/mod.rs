@@ -135,6 +135,14 @@ impl Store {
         self.pool.status()
     }
 
+    /// How many connections beside the pool concurrent GetBatch calls share
+    /// now (none behind a transaction pooler).
+    pub fn shared_read_connections(&self) -> usize {
+        self.shared_reads
+            .as_ref()
+            .map_or(0, |shared_reads| shared_reads.open_connections())
+    }
+
     /// How many batches are stored in each state.
     pub async fn count_by_state(&self) -> Result<Vec<(State, i64)>, StoreError> {
         self.with_connection(None, async |client| {

@@ -108,6 +108,14 @@ impl SharedReads {
         }
     }
 
+    /// How many of the connections are open now.
+    pub(super) fn open_connections(&self) -> usize {
+        self.lanes
+            .iter()
+            .filter(|lane| lane.current().is_some())
+            .count()
+    }
+
     /// Drops the connections once their calls end, and refuses new calls.
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);

@@ -18,7 +18,7 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::support::cluster::TempCluster;
 use batch_history::config::ServeConfig;
 
-use crate::support::{Server, database_config, health_client, scrape, serve_config};
+use crate::support::{Server, database_config, health_client, metric, scrape, serve_config};
 
 /// Creates batches `{writer}-{n}` until told to stop; returns the ids the
 /// service acknowledged and the codes of the calls that failed.
@@ -188,12 +188,6 @@ async fn a_promoted_standby_takes_over_without_a_restart_or_a_lost_acknowledged_
         "failed calls said UNAVAILABLE, nothing else: {codes:?}"
     );
     server.stop().await;
-}
-
-/// The value of the unlabelled metric `name` on a metrics page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 async fn listed(client: &mut BatchHistoryClient<Channel>) -> Vec<String> {

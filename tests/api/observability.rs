@@ -3,12 +3,7 @@
 use batch_history::proto::{GetBatchRequest, ListBatchesRequest};
 use tonic::{Code, Request};
 
-use crate::support::TestApp;
-
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
+use crate::support::{TestApp, metric};
 
 #[tokio::test]
 async fn metrics_count_calls_by_code_and_show_pool_and_batches() {
@@ -32,7 +27,7 @@ async fn metrics_count_calls_by_code_and_show_pool_and_batches() {
     );
     let page = app.scrape().await;
     assert_eq!(
-        sample(
+        metric(
             &page,
             r#"batch_history_requests_total{code="Ok",method="CreateBatch"}"#
         ),
@@ -40,25 +35,25 @@ async fn metrics_count_calls_by_code_and_show_pool_and_batches() {
         "{page}"
     );
     assert_eq!(
-        sample(
+        metric(
             &page,
             r#"batch_history_requests_total{code="NotFound",method="GetBatch"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
-        sample(
+        metric(
             &page,
             r#"batch_history_request_duration_seconds_count{method="CreateBatch"}"#
         ),
         Some(2.0)
     );
     assert_eq!(
-        sample(&page, r#"batch_history_batches{state="RUNNING"}"#),
+        metric(&page, r#"batch_history_batches{state="RUNNING"}"#),
         Some(2.0)
     );
-    assert!(sample(&page, r#"batch_history_pool_connections{state="size"}"#).unwrap() >= 1.0);
-    assert!(sample(&page, r#"batch_history_pool_connections{state="waiting"}"#).is_some());
+    assert!(metric(&page, r#"batch_history_pool_connections{state="size"}"#).unwrap() >= 1.0);
+    assert!(metric(&page, r#"batch_history_pool_connections{state="waiting"}"#).is_some());
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use batch_history::proto::{GetBatchRequest, batch_history_client::BatchHistoryCl
 use batch_history::store::Pooling;
 use tonic::{Code, transport::Channel};
 
-use crate::support::{TestApp, TestDb};
+use crate::support::{TestApp, TestDb, metric};
 
 /// Backends of the test's database whose last statement was GetBatch's.
 const GET_BACKENDS: &str = "FROM pg_stat_activity WHERE datname = current_database() \
@@ -63,6 +63,12 @@ async fn two_hundred_concurrent_gets_use_two_connections_and_outlive_their_termi
     assert!(
         (1..=2).contains(&backends),
         "{backends} connections served the gets; the pool holds 16"
+    );
+    let page = app.scrape().await;
+    assert_eq!(
+        metric(&page, "batch_history_shared_read_connections"),
+        Some(backends as f64),
+        "{page}"
     );
 
     // Terminated while calls are on them: a call in flight meets the close

@@ -465,6 +465,13 @@ pub async fn scrape(addr: SocketAddr) -> String {
     response.body
 }
 
+/// The value of `series` (a name, with its labels if it has any) on a
+/// metrics page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn rand_u64() -> u64 {
     let mut bytes = [0; 8];
     getrandom::fill(&mut bytes).expect("random source");
