@@ -172,8 +172,9 @@ impl Lane {
 }
 
 /// Whether `error` ended the connection rather than the statement: it was
-/// closed, or its backend was told to stop (SQLSTATE 57P01 to 57P03, sent
-/// just before the close).
+/// closed, its backend was told to stop (SQLSTATE 57Pxx: shutdown, database
+/// dropped, idle session timeout; sent just before the close), or the
+/// connection failed (class 08).
 fn connection_lost(error: &tokio_postgres::Error) -> bool {
     error.is_closed()
         || error
