@@ -26,28 +26,34 @@ def follow(browser, selector, by=By.CSS_SELECTOR):
                                      message=f"clicking {selector} loaded no page")
 
 
-# Read in one script each: a live update may replace the element between
+# Read in one script each: a live update may replace an element between
 # finding it and reading it.
-def text(browser, selector):
+def read_one(browser, selector, prop):
     return browser.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", selector)
+        "const e = document.querySelector(arguments[0]); return e ? e[arguments[1]] : null",
+        selector, prop)
+
+
+def read_all(browser, selector, prop):
+    return browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e[arguments[1]])",
+        selector, prop)
+
+
+def text(browser, selector):
+    return read_one(browser, selector, "innerText")
 
 
 def progress_value(browser, batch_id):
-    return browser.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.value : null",
-        f'[id="batch-{batch_id}"] progress')
+    return read_one(browser, f'[id="batch-{batch_id}"] progress', "value")
 
 
 def row_ids(browser):
-    return browser.execute_script(
-        "return [...document.querySelectorAll('#batch-rows tr')]"
-        ".map(row => row.id.replace(/^batch-/, ''))")
+    return [row_id.removeprefix("batch-") for row_id in read_all(browser, "#batch-rows tr", "id")]
 
 
 def row_states(browser):
-    return browser.execute_script(
-        "return [...document.querySelectorAll('#batch-rows .state')].map(e => e.innerText)")
+    return read_all(browser, "#batch-rows .state", "innerText")
 
 
 @pytest.fixture(scope="module")
