@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # The client suite's scratch server, under a name of its own.
 _spec = importlib.util.spec_from_file_location(
-    "client_suite", REPO / "examples/python/tests/conftest.py")
+    "client_suite", REPO / "clients/python/tests/conftest.py")
 client_suite = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(client_suite)
 

@@ -114,15 +114,12 @@ def run_batch(rng, db, clock):
     clock.instant = start
     older_format = rng.random() < 0.35
     crashed_early = rng.random() < 0.06
-    state = {
-        "id": f"batch_{int(start.timestamp())}_{rng.getrandbits(32):08x}",
-        "started_at": clock.local().isoformat(), "status": "running",
-        "current_model": None if crashed_early else rng.choice(MODELS),
-        "topic_filter": rng.choice(TOPICS), "difficulty_filter": rng.choice(DIFFICULTIES),
-        "reasoning_instruction": rng.choice([None, "Cite the controlling authority first."]),
-        "target": rng.choice([10, 50, 100, 500]), "samples_generated": 0, "tokens_used": 0,
-        "errors": [], "model_switches": [], "completed_at": None,
-    }
+    batch_id = f"batch_{int(start.timestamp())}_{rng.getrandbits(32):08x}"
+    model = None if crashed_early else rng.choice(MODELS)
+    state = db.create_batch_state(batch_id, rng.choice(PROVIDERS), model,
+                                  rng.choice([10, 50, 100, 500]))
+    state.update(topic_filter=rng.choice(TOPICS), difficulty_filter=rng.choice(DIFFICULTIES),
+                 reasoning_instruction=rng.choice([None, "Cite the controlling authority first."]))
     instants = {"started_at": micros(start), "completed_at": None, "errors": [],
                 "model_switches": []}
     db._save_batch_to_db(state)
@@ -140,7 +137,7 @@ def run_batch(rng, db, clock):
                                        microseconds=rng.randint(0, 999_999))
             produced = rng.randint(0, 25)
             state["samples_generated"] += produced
-            state["tokens_used"] += produced * rng.randint(600, 2400)
+            state["total_tokens"] += produced * rng.randint(600, 2400)
             if rng.random() < 0.4:
                 entry, instant = make_error(rng, clock, state, rng.choice(PROVIDERS))
                 state["errors"].append(entry)
@@ -152,16 +149,16 @@ def run_batch(rng, db, clock):
             db._save_batch_to_db(state)
     ending = rng.random()
     if ending < 0.12:
-        return instants  # the worker died: the row stays running
+        return batch_id, instants  # the worker died: the row stays running
     clock.instant += timedelta(seconds=rng.randint(1, 120))
     if ending < 0.2:
-        db.stop_batch(state["id"])  # stopped from the dashboard after a restart
+        db.stop_batch(batch_id)  # stopped from the dashboard after a restart
     else:
-        state["status"] = "completed"
+        state["running"] = False
         state["completed_at"] = clock.local().isoformat()
         db._save_batch_to_db(state)
     instants["completed_at"] = micros(clock.instant)
-    return instants
+    return batch_id, instants
 
 
 def main():
@@ -175,11 +172,10 @@ def main():
     rng = random.Random(args.seed)
     clock = Clock(ZoneInfo(args.timezone))
     legacy_app.now = clock.local
-    db = legacy_app.LegacyDb(args.out)
+    db = legacy_app.open_history(args.out)
     instants = {}
     for _ in range(args.rows):
-        state_instants = run_batch(rng, db, clock)
-        batch_id = db.db.execute("SELECT batch_id FROM batch_history ORDER BY id DESC").fetchone()[0]
+        batch_id, state_instants = run_batch(rng, db, clock)
         instants[batch_id] = state_instants
     history = db.get_batch_history()
     db.close()

@@ -24,7 +24,7 @@ import pytest
 from batchhistory.v1 import batch_history_pb2 as pb
 from batchhistory.v1 import batch_history_pb2_grpc as pb_grpc
 
-from conftest import BINARY, REPO, _free_port, _psql
+from conftest import BINARY, REPO, free_port, _psql
 
 REPLICAS = 3
 
@@ -39,7 +39,7 @@ def replicas(count):
     running = []
     try:
         for _ in range(count):
-            addr, metrics = f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"
+            addr, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
             env = dict(os.environ, DATABASE_URL=url, LISTEN_ADDR=addr, METRICS_ADDR=metrics,
                        LOG_FORMAT="json", RUST_LOG="warn")
             running.append((addr, metrics, subprocess.Popen([BINARY, "serve"], env=env)))
@@ -63,7 +63,7 @@ def replicas(count):
 def haproxy(backends):
     """The shipped configuration, listening on a free port, over `backends`."""
     config = (REPO / "deploy/haproxy/haproxy.cfg").read_text()
-    port = _free_port()
+    port = free_port()
     config = config.replace("bind :50051 proto h2", f"bind 127.0.0.1:{port} proto h2")
     servers = "\n".join(f"    server replica{n} {addr}" for n, addr in enumerate(backends))
     config, replaced = re.subn(r"^\s*server-template .*$", servers, config, flags=re.M)

@@ -46,14 +46,16 @@ def test_stop_and_retried_start(history):
     batch_id = f"dash-{uuid.uuid4().hex[:8]}"
     assert history.start(model="m", batch_id=batch_id) == batch_id
     assert history.start(model="m", batch_id=batch_id) == batch_id
-    assert history.stop(batch_id) == {"success": True, "message": f"Batch {batch_id} stopped"}
-    assert history.stop(batch_id)["success"], "stopping again is harmless"
+    assert history.stop(batch_id) == {"success": True, "stopped_batches": [batch_id],
+                                      "count": 1}
+    assert history.stop(batch_id) == {
+        "success": False, "error": f"Batch {batch_id} not found or already stopped"}
     assert history.get(batch_id)["status"] == "stopped"
     assert history.stop("no-such-batch") == {
-        "success": False, "error": "Batch no-such-batch not found"}
+        "success": False, "error": "Batch no-such-batch not found or already stopped"}
     history.finish(done := history.start(model="m"))
-    refused = history.stop(done)
-    assert not refused["success"] and "COMPLETED" in refused["error"]
+    assert history.stop(done)["success"] is False
+    assert history.get(done)["status"] == "completed", "a finished batch stays as it ended"
 
 
 def test_service_errors_surface_as_grpc_status_codes(history):

@@ -1,6 +1,6 @@
 """A live batch-history server on a scratch database, for the client tests.
 
-The client package must be installed (`pip install examples/python`).
+The client package must be installed (`pip install clients/python`).
 BATCH_HISTORY_BIN: the server binary (default: the repository's release build).
 TEST_DATABASE_URL: a PostgreSQL server where a scratch database may be created.
 """
@@ -30,36 +30,52 @@ def _psql(admin_url, sql):
     subprocess.run(["psql", admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True)
 
 
-def _free_port():
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
 @contextlib.contextmanager
-def serve(extra_env=None, healthcheck_args=()):
-    """A server on a scratch database; yields its address and database."""
-    binary = BINARY
-    admin_url = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-    database = f"bh_py_{uuid.uuid4().hex[:12]}"
-    _psql(admin_url, f"CREATE DATABASE {database}")
-    url = urlsplit(admin_url)
-    env = dict(os.environ, DATABASE_URL=urlunsplit(url._replace(path="/" + database)),
-               LISTEN_ADDR=f"127.0.0.1:{_free_port()}", LOG_FORMAT="pretty", **(extra_env or {}))
-    addr = env["LISTEN_ADDR"]
-    server = subprocess.Popen([binary, "serve"], env=env)
+def scratch_database(prefix="bh_py"):
+    """A database of its own on the test server, dropped afterwards; yields its URL."""
+    database = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _psql(ADMIN_URL, f"CREATE DATABASE {database}")
+    try:
+        yield urlunsplit(urlsplit(ADMIN_URL)._replace(path="/" + database))
+    finally:
+        _psql(ADMIN_URL, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def run_server(database_url, addr=None, extra_env=None, healthcheck_args=()):
+    """The server on `database_url`, listening on `addr` (a free loopback
+    port by default), until the block ends; yields its address."""
+    addr = addr or f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, DATABASE_URL=database_url, LISTEN_ADDR=addr, LOG_FORMAT="pretty",
+               **(extra_env or {}))
+    server = subprocess.Popen([BINARY, "serve"], env=env)
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run([binary, "healthcheck", "--addr", addr, *healthcheck_args],
+        while subprocess.run([BINARY, "healthcheck", "--addr", addr, *healthcheck_args],
                              capture_output=True).returncode != 0:
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the server did not start")
-            time.sleep(0.2)
-        yield Server(addr, env["DATABASE_URL"])
+            time.sleep(0.1)
+        yield addr
     finally:
         server.terminate()
         server.wait(timeout=15)
-        _psql(admin_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def serve(extra_env=None, healthcheck_args=()):
+    """A server on a scratch database; yields its address and database."""
+    with scratch_database() as url, run_server(url, None, extra_env, healthcheck_args) as addr:
+        yield Server(addr, url)
 
 
 @pytest.fixture(scope="session")
