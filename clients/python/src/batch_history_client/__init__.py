@@ -133,6 +133,12 @@ class BatchHistory:
         self._channel.close()
         return delivered
 
+    def __enter__(self) -> "BatchHistory":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Waits until every save made so far has reached the service."""
         return self._outbox.flush(timeout)
@@ -573,14 +579,20 @@ def _bounded(value: Any) -> Any:
     return value
 
 
+# gRPC's default reconnect backoff grows to 120 s: after an outage the
+# waiting saves would sit idle long after the service is back.
+_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+              ("grpc.max_reconnect_backoff_ms", 500)]
+
+
 def _channel(target: str, root: Optional[bytes], chain: Optional[bytes],
              key: Optional[bytes], server_name: Optional[str]) -> grpc.Channel:
     if root is None and chain is None:
-        return grpc.insecure_channel(target)
+        return grpc.insecure_channel(target, options=_RECONNECT)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=root, private_key=key, certificate_chain=chain)
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    return grpc.secure_channel(target, credentials, options=options)
+    return grpc.secure_channel(target, credentials, options=_RECONNECT + options)
 
 
 def _pem(value: _Pem, variable: str) -> Optional[bytes]:
