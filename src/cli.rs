@@ -10,7 +10,7 @@ use tokio_postgres::config::SslMode;
 
 use crate::config::{ImportConfig, Secret, ServeConfig};
 use crate::domain::StaleThreshold;
-use crate::import::ImportOptions;
+use crate::import::{ImportOptions, Source};
 use crate::local_cluster::{LocalCluster, LocalClusterError};
 use crate::maintenance::Upkeep;
 use crate::store::{DatabaseConfig, OnConflict, Pooling};
@@ -37,7 +37,10 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Exit 0 if the server at `--addr` reports SERVING, 1 otherwise.
     Healthcheck(HealthcheckArgs),
-    /// Copy a legacy SQLite batches.db into PostgreSQL (migrating first).
+    /// Copy the dashboard's legacy history (its SQLite batches.db, or the
+    /// batch_history table of its PostgreSQL) into the service's database,
+    /// migrating first.
+    #[command(visible_alias = "import")]
     ImportSqlite(ImportArgs),
 }
 
@@ -201,8 +204,11 @@ pub struct HealthcheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The legacy SQLite file, e.g. backend/data/batches.db.
-    pub path: PathBuf,
+    /// The legacy history: a SQLite file (backend/data/batches.db), or the
+    /// PostgreSQL URL the dashboard's DATABASE_URL held
+    /// (postgres://USER:PASSWORD@HOST/DB; read only).
+    #[arg(value_name = "FILE_OR_URL")]
+    pub source: String,
     /// Check and stage everything, report, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -233,9 +239,20 @@ impl TryFrom<ImportArgs> for ImportConfig {
     fn try_from(args: ImportArgs) -> Result<Self, Self::Error> {
         let source_timezone = TimeZone::get(&args.source_timezone)
             .map_err(|_| ConfigError::UnknownTimeZone(args.source_timezone.clone()))?;
+        let timeout = Duration::from_millis(args.database.db_timeout_ms);
+        let source = if args.source.starts_with("postgres://")
+            || args.source.starts_with("postgresql://")
+        {
+            Source::Postgres {
+                config: connection("the legacy source", &args.source, timeout)?,
+                shown: without_password(&args.source),
+            }
+        } else {
+            Source::Sqlite(PathBuf::from(args.source))
+        };
         Ok(Self {
             options: ImportOptions {
-                path: args.path,
+                source,
                 source_timezone,
                 on_conflict: match args.on_conflict {
                     ConflictPolicy::Fail => OnConflict::Fail,
@@ -352,6 +369,23 @@ fn connection(
     Ok(pg)
 }
 
+/// A URL fit for a report or a log line: its password replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            let masked = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{masked}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// Starts the private cluster when `args` name no database, and points
 /// them at it; returns it, to be stopped once the command is done.
 pub async fn start_unless_configured(
@@ -452,6 +486,19 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_legacy_source_is_reported_without_its_password() {
+        assert_eq!(
+            without_password("postgresql://dash:s3cret@db:5432/legal?sslmode=require"),
+            "postgresql://dash:***@db:5432/legal?sslmode=require"
+        );
+        assert_eq!(
+            without_password("postgres://dash@db/legal"),
+            "postgres://dash@db/legal"
+        );
+        assert_eq!(without_password("postgres://db/legal"), "postgres://db/legal");
+    }
 
     fn args(url: &str) -> DatabaseArgs {
         DatabaseArgs {

@@ -83,7 +83,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let cluster = start_unless_configured(&mut args.database).await?;
             let imported = async {
                 let config = ImportConfig::try_from(args)?;
-                let report = import::import_sqlite(&config.options, &config.database).await?;
+                let report = import::import_history(&config.options, &config.database).await?;
                 if config.json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {

@@ -1,5 +1,6 @@
-//! The legacy dashboard's `batch_history` table, read from SQLite and mapped
-//! onto the Batch resource.
+//! The legacy dashboard's `batch_history` table, read from its SQLite file
+//! or from the PostgreSQL database its `DATABASE_URL` named, and mapped onto
+//! the Batch resource.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -18,10 +19,48 @@ use crate::domain::{
     MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NonNegative, Prose, State, keep_newest,
 };
 
-/// Columns of `batch_history`, in the order the query below selects them.
+/// Columns of `batch_history`, in the order the queries below select them.
 const SELECT: &str = "SELECT id, batch_id, started_at, completed_at, model, topic_filter, \
      difficulty_filter, reasoning_instruction, target_count, samples_generated, total_tokens, \
      status, errors, model_switches FROM batch_history ORDER BY id";
+
+/// The same columns from PostgreSQL, as text whatever their declared types
+/// (flask-sqlalchemy made the times VARCHAR, a hand-made table may not), so
+/// that both sources go through one mapping.
+pub(super) const SELECT_POSTGRES: &str = "SELECT id::bigint, batch_id::text, started_at::text, \
+     completed_at::text, model::text, topic_filter::text, difficulty_filter::text, \
+     reasoning_instruction::text, target_count::text, samples_generated::text, \
+     total_tokens::text, status::text, errors::text, model_switches::text \
+     FROM batch_history ORDER BY id";
+
+/// Whether the PostgreSQL source has the table, on its search path.
+pub(super) const HAS_TABLE_POSTGRES: &str = "SELECT to_regclass('batch_history') IS NOT NULL";
+
+/// One value of a legacy row, in SQLite's dynamic types (PostgreSQL's
+/// arrive as text, or NULL).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Cell<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a [u8]),
+    Blob,
+}
+
+impl<'a> From<ValueRef<'a>> for Cell<'a> {
+    fn from(value: ValueRef<'a>) -> Self {
+        match value {
+            ValueRef::Null => Self::Null,
+            ValueRef::Integer(n) => Self::Integer(n),
+            ValueRef::Real(x) => Self::Real(x),
+            ValueRef::Text(bytes) => Self::Text(bytes),
+            ValueRef::Blob(_) => Self::Blob,
+        }
+    }
+}
+
+/// Columns in a legacy row.
+pub(super) const COLUMNS: usize = 14;
 
 /// Why the file could not be read at all.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +71,21 @@ pub enum ReadError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("{path} has no batch_history table; is it the dashboard's batches.db?")]
+    #[error("{path} has no batch_history table; is it the dashboard's history?")]
     NoHistoryTable { path: String },
     #[error("cannot read batch_history")]
     Read(#[from] rusqlite::Error),
+    #[error("{path} did not answer within {timeout:?}")]
+    Unreachable {
+        path: String,
+        timeout: std::time::Duration,
+    },
+    #[error("cannot read batch_history from {path}")]
+    Postgres {
+        path: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("cannot copy {path} and its -wal log to read them")]
     Copy {
         path: String,
@@ -195,42 +245,74 @@ pub fn read(
         return Err(ReadError::NoHistoryTable { path: shown });
     }
 
-    let mut mapped = Mapped::default();
-    let mut seen = HashSet::new();
+    let mut reader = Reader::new(zone);
     let mut statement = connection.prepare(SELECT)?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
-        mapped.rows_read += 1;
-        let mut mapper = RowMapper {
-            row_id: row.get_ref(0)?.as_i64().unwrap_or_default(),
+        let mut cells = [Cell::Null; COLUMNS];
+        for (index, cell) in cells.iter_mut().enumerate() {
+            *cell = row.get_ref(index)?.into();
+        }
+        if let Some(batch) = reader.row(&cells)
+            && !deliver(batch)
+        {
+            break;
+        }
+    }
+    Ok(reader.mapped)
+}
+
+/// Maps rows one at a time, keeping the tallies of the whole table.
+pub(super) struct Reader<'z> {
+    zone: &'z TimeZone,
+    seen: HashSet<BatchId>,
+    pub mapped: Mapped,
+}
+
+impl<'z> Reader<'z> {
+    pub fn new(zone: &'z TimeZone) -> Self {
+        Self {
             zone,
+            seen: HashSet::new(),
+            mapped: Mapped::default(),
+        }
+    }
+
+    /// The batch of one row, or `None` if the row cannot be imported (its
+    /// problems are recorded).
+    pub fn row(&mut self, cells: &[Cell<'_>; COLUMNS]) -> Option<Batch> {
+        self.mapped.rows_read += 1;
+        let mut mapper = RowMapper {
+            row_id: match cells[0] {
+                Cell::Integer(n) => n,
+                _ => 0,
+            },
+            zone: self.zone,
             problems: Vec::new(),
             raw_json_kept: 0,
             ambiguous_times: 0,
             skipped_times: 0,
         };
-        let batch = mapper.map(row)?;
+        let batch = mapper.map(cells);
         if let Some(batch) = &batch
-            && !seen.insert(batch.batch_id.clone())
+            && !self.seen.insert(batch.batch_id.clone())
         {
             mapper.problem(
                 "batch_id",
                 format!("{} appears more than once", batch.batch_id),
             );
         }
-        mapped.raw_json_kept += mapper.raw_json_kept;
-        mapped.ambiguous_times += mapper.ambiguous_times;
-        mapped.skipped_times += mapper.skipped_times;
+        self.mapped.raw_json_kept += mapper.raw_json_kept;
+        self.mapped.ambiguous_times += mapper.ambiguous_times;
+        self.mapped.skipped_times += mapper.skipped_times;
         match batch {
-            Some(batch) if mapper.problems.is_empty() => {
-                if !deliver(batch) {
-                    break;
-                }
+            Some(batch) if mapper.problems.is_empty() => Some(batch),
+            _ => {
+                self.mapped.problems.append(&mut mapper.problems);
+                None
             }
-            _ => mapped.problems.append(&mut mapper.problems),
         }
     }
-    Ok(mapped)
 }
 
 /// Maps one row, collecting every problem rather than stopping at the first.
@@ -253,8 +335,8 @@ impl RowMapper<'_> {
     }
 
     /// The batch, or `None` if a column needed to build it is unusable.
-    fn map(&mut self, row: &rusqlite::Row<'_>) -> Result<Option<Batch>, rusqlite::Error> {
-        let batch_id = self.text(row, 1, "batch_id")?.and_then(|id| {
+    fn map(&mut self, row: &[Cell<'_>; COLUMNS]) -> Option<Batch> {
+        let batch_id = self.text(row[1], "batch_id").and_then(|id| {
             BatchId::parse(id)
                 .map_err(|e| self.problem("batch_id", e.0))
                 .ok()
@@ -264,7 +346,7 @@ impl RowMapper<'_> {
         }
         // The id the dashboard made holds the true start, to the second.
         let started = batch_id.as_ref().and_then(instant_in_id);
-        let start_time = match self.text(row, 2, "started_at")? {
+        let start_time = match self.text(row[2], "started_at") {
             Some(text) => self
                 .time(&text, "started_at")
                 .map(|time| time.nearest_to(started)),
@@ -273,22 +355,22 @@ impl RowMapper<'_> {
                 None
             }
         };
-        let end_time = match self.text(row, 3, "completed_at")? {
+        let end_time = match self.text(row[3], "completed_at") {
             Some(text) if !text.trim().is_empty() => self
                 .time(&text, "completed_at")
                 .map(|time| time.earliest_from(start_time)),
             _ => None,
         };
-        let current_model = self.label(row, 4, "model")?;
-        let topic_filter = self.label(row, 5, "topic_filter")?;
-        let difficulty_filter = self.label(row, 6, "difficulty_filter")?;
+        let current_model = self.label(row[4], "model");
+        let topic_filter = self.label(row[5], "topic_filter");
+        let difficulty_filter = self.label(row[6], "difficulty_filter");
         let reasoning_instruction = self
-            .text(row, 7, "reasoning_instruction")?
+            .text(row[7], "reasoning_instruction")
             .unwrap_or_default();
         if let Err(e) = Prose::parse(reasoning_instruction.clone()) {
             self.problem("reasoning_instruction", e.0);
         }
-        let target_count = self.count(row, 8, "target_count")?;
+        let target_count = self.count(row[8], "target_count");
         let target_count = i32::try_from(target_count).unwrap_or_else(|_| {
             self.problem(
                 "target_count",
@@ -296,9 +378,9 @@ impl RowMapper<'_> {
             );
             0
         });
-        let samples_generated = self.count(row, 9, "samples_generated")?;
-        let total_tokens = self.count(row, 10, "total_tokens")?;
-        let state = match self.text(row, 11, "status")? {
+        let samples_generated = self.count(row[9], "samples_generated");
+        let total_tokens = self.count(row[10], "total_tokens");
+        let state = match self.text(row[11], "status") {
             Some(status) => match status.trim().to_ascii_lowercase().as_str() {
                 "running" => Some(State::Running),
                 "completed" => Some(State::Completed),
@@ -318,7 +400,7 @@ impl RowMapper<'_> {
         };
 
         let (Some(batch_id), Some(start_time), Some(state)) = (batch_id, start_time, state) else {
-            return Ok(None);
+            return None;
         };
         if state == State::Running && end_time.is_some() {
             self.problem("completed_at", "is set on a batch whose status is running");
@@ -326,11 +408,11 @@ impl RowMapper<'_> {
         if end_time.is_some_and(|end| end < start_time) {
             self.problem("completed_at", "is before started_at");
         }
-        let errors_text = self.text(row, 12, "errors")?;
+        let errors_text = self.text(row[12], "errors");
         let mut errors = self.errors(errors_text, start_time);
         let error_count = errors.len() as i64;
         keep_newest(&mut errors, MAX_KEPT_ERRORS, MAX_KEPT_ERROR_BYTES);
-        let switches_text = self.text(row, 13, "model_switches")?;
+        let switches_text = self.text(row[13], "model_switches");
         let mut model_switches = self.model_switches(switches_text, start_time);
         // The legacy row kept only the model in use at the end; the first
         // switch says which one the batch started with.
@@ -346,7 +428,7 @@ impl RowMapper<'_> {
             MAX_KEPT_SWITCH_BYTES,
         );
 
-        Ok(Some(Batch {
+        Some(Batch {
             batch_id,
             state,
             provider: String::new(),
@@ -366,65 +448,50 @@ impl RowMapper<'_> {
             end_time,
             update_time: end_time.unwrap_or(start_time),
             version: 1,
-        }))
+        })
     }
 
     /// A text column; SQLite's dynamic typing lets numbers in, so they are
     /// accepted in their decimal form.
-    fn text(
-        &mut self,
-        row: &rusqlite::Row<'_>,
-        index: usize,
-        column: &'static str,
-    ) -> Result<Option<String>, rusqlite::Error> {
-        Ok(match row.get_ref(index)? {
-            ValueRef::Null => None,
-            ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+    fn text(&mut self, cell: Cell<'_>, column: &'static str) -> Option<String> {
+        match cell {
+            Cell::Null => None,
+            Cell::Text(bytes) => match std::str::from_utf8(bytes) {
                 Ok(text) => Some(text.to_owned()),
                 Err(_) => {
                     self.problem(column, "is not valid UTF-8");
                     None
                 }
             },
-            ValueRef::Integer(n) => Some(n.to_string()),
-            ValueRef::Real(x) => Some(x.to_string()),
-            ValueRef::Blob(_) => {
+            Cell::Integer(n) => Some(n.to_string()),
+            Cell::Real(x) => Some(x.to_string()),
+            Cell::Blob => {
                 self.problem(column, "holds binary data, not text");
                 None
             }
-        })
+        }
     }
 
-    fn label(
-        &mut self,
-        row: &rusqlite::Row<'_>,
-        index: usize,
-        column: &'static str,
-    ) -> Result<String, rusqlite::Error> {
-        let text = self.text(row, index, column)?.unwrap_or_default();
+    fn label(&mut self, cell: Cell<'_>, column: &'static str) -> String {
+        let text = self.text(cell, column).unwrap_or_default();
         if let Err(e) = Label::parse(text.clone()) {
             self.problem(column, e.0);
         }
-        Ok(text)
+        text
     }
 
     /// A count that is zero or more; NULL is 0, the model's default.
-    fn count(
-        &mut self,
-        row: &rusqlite::Row<'_>,
-        index: usize,
-        column: &'static str,
-    ) -> Result<i64, rusqlite::Error> {
-        let value = match row.get_ref(index)? {
-            ValueRef::Null => Some(0),
-            ValueRef::Integer(n) => Some(n),
-            ValueRef::Real(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(x as i64),
-            ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+    fn count(&mut self, cell: Cell<'_>, column: &'static str) -> i64 {
+        let value = match cell {
+            Cell::Null => Some(0),
+            Cell::Integer(n) => Some(n),
+            Cell::Real(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Some(x as i64),
+            Cell::Text(bytes) => std::str::from_utf8(bytes)
                 .ok()
                 .and_then(|text| text.trim().parse().ok()),
             _ => None,
         };
-        Ok(match value {
+        match value {
             Some(n) if n >= 0 => n,
             Some(n) => {
                 self.problem(column, format!("{n} is negative"));
@@ -434,7 +501,7 @@ impl RowMapper<'_> {
                 self.problem(column, "is not an integer");
                 0
             }
-        })
+        }
     }
 
     fn time(&mut self, text: &str, column: &'static str) -> Option<LegacyTime> {

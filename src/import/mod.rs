@@ -1,5 +1,6 @@
-//! `import-sqlite`: copies the legacy dashboard's SQLite history into
-//! PostgreSQL. Every row is read, checked and staged in one transaction,
+//! `import-sqlite`: copies the legacy dashboard's history into the
+//! service's PostgreSQL, from its SQLite file or from the `batch_history`
+//! table in the PostgreSQL database the dashboard's `DATABASE_URL` named. Every row is read, checked and staged in one transaction,
 //! committed only if every row is valid (and no conflict stands in the way),
 //! so a file either imports completely or not at all. The service remembers
 //! a digest of each batch it imported (`batch_imports`), so importing the
@@ -12,6 +13,8 @@ mod legacy;
 
 use std::{path::PathBuf, time::Instant};
 
+use futures_util::TryStreamExt;
+
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
@@ -20,10 +23,33 @@ use crate::store::{self, BulkLoad, LoadOutcome, MigrateError, OnConflict, StoreE
 
 pub use legacy::{ReadError, parse_legacy_time};
 
+/// Where the legacy history is.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The dashboard's SQLite file, e.g. `backend/data/batches.db`.
+    Sqlite(PathBuf),
+    /// The PostgreSQL database the dashboard's `DATABASE_URL` named.
+    Postgres {
+        config: tokio_postgres::Config,
+        /// The URL without its password, for the report.
+        shown: String,
+    },
+}
+
+impl Source {
+    /// How the report names the source; never with a password.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Sqlite(path) => path.display().to_string(),
+            Self::Postgres { shown, .. } => shown.clone(),
+        }
+    }
+}
+
 /// What to import and how.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
-    pub path: PathBuf,
+    pub source: Source,
     /// Zone of legacy times that carry no offset.
     pub source_timezone: TimeZone,
     pub on_conflict: OnConflict,
@@ -154,35 +180,34 @@ pub enum ImportError {
     Reader(#[from] tokio::task::JoinError),
 }
 
+
+
 /// Batches read ahead of the database: enough to keep both busy.
 const READ_AHEAD: usize = 1_024;
 
-/// Migrates, then reads and checks the whole file while streaming it into a
-/// staging table, and writes it in one transaction unless a row is invalid.
-pub async fn import_sqlite(
+/// Migrates, then reads and checks the whole history while streaming it
+/// into a staging table, and writes it in one transaction unless a row is
+/// invalid.
+pub async fn import_history(
     options: &ImportOptions,
     database: &DatabaseConfig,
 ) -> Result<Report, ImportError> {
     let started = Instant::now();
     store::set_up(database).await?;
     let mut load = BulkLoad::begin(database).await?;
-
-    let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
-    let reader = {
-        let (path, zone) = (options.path.clone(), options.source_timezone.clone());
-        tokio::task::spawn_blocking(move || {
-            legacy::read(&path, &zone, |batch| sender.blocking_send(batch).is_ok())
-        })
-    };
-    while let Some(batch) = batches.recv().await {
-        if let Err(error) = load.write(&batch).await {
-            // Stops the reader at its next batch.
-            drop(batches);
-            load.abandon().await;
-            return Err(error.into());
+    let read = match &options.source {
+        Source::Sqlite(path) => read_sqlite(path, &options.source_timezone, &mut load).await,
+        Source::Postgres { config, shown } => {
+            read_postgres(config, shown, database, &options.source_timezone, &mut load).await
         }
-    }
-    let mapped = reader.await??;
+    };
+    let mapped = match read {
+        Ok(mapped) => mapped,
+        Err(error) => {
+            load.abandon().await;
+            return Err(error);
+        }
+    };
     let invalid = mapped
         .problems
         .iter()
@@ -192,7 +217,7 @@ pub async fn import_sqlite(
     tracing::info!(
         rows = mapped.rows_read,
         seconds = started.elapsed().as_secs_f64(),
-        "read and checked the legacy file"
+        "read and checked the legacy history"
     );
 
     let outcome = load
@@ -204,7 +229,7 @@ pub async fn import_sqlite(
         .await?;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Report {
-        path: options.path.display().to_string(),
+        path: options.source.shown(),
         dry_run: options.dry_run,
         on_conflict: options.on_conflict,
         rows_read: mapped.rows_read,
@@ -226,6 +251,83 @@ pub async fn import_sqlite(
             0.0
         },
     })
+}
+
+/// Reads the file on a thread of its own, the load writing what it has
+/// read meanwhile.
+async fn read_sqlite(
+    path: &std::path::Path,
+    zone: &TimeZone,
+    load: &mut BulkLoad,
+) -> Result<legacy::Mapped, ImportError> {
+    let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = {
+        let (path, zone) = (path.to_owned(), zone.clone());
+        tokio::task::spawn_blocking(move || {
+            legacy::read(&path, &zone, |batch| sender.blocking_send(batch).is_ok())
+        })
+    };
+    while let Some(batch) = batches.recv().await {
+        if let Err(error) = load.write(&batch).await {
+            // Stops the reader at its next batch.
+            drop(batches);
+            return Err(error.into());
+        }
+    }
+    Ok(reader.await??)
+}
+
+/// Streams the table from the dashboard's PostgreSQL (read only: one
+/// SELECT) into the load.
+async fn read_postgres(
+    config: &tokio_postgres::Config,
+    shown: &str,
+    database: &DatabaseConfig,
+    zone: &TimeZone,
+    load: &mut BulkLoad,
+) -> Result<legacy::Mapped, ImportError> {
+    let failed = |source| ReadError::Postgres {
+        path: shown.to_owned(),
+        source,
+    };
+    let timeout = database.startup_timeout.max(database.timeout);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(store::connector()?))
+        .await
+        .map_err(|_| ReadError::Unreachable {
+            path: shown.to_owned(),
+            timeout,
+        })?
+        .map_err(failed)?;
+    tokio::spawn(connection);
+    let has_table: bool = client
+        .query_one(legacy::HAS_TABLE_POSTGRES, &[])
+        .await
+        .map_err(failed)?
+        .get(0);
+    if !has_table {
+        return Err(ReadError::NoHistoryTable {
+            path: shown.to_owned(),
+        }
+        .into());
+    }
+    let rows = client
+        .query_raw(legacy::SELECT_POSTGRES, std::iter::empty::<i64>())
+        .await
+        .map_err(failed)?;
+    futures_util::pin_mut!(rows);
+    let mut reader = legacy::Reader::new(zone);
+    while let Some(row) = rows.try_next().await.map_err(failed)? {
+        let texts: Vec<Option<&str>> = (1..legacy::COLUMNS).map(|i| row.get(i)).collect();
+        let mut cells = [legacy::Cell::Null; legacy::COLUMNS];
+        cells[0] = legacy::Cell::Integer(row.get(0));
+        for (cell, text) in cells[1..].iter_mut().zip(&texts) {
+            *cell = text.map_or(legacy::Cell::Null, |t| legacy::Cell::Text(t.as_bytes()));
+        }
+        if let Some(batch) = reader.row(&cells) {
+            load.write(&batch).await?;
+        }
+    }
+    Ok(reader.mapped)
 }
 
 /// Says that `--source-timezone` is probably wrong when most conflicts differ

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use batch_history::import::{ImportOptions, Report, import_sqlite, parse_legacy_time};
+use batch_history::import::{ImportOptions, Report, Source, import_history, parse_legacy_time};
 use batch_history::proto::{GetBatchRequest, ListBatchesRequest, batch::State};
 use batch_history::store::OnConflict;
 use jiff::tz::TimeZone;
@@ -99,12 +99,12 @@ async fn import_with(
     dry_run: bool,
 ) -> Report {
     let options = ImportOptions {
-        path: file.0.clone(),
+        source: Source::Sqlite(file.0.clone()),
         source_timezone: zone,
         on_conflict,
         dry_run,
     };
-    import_sqlite(&options, &app.db.database_config(Duration::from_secs(10)))
+    import_history(&options, &app.db.database_config(Duration::from_secs(10)))
         .await
         .expect("the import ran")
 }
@@ -483,12 +483,12 @@ async fn a_file_without_history_is_a_clear_error() {
         .execute_batch("CREATE TABLE samples (id INTEGER)")
         .unwrap();
     let options = ImportOptions {
-        path: file.0.clone(),
+        source: Source::Sqlite(file.0.clone()),
         source_timezone: TimeZone::UTC,
         on_conflict: OnConflict::Fail,
         dry_run: false,
     };
-    let error = import_sqlite(&options, &app.db.database_config(Duration::from_secs(5)))
+    let error = import_history(&options, &app.db.database_config(Duration::from_secs(5)))
         .await
         .unwrap_err();
     assert!(
