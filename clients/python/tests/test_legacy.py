@@ -26,10 +26,15 @@ import worker  # noqa: E402
 ZONE = "Europe/London"
 
 
+# Imported history holds batches left running long ago: the stale sweep
+# would stop them, as it should in service, while a test compares.
+NO_SWEEP = {"STALE_AFTER": "0"}
+
+
 @pytest.fixture(scope="module")
 def own_server():
     """A server whose database holds only what these tests put there."""
-    with serve() as server:
+    with serve(NO_SWEEP) as server:
         yield server
 
 
@@ -363,7 +368,7 @@ def test_the_dashboards_postgresql_history_imports_exactly_and_once(own_server):
     flask-sqlalchemy's create_all: imported from there, it reads back as its
     to_dict(), and importing again adds nothing."""
     from conftest import scratch_database
-    with scratch_database("legacy_pg") as source, serve() as server:
+    with scratch_database("legacy_pg") as source, serve(NO_SWEEP) as server:
         made = subprocess.run(
             [sys.executable, REPO / "tests/legacy/make_real_history.py", source, "--rows", "200",
              "--seed", "11", "--timezone", ZONE], capture_output=True, check=True)
