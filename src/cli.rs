@@ -240,12 +240,10 @@ impl TryFrom<ImportArgs> for ImportConfig {
         let source_timezone = TimeZone::get(&args.source_timezone)
             .map_err(|_| ConfigError::UnknownTimeZone(args.source_timezone.clone()))?;
         let timeout = Duration::from_millis(args.database.db_timeout_ms);
-        let source = if args.source.starts_with("postgres://")
-            || args.source.starts_with("postgresql://")
-        {
+        let source = if let Some(url) = postgres_url(&args.source) {
             Source::Postgres {
-                config: connection("the legacy source", &args.source, timeout)?,
-                shown: without_password(&args.source),
+                config: connection("the legacy source", &url, timeout)?,
+                shown: without_password(&url),
             }
         } else {
             Source::Sqlite(PathBuf::from(args.source))
@@ -369,6 +367,15 @@ fn connection(
     Ok(pg)
 }
 
+/// `source` as a URL tokio-postgres reads, if it names PostgreSQL: the
+/// dashboard's `DATABASE_URL` may carry SQLAlchemy's driver
+/// (`postgresql+psycopg2://`).
+fn postgres_url(source: &str) -> Option<String> {
+    let (scheme, rest) = source.split_once("://")?;
+    let (scheme, _driver) = scheme.split_once('+').unwrap_or((scheme, ""));
+    matches!(scheme, "postgres" | "postgresql").then(|| format!("postgresql://{rest}"))
+}
+
 /// A URL fit for a report or a log line: its password replaced by `***`.
 fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -486,6 +493,20 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_legacy_source_is_a_file_or_the_dashboards_database_url() {
+        assert_eq!(
+            postgres_url("postgresql+psycopg2://dash:pw@db/legal").as_deref(),
+            Some("postgresql://dash:pw@db/legal")
+        );
+        assert_eq!(
+            postgres_url("postgres://db/legal").as_deref(),
+            Some("postgresql://db/legal")
+        );
+        assert_eq!(postgres_url("backend/data/batches.db"), None);
+        assert_eq!(postgres_url("sqlite:///data/batches.db"), None);
+    }
 
     #[test]
     fn a_legacy_source_is_reported_without_its_password() {

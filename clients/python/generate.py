@@ -1,9 +1,12 @@
 """Generates the Python stubs in src/batchhistory from proto/.
 
 They are committed, so that `pip install` needs no protoc; CI runs
-`generate.py --check`, which fails if they differ from what proto/ makes.
+`generate.py --check`, which fails if they differ from what proto/ makes,
+or if the package's major version is not the proto package's (v1 → 1.x).
 """
+import ast
 import pathlib
+import re
 import sys
 import tempfile
 
@@ -41,7 +44,16 @@ def main():
                  or (OUT / path.relative_to(fresh)).read_bytes() != path.read_bytes()]
     if stale:
         sys.exit(f"stubs out of date with proto/: {', '.join(stale)}; run python generate.py")
-    print("stubs match proto/")
+    proto = (PROTO_ROOT / PACKAGE / "batch_history.proto").read_text()
+    contract = re.search(r"^package batchhistory\.v(\d+);", proto, re.M).group(1)
+    version = next(node.value.value for node in ast.parse(
+        (OUT / "batch_history_client/__init__.py").read_text()).body
+        if isinstance(node, ast.Assign)
+        and getattr(node.targets[0], "id", None) == "__version__")
+    if version.split(".")[0] != contract:
+        sys.exit(f"batch_history_client {version} is not a version of contract v{contract}: "
+                 f"its major version must be {contract}")
+    print(f"stubs match proto/; client {version} is of contract v{contract}")
 
 
 if __name__ == "__main__":

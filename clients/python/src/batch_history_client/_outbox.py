@@ -9,6 +9,7 @@ of batches, not of saves.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import random
 import threading
@@ -27,6 +28,10 @@ log = logging.getLogger("batch_history_client")
 # lost; sending the same absolute save again is always safe.
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+
+
+# How long an exiting process waits for saves still on their way.
+_EXIT_WAIT = 5.0
 
 
 @dataclass
@@ -101,6 +106,8 @@ class Outbox:
                 self._thread = threading.Thread(
                     target=self._deliver, name="batch-history-outbox", daemon=True)
                 self._thread.start()
+                # The thread is a daemon: at exit, what waits gets a last chance.
+                atexit.register(self._deliver_at_exit)
             self._changed.notify_all()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
@@ -123,6 +130,10 @@ class Outbox:
         if not delivered:
             log.error("closing with the saves of %d batches undelivered", len(self._waiting))
         return delivered
+
+    def _deliver_at_exit(self) -> None:
+        if not self.flush(_EXIT_WAIT):
+            log.error("exiting with the saves of %d batches undelivered", len(self._waiting))
 
     def _deliver(self) -> None:
         backoff = 0.0
