@@ -395,3 +395,16 @@ def test_the_dashboards_postgresql_history_imports_exactly_and_once(own_server):
         assert len(rows) == len(expected) == 200
         for row in rows:
             assert canonical(row) == expected[row["id"]], row["id"]
+
+
+def test_a_postgresql_source_without_the_history_says_so_without_its_password(own_server):
+    from conftest import scratch_database
+    with scratch_database("legacy_empty") as source:
+        with_password = source.replace("postgres@", "postgres:hunter2@", 1)
+        done = subprocess.run(
+            [BINARY, "import", "--dry-run", with_password],
+            env={"DATABASE_URL": own_server.database_url, "PATH": "/usr/bin",
+                 "LOG_FORMAT": "json"}, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "has no batch_history table" in done.stderr, done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
