@@ -385,7 +385,9 @@ fn without_password(url: &str) -> String {
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
         Some((user_info, host)) => {
-            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
             let masked = if user_info.contains(':') { ":***" } else { "" };
             format!("{scheme}://{user}{masked}@{host}{tail}")
         }
@@ -518,7 +520,10 @@ mod tests {
             without_password("postgres://dash@db/legal"),
             "postgres://dash@db/legal"
         );
-        assert_eq!(without_password("postgres://db/legal"), "postgres://db/legal");
+        assert_eq!(
+            without_password("postgres://db/legal"),
+            "postgres://db/legal"
+        );
     }
 
     fn args(url: &str) -> DatabaseArgs {

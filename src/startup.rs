@@ -51,6 +51,10 @@ pub enum StartupError {
 /// Long-lived streams (health watches) would otherwise hold the server open.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long shutdown waits, after the drain, for the statements of the
+/// calls it cut to end.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A migrated database and a bound listener, ready to serve.
 pub struct App {
     listener: TcpListener,
@@ -223,6 +227,15 @@ impl App {
                 Ok(())
             }
         };
+        // Calls cut at the drain give up their statements, which are
+        // cancelled until they have ended: none may apply after the exit.
+        self.store.cut_in_flight();
+        if !self.store.all_settled(SETTLE_TIMEOUT).await {
+            tracing::warn!(
+                ?SETTLE_TIMEOUT,
+                "statements given up on at shutdown had not ended; exiting anyway"
+            );
+        }
         self.store.close();
         tracing::info!("stopped");
         served

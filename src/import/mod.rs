@@ -180,8 +180,6 @@ pub enum ImportError {
     Reader(#[from] tokio::task::JoinError),
 }
 
-
-
 /// Batches read ahead of the database: enough to keep both busy.
 const READ_AHEAD: usize = 1_024;
 

@@ -13,6 +13,7 @@ mod connection;
 mod error;
 mod hot_rows;
 mod import;
+mod lease;
 mod migrate;
 mod probe;
 mod replica;
@@ -23,7 +24,7 @@ mod tls;
 
 use std::{sync::Arc, time::Duration};
 
-use deadpool_postgres::{Client, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::time::Instant;
 use tokio_postgres::{
     Row,
@@ -43,8 +44,9 @@ pub use changes::{ChangeListener, DeletedBatch, Notice};
 use connection::Connection;
 pub use connection::{Pooling, connect_dedicated, detect_pooling};
 pub use error::{Counter, StoreError};
-use hot_rows::{HotRows, WritePermit};
+use hot_rows::HotRows;
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
+use lease::{CANCEL_GRACE, Lease, Lent};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate, set_up};
 pub use probe::Probe;
 use replica::Replica;
@@ -76,6 +78,11 @@ pub struct Store {
     pooling: Pooling,
     hot_rows: HotRows,
     canceller: Canceller,
+    /// Connections lent out, or closing once their abandoned statement ends.
+    lent: Lent,
+    /// Set at shutdown, after the drain: operations still running give up,
+    /// as at their deadline.
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
     /// `DATABASE_READ_URL`'s replica, for listings and stats.
     replica: Option<Arc<Replica>>,
     /// Where GetBatch runs, unless statements cannot be prepared (behind a
@@ -114,6 +121,8 @@ impl Store {
             pooling,
             hot_rows: HotRows::default(),
             canceller: Canceller::new(tls, &config.pg, pooling),
+            lent: Lent::default(),
+            cut: Arc::new(tokio::sync::watch::Sender::new(false)),
             replica,
             shared_reads,
         })
@@ -161,6 +170,20 @@ impl Store {
                 .collect()
         })
         .await
+    }
+
+    /// Makes every operation still running give up now, as at its deadline:
+    /// its statement is cancelled until it has ended, and it fails
+    /// [`StoreError::TimedOut`] (or [`StoreError::OutcomeUnknown`]).
+    pub fn cut_in_flight(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Waits until every connection lent to an operation is back, and every
+    /// statement given up on has ended, for at most `timeout`; false if
+    /// some have not.
+    pub async fn all_settled(&self, timeout: Duration) -> bool {
+        self.lent.all_returned(timeout).await
     }
 
     /// Closes the pool: idle connections are dropped, and waiting calls fail.
@@ -413,13 +436,15 @@ impl Store {
     /// hold at most [`hot_rows::CONNECTIONS_PER_BATCH`] connections; the rest
     /// wait without one.
     ///
-    /// A statement still running at the deadline is cancelled on the server
-    /// (dropping the future would leave it running, to take effect later)
-    /// and its outcome awaited for [`CANCEL_GRACE`]: a call that answers
-    /// [`StoreError::TimedOut`] was not applied. A caller that goes away
-    /// mid-statement (its deadline passed, it cancelled) has its statement
-    /// cancelled too. A connection that saw a cancel is not reused, as a
-    /// cancel request may land on whatever statement runs next.
+    /// A statement still running at the deadline (or when shutdown cuts
+    /// in-flight work) is cancelled on the server, again and again until it
+    /// ends (dropping the future would leave it running, to take effect
+    /// later), and its outcome awaited for [`CANCEL_GRACE`]: a call that
+    /// answers [`StoreError::TimedOut`] was not applied. Past the grace, or
+    /// when the caller goes away mid-statement, the cancelling goes on in
+    /// the background until the statement has ended (see `lease`). A
+    /// connection that saw a cancel is not reused, as a cancel request may
+    /// land on whatever statement runs next.
     async fn with_connection<T>(
         &self,
         batch_id: Option<&BatchId>,
@@ -503,18 +528,31 @@ impl Store {
         let (client, permit) = checkout
             .instrument(tracing::debug_span!("db.pool_wait"))
             .await?;
-        let lease = Lease::new(client, permit, target.canceller);
+        let lease = Lease::new(client, permit, target.canceller, &self.lent);
+        let mut cut = self.cut.subscribe();
+        // Counted as lent before this look: shutdown, which cuts first and
+        // then waits for the lent connections, sees this one or stops it here.
+        if *cut.borrow_and_update() {
+            lease.keep();
+            return Err(StoreError::TimedOut(self.timeout));
+        }
+        let given_up = async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = cut.wait_for(|cut| *cut) => {}
+            }
+        };
         let finished = {
             let connection = Connection::new(lease.client(), target.pooling);
             let mut running = std::pin::pin!(
                 operation(&connection).instrument(tracing::debug_span!("db.statement"))
             );
-            match tokio::time::timeout_at(deadline, &mut running).await {
-                Ok(outcome) => Ok(outcome),
-                Err(_) => Err(tokio::time::timeout(CANCEL_GRACE, async {
-                    lease.cancel().await;
-                    running.await
-                })
+            tokio::select! {
+                outcome = &mut running => Ok(outcome),
+                () = given_up => Err(tokio::time::timeout(
+                    CANCEL_GRACE,
+                    lease.cancel_until_ended(running.as_mut()),
+                )
                 .await),
             }
         };
@@ -523,9 +561,13 @@ impl Store {
                 lease.keep();
                 return outcome;
             }
-            Err(cancelled) => {
+            Err(Ok(ended)) => {
                 lease.discard();
-                cancelled
+                Ok(ended)
+            }
+            Err(Err(still_running)) => {
+                lease.abandon();
+                Err(still_running)
             }
         };
         match outcome {
@@ -634,79 +676,12 @@ async fn overflowed_counter(client: &Connection<'_>, progress: &Progress) -> Sto
     }
 }
 
-/// How long a statement cancelled at its deadline is given to report how it
-/// ended before its outcome is declared unknown.
-const CANCEL_GRACE: Duration = Duration::from_secs(1);
-
 /// Whether a statement failed because it was cancelled.
 fn is_cancelled(error: &(dyn std::error::Error + 'static)) -> bool {
     error
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(tokio_postgres::Error::code)
         == Some(&SqlState::QUERY_CANCELED)
-}
-
-/// A pooled connection lent to one operation, with what it takes to stop
-/// that operation's statement.
-struct Lease<'s> {
-    /// `None` once handed back to the pool or discarded.
-    client: Option<Client>,
-    canceller: &'s Canceller,
-    /// Held as long as the connection is, so that an abandoned statement
-    /// still counts against its batch until it has ended.
-    permit: Option<WritePermit>,
-}
-
-impl<'s> Lease<'s> {
-    fn new(client: Client, permit: Option<WritePermit>, canceller: &'s Canceller) -> Self {
-        Self {
-            client: Some(client),
-            canceller,
-            permit,
-        }
-    }
-
-    fn client(&self) -> &Client {
-        self.client
-            .as_ref()
-            .expect("a lease holds its client until it ends")
-    }
-
-    /// Asks the server to cancel whatever statement the connection runs.
-    async fn cancel(&self) {
-        self.canceller.cancel(self.client().cancel_token()).await;
-    }
-
-    /// Hands the connection back to the pool.
-    fn keep(mut self) {
-        drop(self.client.take());
-    }
-
-    /// Closes the connection instead of handing it back.
-    fn discard(mut self) {
-        drop(self.client.take().map(Object::take));
-    }
-}
-
-impl Drop for Lease<'_> {
-    /// Neither kept nor discarded: the caller went away mid-operation, and a
-    /// statement may still be running. It is cancelled, in the background.
-    fn drop(&mut self) {
-        let Some(client) = self.client.take() else {
-            return;
-        };
-        let permit = self.permit.take();
-        let (token, canceller) = (client.cancel_token(), self.canceller.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                canceller.cancel(token).await;
-                drop(Object::take(client));
-                drop(permit);
-            });
-        } else {
-            drop(Object::take(client));
-        }
-    }
 }
 
 /// Runs one attempt of a conditional write after another until one decides

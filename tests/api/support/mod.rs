@@ -352,6 +352,12 @@ impl TestApp {
         self.server.stop().await;
     }
 
+    /// Stops the server and hands back its database, to look at afterwards.
+    pub async fn stop_keeping_db(self) -> TestDb {
+        self.server.stop().await;
+        self.db
+    }
+
     /// The metrics page, fetched over plain HTTP/1.1.
     pub async fn scrape(&self) -> String {
         scrape(self.metrics_addr).await
