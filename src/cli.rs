@@ -242,7 +242,7 @@ impl TryFrom<ImportArgs> for ImportConfig {
         let timeout = Duration::from_millis(args.database.db_timeout_ms);
         let source = if let Some(url) = postgres_url(&args.source) {
             Source::Postgres {
-                config: connection("the legacy source", &url, timeout)?,
+                config: Box::new(connection("the legacy source", &url, timeout)?),
                 shown: without_password(&url),
             }
         } else {

@@ -30,7 +30,7 @@ pub enum Source {
     Sqlite(PathBuf),
     /// The PostgreSQL database the dashboard's `DATABASE_URL` named.
     Postgres {
-        config: tokio_postgres::Config,
+        config: Box<tokio_postgres::Config>,
         /// The URL without its password, for the report.
         shown: String,
     },
