@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::http_endpoint;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{Store, database_errors};
 use crate::telemetry::cause_chain;
 
 /// The service's metrics.
@@ -27,6 +27,7 @@ pub struct Metrics {
     batches: IntGaugeVec,
     replica_reads: IntGauge,
     replica_lag: Gauge,
+    database_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -79,6 +80,16 @@ impl Metrics {
         )?;
         registry.register(Box::new(replica_reads.clone()))?;
         registry.register(Box::new(replica_lag.clone()))?;
+        let database_errors = IntCounterVec::new(
+            Opts::new(
+                "database_errors_total",
+                "Statements and connections that failed for the database's reasons, by SQLSTATE \
+                 class (08 connection, 53 out of disk, memory or connections, 57 shut down or \
+                 cancelled, io: no SQLSTATE), since the process started",
+            ),
+            &["class"],
+        )?;
+        registry.register(Box::new(database_errors.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -88,6 +99,7 @@ impl Metrics {
             batches,
             replica_reads,
             replica_lag,
+            database_errors,
         })
     }
 
@@ -119,6 +131,10 @@ impl Metrics {
             if let Some(lag) = replica.lag {
                 self.replica_lag.set(lag.as_secs_f64());
             }
+        }
+        for (class, count) in database_errors::by_class() {
+            let counter = self.database_errors.with_label_values(&[&class]);
+            counter.inc_by(count.saturating_sub(counter.get()));
         }
         match store.count_by_state().await {
             Ok(counts) => {

@@ -21,7 +21,7 @@ use tracing::{Instrument, Span, field};
 use super::convert::{parse_batch_id, stale_after};
 use super::deadline::deadline;
 use super::limits::fit_batches;
-use super::status::ending_at;
+use super::status::{Retry, ending_at, write};
 use crate::domain::{
     BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, Save, StaleThreshold,
 };
@@ -181,7 +181,11 @@ impl BatchHistory for BatchHistoryService {
     ) -> Result<Response<proto::Batch>, Status> {
         self.call("CreateBatch", request, |request| async {
             let batch = NewBatch::try_from(request)?;
-            let created = self.store.create(&batch).await?;
+            let created = self
+                .store
+                .create(&batch)
+                .await
+                .map_err(write(Retry::SameBatchId))?;
             record_batch_id(created.batch_id.as_str());
             Ok(created.into())
         })
@@ -226,7 +230,12 @@ impl BatchHistory for BatchHistoryService {
         self.call("RecordProgress", request, |request| async {
             record_batch_id(&request.batch_id);
             let progress = Progress::try_from(request)?;
-            Ok(self.store.record_progress(&progress).await?.into())
+            let retry = match progress.idempotency {
+                Some(_) => Retry::SameRequestId,
+                None => Retry::NoRequestId,
+            };
+            let recorded = self.store.record_progress(&progress).await;
+            Ok(recorded.map_err(write(retry))?.into())
         })
         .await
     }
@@ -266,7 +275,10 @@ impl BatchHistory for BatchHistoryService {
         self.call("DeleteBatch", request, |request| async {
             record_batch_id(&request.batch_id);
             let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
-            self.store.delete(&batch_id).await?;
+            self.store
+                .delete(&batch_id)
+                .await
+                .map_err(write(Retry::Harmless))?;
             Ok(())
         })
         .await
@@ -326,7 +338,11 @@ impl BatchHistory for BatchHistoryService {
     ) -> Result<Response<SweepStaleBatchesResponse>, Status> {
         self.call("SweepStaleBatches", request, |request| async move {
             let threshold = stale_after(&request, self.stale_after)?;
-            let stopped = self.store.sweep_stale(threshold).await?;
+            let stopped = self
+                .store
+                .sweep_stale(threshold)
+                .await
+                .map_err(write(Retry::Harmless))?;
             let stopped_count = i64::try_from(stopped.len()).unwrap_or(i64::MAX);
             let (stopped, _) = fit_batches(stopped);
             Ok(SweepStaleBatchesResponse {
@@ -346,7 +362,8 @@ impl BatchHistory for BatchHistoryService {
             let purged = self
                 .store
                 .purge(purge.older_than, &purge.states, purge.dry_run)
-                .await?;
+                .await
+                .map_err(write(Retry::Harmless))?;
             Ok(PurgeBatchesResponse {
                 purged_count: i64::try_from(purged).unwrap_or(i64::MAX),
             })

@@ -54,6 +54,16 @@ pub enum StoreError {
     OutcomeUnknown(Duration),
     #[error("the database is unavailable")]
     Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// The database server ran out of something (SQLSTATE class 53): disk
+    /// space, memory, connection slots. Nothing was applied; it lasts until
+    /// an operator acts.
+    #[error("the database server is out of {resource} (SQLSTATE {sqlstate})")]
+    Exhausted {
+        resource: &'static str,
+        sqlstate: String,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
     /// A defect: a query or a stored row that should not be possible.
     #[error("{context}")]
     Internal {
@@ -79,7 +89,9 @@ impl StoreError {
     /// The PostgreSQL error behind this one, when a statement failed.
     pub(super) fn statement_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            Self::Unavailable(source) | Self::Internal { source, .. } => source.downcast_ref(),
+            Self::Unavailable(source)
+            | Self::Internal { source, .. }
+            | Self::Exhausted { source, .. } => source.downcast_ref(),
             _ => None,
         }
     }
@@ -92,6 +104,14 @@ impl From<tokio_postgres::Error> for StoreError {
         {
             return Self::EndBeforeStart;
         }
+        if let Some((resource, sqlstate)) = exhausted(&error) {
+            database_errors::count("53");
+            return Self::Exhausted {
+                resource,
+                sqlstate,
+                source: Box::new(error),
+            };
+        }
         if is_unavailable(&error) {
             Self::Unavailable(Box::new(error))
         } else {
@@ -100,9 +120,23 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+/// What the server ran out of, and the SQLSTATE saying so, if it did.
+fn exhausted(error: &tokio_postgres::Error) -> Option<(&'static str, String)> {
+    let sqlstate = error.code()?.code();
+    let resource = match sqlstate {
+        "53100" => "disk space",
+        "53200" => "memory",
+        "53300" => "connection slots",
+        code if code.starts_with("53") => "resources",
+        _ => return None,
+    };
+    Some((resource, sqlstate.to_owned()))
+}
+
 impl From<PoolError> for StoreError {
     fn from(error: PoolError) -> Self {
         match error {
+            PoolError::Backend(error) if exhausted(&error).is_some() => error.into(),
             PoolError::Backend(error) if !is_unavailable(&error) => {
                 Self::internal("opening a database connection", error)
             }
@@ -116,8 +150,17 @@ impl From<PoolError> for StoreError {
 
 /// Whether `error` means the database cannot serve us right now (down,
 /// restarting, overloaded, unreachable, refusing our credentials) rather
-/// than that the statement itself is wrong.
+/// than that the statement itself is wrong. Each such failure is counted by
+/// SQLSTATE class (`io` where it has none).
 fn is_unavailable(error: &tokio_postgres::Error) -> bool {
+    let unavailable = is_unavailable_class(error);
+    if unavailable {
+        database_errors::count(error.code().map_or("io", |code| &code.code()[..2]));
+    }
+    unavailable
+}
+
+fn is_unavailable_class(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }
@@ -134,5 +177,31 @@ fn is_unavailable(error: &tokio_postgres::Error) -> bool {
         None => error
             .source()
             .is_some_and(|source| source.is::<std::io::Error>()),
+    }
+}
+
+/// Failures of the database's making, by SQLSTATE class, since the process
+/// started: the metrics show them (`batch_history_database_errors_total`).
+pub mod database_errors {
+    use std::{collections::BTreeMap, sync::Mutex};
+
+    static COUNTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+    pub(super) fn count(class: &str) {
+        let mut counts = COUNTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(class.to_owned()).or_default() += 1;
+    }
+
+    /// Every class seen, with its count.
+    pub fn by_class() -> Vec<(String, u64)> {
+        let counts = COUNTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts
+            .iter()
+            .map(|(class, n)| (class.clone(), *n))
+            .collect()
     }
 }

@@ -43,7 +43,7 @@ use cancel::Canceller;
 pub use changes::{ChangeListener, DeletedBatch, Notice};
 use connection::Connection;
 pub use connection::{Pooling, connect_dedicated, detect_pooling};
-pub use error::{Counter, StoreError};
+pub use error::{Counter, StoreError, database_errors};
 use hot_rows::HotRows;
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 use lease::{CANCEL_GRACE, Lease, Lent};

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use batch_history::config::ServeConfig;
 use batch_history::proto::{self, CreateBatchRequest, RecordProgressRequest};
 use batch_history::store::DatabaseConfig;
 use tonic::Code;
@@ -329,4 +330,228 @@ async fn a_server_started_before_its_database_waits_for_it() {
     server.sigterm();
     let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(15)));
     assert!(status.success(), "{status}");
+}
+
+/// The message of each write's outage status, with the database gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_says_how_to_retry_it_during_an_outage() {
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(""))
+        .await
+        .unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+    let server = Server::start(serve_config(database_config(&url, TIMEOUT))).await;
+    let mut client = server.client().await;
+    for id in ["finish-me", "save-me"] {
+        client
+            .create_batch(CreateBatchRequest {
+                batch_id: id.into(),
+                batch: Some(proto::Batch::default()),
+            })
+            .await
+            .unwrap();
+    }
+    tokio::task::spawn_blocking(move || {
+        cluster.kill();
+        cluster
+    })
+    .await
+    .unwrap();
+
+    let progress = |request_id: &str| RecordProgressRequest {
+        batch_id: "finish-me".into(),
+        samples_delta: 1,
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let outcomes = [
+        (
+            "CreateBatch",
+            client
+                .create_batch(CreateBatchRequest {
+                    batch_id: "new".into(),
+                    batch: Some(proto::Batch::default()),
+                })
+                .await
+                .map(drop),
+            "with the same batch_id",
+        ),
+        (
+            "RecordProgress with a request id",
+            client
+                .record_progress(progress("6f1c3f7e-6c1b-4a8e-9d3e-2b7f0f3a9c11"))
+                .await
+                .map(drop),
+            "with the same request_id",
+        ),
+        (
+            "RecordProgress without one",
+            client.record_progress(progress("")).await.map(drop),
+            "had no request_id",
+        ),
+        (
+            "SaveBatch",
+            client
+                .save_batch(proto::SaveBatchRequest {
+                    batch: Some(proto::Batch {
+                        batch_id: "save-me".into(),
+                        state: proto::batch::State::Running.into(),
+                        samples_generated: 3,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map(drop),
+            "harmless",
+        ),
+        (
+            "FinishBatch",
+            client
+                .finish_batch(proto::FinishBatchRequest {
+                    batch_id: "finish-me".into(),
+                    state: proto::batch::State::Completed.into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "harmless",
+        ),
+        (
+            "DeleteBatch",
+            client
+                .delete_batch(proto::DeleteBatchRequest {
+                    batch_id: "save-me".into(),
+                })
+                .await
+                .map(drop),
+            "harmless",
+        ),
+        (
+            "GetBatch",
+            client
+                .get_batch(proto::GetBatchRequest {
+                    batch_id: "save-me".into(),
+                })
+                .await
+                .map(drop),
+            "retry later",
+        ),
+    ];
+    for (call, outcome, advice) in outcomes {
+        let status = outcome.expect_err(call);
+        eprintln!("{call}: {:?} {}", status.code(), status.message());
+        assert_eq!(status.code(), Code::Unavailable, "{call}");
+        assert!(
+            status.message().contains(advice),
+            "{call} should advise {advice:?}: {}",
+            status.message()
+        );
+        if call == "CreateBatch" {
+            assert!(
+                !status.message().contains("request_id"),
+                "{}",
+                status.message()
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// A tablespace on a 16 MiB tmpfs holds the service's database: writes fill
+/// it, as a full disk does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_and_says_so() {
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(""))
+        .await
+        .unwrap();
+    let small = cluster.data().with_file_name("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        mounted,
+        "this test mounts a tmpfs, which needs root (as .ci/run has)"
+    );
+    let unmount = Unmount(small.clone());
+    crate::support::cluster::hand_over(&small);
+    let admin = cluster.client("postgres").await;
+    for statement in [
+        format!("CREATE TABLESPACE small LOCATION '{}'", small.display()),
+        "CREATE DATABASE bh TABLESPACE small".into(),
+    ] {
+        admin.batch_execute(&statement).await.unwrap();
+    }
+    let url = format!("postgres://postgres@127.0.0.1:{}/bh", cluster.port);
+    let server = Server::start(ServeConfig {
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..serve_config(database_config(&url, TIMEOUT))
+    })
+    .await;
+    let mut client = server.client().await;
+
+    let mut created = 0;
+    let full = loop {
+        // Random text: TOAST cannot compress it away.
+        let instruction: String = (0..4_096)
+            .map(|_| format!("{:016x}", crate::support::rand_u64()))
+            .collect();
+        let outcome = client
+            .create_batch(CreateBatchRequest {
+                batch_id: format!("fill-{created}"),
+                batch: Some(proto::Batch {
+                    reasoning_instruction: instruction[..60_000].into(),
+                    ..Default::default()
+                }),
+            })
+            .await;
+        match outcome {
+            Ok(_) => created += 1,
+            Err(status) => break status,
+        }
+        assert!(created < 2_000, "16 MiB never filled");
+    };
+    eprintln!(
+        "after {created} creates: {:?} {}",
+        full.code(),
+        full.message()
+    );
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("out of disk space"),
+        "{}",
+        full.message()
+    );
+    assert!(full.message().contains("53100"), "{}", full.message());
+    // Reads still work: the database is full, not down.
+    client
+        .get_batch(proto::GetBatchRequest {
+            batch_id: "fill-0".into(),
+        })
+        .await
+        .unwrap();
+    let metrics = crate::support::scrape(server.metrics_addr.unwrap()).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("batch_history_database_errors_total{class=\"53\"}")),
+        "{metrics}"
+    );
+    server.stop().await;
+    drop(admin);
+    drop(cluster);
+    drop(unmount);
+}
+
+/// Unmounts a test's tmpfs when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
 }
