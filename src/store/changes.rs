@@ -56,8 +56,7 @@ fn state_by_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
 
 /// A listening connection; notices arrive in commit order.
 pub struct ChangeListener {
-    /// Kept so that the connection stays open.
-    _client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
     payloads: mpsc::Receiver<String>,
 }
 
@@ -86,10 +85,16 @@ impl ChangeListener {
             }
         });
         client.batch_execute("LISTEN batch_changes").await?;
-        Ok(Self {
-            _client: client,
-            payloads,
-        })
+        Ok(Self { client, payloads })
+    }
+
+    /// A round trip on the listening connection, answered within `within`:
+    /// proof that the database still serves it, so silence means no changes.
+    pub async fn heartbeat(&self, within: std::time::Duration) -> Result<(), StoreError> {
+        tokio::time::timeout(within, self.client.batch_execute("SELECT 1"))
+            .await
+            .map_err(|_| StoreError::TimedOut(within))??;
+        Ok(())
     }
 
     /// The next notice, waiting for one; an error once the connection is

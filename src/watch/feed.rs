@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use super::{Change, FAN_OUT_CAPACITY, Hub, LEASE_RENEWAL};
+use super::{Change, FAN_OUT_CAPACITY, HEARTBEAT, HEARTBEAT_DEADLINE, Hub, LEASE_RENEWAL};
 use crate::domain::{Batch, BatchId};
 use crate::shutdown::Shutdown;
 use crate::store::{ChangeListener, DatabaseConfig, DeletedBatch, Notice, Store, StoreError};
@@ -60,16 +60,24 @@ async fn listen(
     hub.listening.send_replace(true);
     tracing::debug!("change feed listening");
     let mut renewals = shutdown.every(LEASE_RENEWAL);
+    let mut heartbeats = shutdown.every(HEARTBEAT);
     let mut ahead = AheadOfNotices::default();
     loop {
         let woke = tokio::select! {
             renew = renewals.next() => if renew { Wake::Renew } else { Wake::Stop },
+            beat = heartbeats.next() => if beat { Wake::Heartbeat } else { Wake::Stop },
             notice = listener.next() => Wake::Notice(notice),
         };
         let first = match woke {
             Wake::Stop => return Ok(()),
             Wake::Renew => {
                 hub.renew_lease(store).await?;
+                continue;
+            }
+            Wake::Heartbeat => {
+                if hub.has_watchers() {
+                    listener.heartbeat(HEARTBEAT_DEADLINE).await?;
+                }
                 continue;
             }
             Wake::Notice(notice) => notice?,
@@ -97,6 +105,7 @@ async fn listen(
 enum Wake {
     Stop,
     Renew,
+    Heartbeat,
     Notice(Result<Notice, StoreError>),
 }
 

@@ -30,6 +30,14 @@ const FAN_OUT_CAPACITY: usize = 1_024;
 const LEASE_TTL: Duration = Duration::from_secs(30);
 const LEASE_RENEWAL: Duration = Duration::from_secs(10);
 
+/// While anyone watches, the feed's listening connection is asked for a
+/// round trip this often, and must answer within [`HEARTBEAT_DEADLINE`]:
+/// a database that hangs sends no notices, which a watcher cannot tell
+/// from no changes, so a missed answer ends every stream (ABORTED) and
+/// watchers come back for a fresh snapshot.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
+
 /// One change to one batch, as the feed saw it.
 #[derive(Debug)]
 pub enum Change {

@@ -555,3 +555,57 @@ impl Drop for Unmount {
             .status();
     }
 }
+
+/// A database that hangs (every process stopped) ends open watch streams
+/// ABORTED within seconds: silence from the feed always means no changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_hear_when_the_database_hangs() {
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(""))
+        .await
+        .unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+    let server = Server::start(serve_config(database_config(&url, TIMEOUT))).await;
+    let mut client = server.client().await;
+    client
+        .create_batch(CreateBatchRequest {
+            batch_id: "watched".into(),
+            batch: Some(proto::Batch::default()),
+        })
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = client
+            .watch_batches(proto::WatchBatchesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().expect("the snapshot");
+        streams.push(stream);
+    }
+    // Past the first heartbeats, so the freeze meets a feed in its stride.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let frozen = Instant::now();
+    cluster.freeze();
+    let mut ended = Vec::new();
+    for mut stream in streams {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break None,
+                    Err(status) => break Some(status.code()),
+                }
+            }
+        })
+        .await;
+        ended.push((frozen.elapsed(), outcome));
+    }
+    cluster.thaw();
+    eprintln!("frozen; streams ended: {ended:?}");
+    for (after, outcome) in &ended {
+        assert_eq!(*outcome, Ok(Some(Code::Aborted)), "{ended:?}");
+        assert!(*after < Duration::from_secs(4), "{ended:?}");
+    }
+    server.stop().await;
+}
