@@ -579,3 +579,84 @@ async fn request_ids_are_forgotten_after_the_retention_window_in_chunks() {
     assert_eq!(samples_of(&app, "b").await, 1, "a recent id is still known");
     app.stop().await;
 }
+
+/// The temporary-file bytes of the test's database, once every other
+/// backend on it has exited (a backend reports them when it ends, at the
+/// latest).
+async fn temp_bytes_after_backends_exit(db: &TestDb) -> i64 {
+    let client = db.client().await;
+    for _ in 0..100 {
+        let others: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    client
+        .query_one(
+            "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_reports_spill_nothing_to_temporary_files() {
+    let app = TestApp::builder().spawn().await;
+    app.create("big", "groq").await;
+    let before = temp_bytes_after_backends_exit(&app.db).await;
+    const REPORTS: i64 = 4;
+    let mut client = app.client.clone();
+    for report in 0..REPORTS {
+        // 60 errors of 60 KiB: within the contract, and past the 1 MiB the
+        // batch keeps, so the oldest are dropped at every report.
+        let errors = (0..60)
+            .map(|n| proto::BatchError {
+                message: format!("{report}-{n}-{}", "e".repeat(60 * 1024 - 16)),
+                ..Default::default()
+            })
+            .collect();
+        client
+            .record_progress(RecordProgressRequest {
+                batch_id: "big".into(),
+                errors,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let kept = client
+        .get_batch(GetBatchRequest {
+            batch_id: "big".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let db = app.stop_keeping_db().await;
+    let spilled = temp_bytes_after_backends_exit(&db).await - before;
+    eprintln!(
+        "{REPORTS} reports of 60 errors x 60 KiB: {} errors kept of {}, {} temporary-file bytes \
+         per report",
+        kept.errors.len(),
+        kept.error_count,
+        spilled / REPORTS
+    );
+    assert_eq!(kept.error_count, 60 * REPORTS);
+    assert!(kept.errors.len() < 60, "the newest only are kept");
+    assert!(kept.errors.last().unwrap().message.starts_with("3-59-"));
+    assert_eq!(spilled, 0, "reports spilled to temporary files");
+}
