@@ -167,5 +167,5 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store, s
                 .unwrap_or_default()
         }
     };
-    http_endpoint::serve(listener, "metrics", scrape, shutdown).await;
+    http_endpoint::serve(listener, "metrics", scrape, None, shutdown).await;
 }

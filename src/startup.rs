@@ -159,6 +159,7 @@ impl App {
                 self.store.clone(),
                 hub.clone(),
                 self.auth_token.as_ref().map(Secret::expose),
+                self.tls.clone(),
             );
             background.spawn("web page", page.serve(listener, stopping.clone()));
         }

@@ -1,7 +1,9 @@
-//! TLS on the gRPC port: the certificate, its key and optionally the CA that
-//! client certificates must chain to (mutual TLS), read from PEM files and
-//! read again when they change or on SIGHUP, so certificates rotate without
-//! a restart. A reload that fails keeps the certificates already in use.
+//! TLS on the gRPC port and the web page: the certificate, its key and
+//! optionally the CA that gRPC clients' certificates must chain to (mutual
+//! TLS; the page signs people in with the token instead), read from PEM
+//! files and read again when they change or on SIGHUP, so certificates
+//! rotate without a restart. A reload that fails keeps the certificates
+//! already in use.
 
 use std::{
     io,
@@ -26,7 +28,7 @@ use crate::telemetry::cause_chain;
 const RELOAD_POLL: Duration = Duration::from_secs(5);
 
 /// How long a client has to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the server's TLS material lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,34 +60,47 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
 }
 
-/// The server configuration now in force, replaced on reload.
+/// The server configurations now in force, replaced on reload.
 #[derive(Clone)]
 pub struct ReloadingTls {
     files: Arc<TlsFiles>,
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    current: Arc<RwLock<Configs>>,
+}
+
+/// One configuration per listener: gRPC speaks HTTP/2 (and may ask for
+/// client certificates), the page HTTP/1.1.
+#[derive(Clone)]
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    page: Arc<ServerConfig>,
 }
 
 impl ReloadingTls {
     /// Reads the files; fails if they do not make a working configuration.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let config = server_config(&files)?;
+        let configs = server_configs(&files)?;
         Ok(Self {
             files: Arc::new(files),
-            current: Arc::new(RwLock::new(config)),
+            current: Arc::new(RwLock::new(configs)),
         })
     }
 
-    fn current(&self) -> Arc<ServerConfig> {
+    fn current(&self) -> Configs {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    /// The web page's acceptor, with the certificates in force now.
+    pub fn page_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current().page)
+    }
+
     /// Reads the files again; new connections use what they hold now.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.files)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+        let configs = server_configs(&self.files)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = configs;
         Ok(())
     }
 
@@ -157,7 +172,7 @@ impl ReloadingTls {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(self.current());
+                let acceptor = TlsAcceptor::from(self.current().grpc);
                 let streams = streams.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -187,13 +202,20 @@ async fn hangup(_: &mut Option<()>) -> Option<()> {
     std::future::pending().await
 }
 
-fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+fn server_configs(files: &TlsFiles) -> Result<Configs, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = certificates(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Pem {
         path: files.key.clone(),
         source,
     })?;
+    let mut page = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(TlsError::Config)?;
+    page.alpn_protocols = vec![b"http/1.1".to_vec()];
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?;
@@ -214,11 +236,14 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
+    let mut grpc = builder
         .with_single_cert(certs, key)
         .map_err(TlsError::Config)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    grpc.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Configs {
+        grpc: Arc::new(grpc),
+        page: Arc::new(page),
+    })
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

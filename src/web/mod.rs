@@ -26,10 +26,11 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use crate::domain::{BatchId, Cursor, Detail, FieldViolation, ListQuery, Order, PageSize};
-use crate::http_endpoint::{self, Body};
+use crate::http_endpoint::{self, Body, Peer};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 use crate::telemetry::cause_chain;
+use crate::tls::ReloadingTls;
 use crate::watch::Hub;
 use auth::Sessions;
 use pages::{Paging, Section};
@@ -47,27 +48,37 @@ pub struct WebPage {
     hub: Hub,
     /// `None` when the service has no `AUTH_TOKEN`.
     sessions: Option<Sessions>,
+    tls: Option<ReloadingTls>,
 }
 
 impl WebPage {
-    pub fn new(store: Store, hub: Hub, auth_token: Option<&str>) -> Self {
+    /// The page; over TLS (its cookie `Secure`) when `tls` is given.
+    pub fn new(
+        store: Store,
+        hub: Hub,
+        auth_token: Option<&str>,
+        tls: Option<ReloadingTls>,
+    ) -> Self {
+        let secure = tls.is_some();
         Self {
             store,
             hub,
             sessions: auth_token
                 .filter(|token| !token.is_empty())
-                .map(Sessions::new),
+                .map(|token| Sessions::new(token, secure)),
+            tls,
         }
     }
 
     /// Serves the page on `listener` until shutdown.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) {
+        let tls = self.tls.clone();
         let page = Arc::new(self);
         let handle = move |request| {
             let page = page.clone();
             async move { page.handle(request).await }
         };
-        http_endpoint::serve(listener, "web page", handle, shutdown).await;
+        http_endpoint::serve(listener, "web page", handle, tls, shutdown).await;
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
@@ -114,7 +125,9 @@ impl WebPage {
                 };
             }
             (&Method::POST, "/login") => return self.sign_in(request).await,
-            (&Method::POST, "/logout") => return redirect("/login", Some(auth::sign_out_cookie())),
+            (&Method::POST, "/logout") => {
+                return redirect("/login", Some(auth::sign_out_cookie(self.tls.is_some())));
+            }
             _ => {}
         }
         if let Some(sessions) = &self.sessions
@@ -255,6 +268,7 @@ impl WebPage {
         let Some(sessions) = &self.sessions else {
             return redirect("/", None);
         };
+        let peer = request.extensions().get::<Peer>().map(|peer| peer.0.ip());
         let form = match Limited::new(request.into_body(), MAX_FORM_BYTES)
             .collect()
             .await
@@ -271,7 +285,22 @@ impl WebPage {
             .into_iter()
             .find_map(|(name, value)| (name == "token").then_some(value))
             .unwrap_or_default();
-        if sessions.token_matches(&token) {
+        if let Some(peer) = peer {
+            match sessions.throttle.turn(peer) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    return plain(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many wrong tokens from this address; try again in a few seconds",
+                    );
+                }
+            }
+        }
+        let right = sessions.token_matches(&token);
+        if let Some(peer) = peer {
+            sessions.throttle.checked(peer, right);
+        }
+        if right {
             redirect("/", Some(sessions.sign_in_cookie()))
         } else {
             self.page(

@@ -12,16 +12,16 @@ use crate::support::process::ServerProcess;
 use crate::support::{TestDb, rand_u64};
 
 /// A scratch directory of keys and certificates, removed on drop.
-struct Pki(PathBuf);
+pub struct Pki(PathBuf);
 
 impl Pki {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("bh-pki-{:016x}", rand_u64()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
 
-    fn path(&self, name: &str) -> String {
+    pub fn path(&self, name: &str) -> String {
         self.0.join(name).display().to_string()
     }
 
@@ -35,7 +35,7 @@ impl Pki {
     }
 
     /// A self-signed CA: `name`.key and `name`.pem.
-    fn ca(&self, name: &str) {
+    pub fn ca(&self, name: &str) {
         self.openssl(&[
             "req",
             "-x509",
@@ -61,7 +61,7 @@ impl Pki {
 
     /// A leaf `name`.key and `name`.pem issued by `ca`, for `usage`
     /// (serverAuth or clientAuth), valid for localhost and 127.0.0.1.
-    fn leaf(&self, name: &str, ca: &str, usage: &str) {
+    pub fn leaf(&self, name: &str, ca: &str, usage: &str) {
         self.openssl(&[
             "req",
             "-newkey",
