@@ -332,14 +332,20 @@ async fn a_server_started_before_its_database_waits_for_it() {
     assert!(status.success(), "{status}");
 }
 
-/// The message of each write's outage status, with the database gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_write_says_how_to_retry_it_during_an_outage() {
+/// A cluster of the test's own, and a server on its `postgres` database.
+async fn serving_on_a_cluster_of_its_own() -> (TempCluster, Server) {
     let cluster = tokio::task::spawn_blocking(|| TempCluster::start(""))
         .await
         .unwrap();
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
     let server = Server::start(serve_config(database_config(&url, TIMEOUT))).await;
+    (cluster, server)
+}
+
+/// The message of each write's outage status, with the database gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_says_how_to_retry_it_during_an_outage() {
+    let (cluster, server) = serving_on_a_cluster_of_its_own().await;
     let mut client = server.client().await;
     for id in ["finish-me", "save-me"] {
         client
@@ -560,11 +566,7 @@ impl Drop for Unmount {
 /// ABORTED within seconds: silence from the feed always means no changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_hear_when_the_database_hangs() {
-    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(""))
-        .await
-        .unwrap();
-    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-    let server = Server::start(serve_config(database_config(&url, TIMEOUT))).await;
+    let (cluster, server) = serving_on_a_cluster_of_its_own().await;
     let mut client = server.client().await;
     client
         .create_batch(CreateBatchRequest {

@@ -128,12 +128,7 @@ async fn the_event_stream_sends_each_change_as_the_row_or_detail_to_show() {
 #[tokio::test]
 async fn with_a_token_only_a_signed_in_browser_sees_the_page() {
     let token = "web-test-token-93c1";
-    let app = TestApp::builder()
-        .web_page()
-        .auth_token(token)
-        .spawn()
-        .await;
-    let page = app.ui_addr.unwrap();
+    let (app, page) = page_with_token(token).await;
 
     let refused = get(page, "/", &[]).await;
     assert_eq!(
@@ -142,12 +137,11 @@ async fn with_a_token_only_a_signed_in_browser_sees_the_page() {
     );
     assert_eq!(get(page, "/events?", &[]).await.status, 401);
     assert_eq!(get(page, "/login", &[]).await.status, 200);
-    let form = [("content-type", "application/x-www-form-urlencoded")];
-    let wrong = request(page, "POST", "/login", &form, "token=web-test-token").await;
+    let wrong = request(page, "POST", "/login", &FORM, "token=web-test-token").await;
     assert_eq!(wrong.status, 401);
     assert!(wrong.header("set-cookie").is_none());
 
-    let signed_in = request(page, "POST", "/login", &form, &format!("token={token}")).await;
+    let signed_in = request(page, "POST", "/login", &FORM, &format!("token={token}")).await;
     assert_eq!(
         (signed_in.status, signed_in.header("location")),
         (303, Some("/"))
@@ -291,20 +285,28 @@ async fn with_tls_files_the_page_is_served_over_tls_and_its_cookie_is_secure() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_tokens_are_answered_slower_and_slower_and_a_flood_is_refused() {
-    let token = "slow-down-token-0b7f";
+/// How a sign-in form is posted.
+const FORM: [(&str, &str); 1] = [("content-type", "application/x-www-form-urlencoded")];
+
+/// An app whose page asks for `token`, and the page's address.
+async fn page_with_token(token: &str) -> (TestApp, std::net::SocketAddr) {
     let app = TestApp::builder()
         .web_page()
         .auth_token(token)
         .spawn()
         .await;
     let page = app.ui_addr.unwrap();
-    let form = [("content-type", "application/x-www-form-urlencoded")];
+    (app, page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_are_answered_slower_and_slower_and_a_flood_is_refused() {
+    let token = "slow-down-token-0b7f";
+    let (app, page) = page_with_token(token).await;
     let mut took = Vec::new();
     for _ in 0..5 {
         let started = std::time::Instant::now();
-        let wrong = request(page, "POST", "/login", &form, "token=guess").await;
+        let wrong = request(page, "POST", "/login", &FORM, "token=guess").await;
         assert_eq!(wrong.status, 401);
         took.push(started.elapsed());
     }
@@ -321,7 +323,7 @@ async fn wrong_tokens_are_answered_slower_and_slower_and_a_flood_is_refused() {
     // would be too far off are refused at once.
     let flood: Vec<_> = (0..6)
         .map(|_| {
-            tokio::spawn(async move { request(page, "POST", "/login", &form, "token=x").await })
+            tokio::spawn(async move { request(page, "POST", "/login", &FORM, "token=x").await })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -433,14 +435,8 @@ impl Noise {
 async fn every_page_route_survives_thousands_of_malformed_inputs() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let token = "fuzz-token-77aa";
-    let app = TestApp::builder()
-        .web_page()
-        .auth_token(token)
-        .spawn()
-        .await;
-    let page = app.ui_addr.unwrap();
-    let form = [("content-type", "application/x-www-form-urlencoded")];
-    let signed_in = request(page, "POST", "/login", &form, &format!("token={token}")).await;
+    let (app, page) = page_with_token(token).await;
+    let signed_in = request(page, "POST", "/login", &FORM, &format!("token={token}")).await;
     let cookie = signed_in
         .header("set-cookie")
         .unwrap()
