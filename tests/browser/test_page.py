@@ -5,8 +5,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from batch_history_client import BatchHistory, Batch
@@ -18,12 +18,16 @@ def wait_for(browser, condition, what, timeout=10):
 
 
 def follow(browser, selector, by=By.CSS_SELECTOR):
-    """Clicks what loads another page, and waits until the old one is gone:
-    a click returns before the page it asked for has loaded."""
-    old = browser.find_element(By.TAG_NAME, "html")
+    """Clicks what loads another page, and waits until it has replaced this
+    one: a click returns before the page it asked for has loaded (a sign-in
+    may even wait its turn first). This document is marked, and the wait
+    ends once the document in the window carries no mark; while the window
+    is between documents, the driver's errors only mean "not yet"."""
+    browser.execute_script("document.documentElement.dataset.leaving = 'yes'")
     browser.find_element(by, selector).click()
-    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(old),
-                                     message=f"clicking {selector} loaded no page")
+    WebDriverWait(browser, 10, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return document.documentElement.dataset.leaving") is None,
+        message=f"clicking {selector} loaded no page")
 
 
 # Read in one script each: a live update may replace an element between
