@@ -223,7 +223,7 @@ pub fn hand_over(path: &Path) {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
