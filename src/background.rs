@@ -1,5 +1,6 @@
-//! The server's background tasks (change feed, upkeep, database probe,
-//! metrics endpoint), spawned together and watched: none may end unnoticed.
+//! The server's background tasks (change feed, upkeep, database probe, and
+//! where configured the replica monitor, metrics endpoint, web page and TLS
+//! reloader), spawned together and watched: none may end unnoticed.
 
 use std::{collections::HashMap, future::Future};
 

@@ -115,8 +115,8 @@ fn parse_stale_after(text: &str) -> Result<StaleAfter, String> {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, `postgres://user:password@host:port/database`.
-    // Parsed by `DatabaseArgs::config`, not by clap, whose error would echo
-    // the value, password included.
+    // Parsed by `TryFrom<DatabaseArgs> for DatabaseConfig`, not by clap,
+    // whose error would echo the value, password included.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// File holding the URL instead (a Docker or Kubernetes secret).
@@ -495,6 +495,78 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every variable named in the first column of `docs/CONFIGURATION.md`.
+    fn documented_variables() -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for row in include_str!("../docs/CONFIGURATION.md").lines() {
+            let Some(first) = row.strip_prefix("| ").and_then(|r| r.split(" |").next()) else {
+                continue;
+            };
+            let mut last = String::new();
+            for name in first.split('`').skip(1).step_by(2) {
+                // `NAME` (`_FILE`) names both.
+                let name = match name.strip_prefix('_') {
+                    Some(suffix) => format!("{last}_{suffix}"),
+                    None => name.to_owned(),
+                };
+                last.clone_from(&name);
+                names.insert(name);
+            }
+        }
+        names
+    }
+
+    /// Every variable a flag of any command reads.
+    fn parsed_variables() -> std::collections::BTreeSet<String> {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, names: &mut std::collections::BTreeSet<String>) {
+            for arg in command.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    names.insert(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, names);
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        walk(&Cli::command(), &mut names);
+        names
+    }
+
+    #[test]
+    fn the_configuration_table_and_the_flags_name_the_same_variables() {
+        // Read by libpq's rules, tokio, tracing or OpenTelemetry, not by a flag.
+        let read_elsewhere = [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGPASSWORD",
+            "PGDATABASE",
+            "PGSSLMODE",
+            "TOKIO_WORKER_THREADS",
+            "RUST_LOG",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_SERVICE_NAME",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_SDK_DISABLED",
+        ];
+        let documented = documented_variables();
+        let parsed = parsed_variables();
+        let undocumented: Vec<_> = parsed.difference(&documented).collect();
+        let unparsed: Vec<_> = documented
+            .difference(&parsed)
+            .filter(|name| !read_elsewhere.contains(&name.as_str()))
+            .collect();
+        assert!(
+            undocumented.is_empty() && unparsed.is_empty(),
+            "read but not in docs/CONFIGURATION.md: {undocumented:?}; \
+             documented but read nowhere: {unparsed:?}"
+        );
+    }
 
     #[test]
     fn a_legacy_source_is_a_file_or_the_dashboards_database_url() {

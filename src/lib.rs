@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line and environment, validated into each
-//!   command's settings. The top: only `main` uses it.
+//!   command's settings. The top: `main` uses it, and the tests, to make
+//!   settings as `serve` makes them.
 //! - [`config`]: those settings, composed of the settings each module below
 //!   defines for itself ([`store::DatabaseConfig`]), so none depends on it.
 //! - [`telemetry`]: structured logging, and spans over OTLP.

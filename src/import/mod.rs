@@ -91,7 +91,7 @@ pub struct Report {
     /// JSON columns holding text that is not JSON, kept verbatim.
     pub raw_json_kept: u64,
     /// Local times the clocks going back made ambiguous, resolved by the
-    /// batch's start (see the README).
+    /// batch's start (see `docs/IMPORT.md`).
     pub ambiguous_times: u64,
     /// Local times in the hour the clocks skipped, moved forward by an hour.
     pub skipped_times: u64,

@@ -1,4 +1,5 @@
-//! The SQL text of every statement, next to the parameters it takes.
+//! The SQL text of the service's statements, next to the parameters each
+//! takes (the import's own are in `store/import.rs`).
 
 use std::fmt::Write;
 
