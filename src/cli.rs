@@ -2,18 +2,17 @@
 //! settings ([`crate::config`]) with an error that says what to fix. Only
 //! `main` uses it.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use jiff::tz::TimeZone;
-use tokio_postgres::config::SslMode;
 
 use crate::config::{ImportConfig, Secret, ServeConfig};
 use crate::domain::StaleThreshold;
 use crate::import::{ImportOptions, Source};
 use crate::local_cluster::{LocalCluster, LocalClusterError};
 use crate::maintenance::Upkeep;
-use crate::store::{DatabaseConfig, OnConflict, Pooling};
+use crate::store::{self, DatabaseConfig, OnConflict, Pooling};
 use crate::telemetry::LogFormat;
 use crate::tls::TlsFiles;
 
@@ -242,7 +241,7 @@ impl TryFrom<ImportArgs> for ImportConfig {
         let timeout = Duration::from_millis(args.database.db_timeout_ms);
         let source = if let Some(url) = postgres_url(&args.source) {
             Source::Postgres {
-                config: Box::new(connection("the legacy source", &url, timeout)?),
+                config: Box::new(store::connection("the legacy source", &url, timeout)?),
                 shown: without_password(&url),
             }
         } else {
@@ -322,12 +321,12 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
         )?
         .filter(|url| !url.trim().is_empty());
         Ok(Self {
-            pg: connection("DATABASE_URL", &url, timeout)?,
+            pg: store::connection("DATABASE_URL", &url, timeout)?,
             direct: direct
-                .map(|url| connection("DATABASE_DIRECT_URL", &url, timeout))
+                .map(|url| store::connection("DATABASE_DIRECT_URL", &url, timeout))
                 .transpose()?,
             read: read
-                .map(|url| connection("DATABASE_READ_URL", &url, timeout))
+                .map(|url| store::connection("DATABASE_READ_URL", &url, timeout))
                 .transpose()?,
             read_max_lag: Duration::from_millis(args.db_read_max_lag_ms),
             pooling: match args.db_pooler {
@@ -340,31 +339,6 @@ impl TryFrom<DatabaseArgs> for DatabaseConfig {
             startup_timeout: Duration::from_millis(args.db_startup_timeout_ms),
         })
     }
-}
-
-/// The connection settings of `url`, the value of the variable `name`.
-fn connection(
-    name: &'static str,
-    url: &str,
-    timeout: Duration,
-) -> Result<tokio_postgres::Config, ConfigError> {
-    let invalid = |reason: String| ConfigError::InvalidDatabaseUrl { name, reason };
-    let mut pg = tokio_postgres::Config::from_str(url).map_err(|e| invalid(e.to_string()))?;
-    if pg.get_hosts().is_empty() {
-        return Err(invalid("it names no host".into()));
-    }
-    // tokio-postgres defaults to `prefer`; without an sslmode the
-    // connection stays plain, as the contract promises.
-    if !url.contains("sslmode") {
-        pg.ssl_mode(SslMode::Disable);
-    }
-    pg.connect_timeout(timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30));
-    if pg.get_application_name().is_none() {
-        pg.application_name("batch-history");
-    }
-    Ok(pg)
 }
 
 /// `source` as a URL tokio-postgres reads, if it names PostgreSQL: the
@@ -472,11 +446,8 @@ pub enum ConfigError {
          PGPASSWORD, PGDATABASE) as for psql"
     )]
     MissingDatabaseUrl,
-    #[error(
-        "{name} is not a PostgreSQL URL ({reason}); expected \
-         postgres://USER:PASSWORD@HOST:PORT/DATABASE"
-    )]
-    InvalidDatabaseUrl { name: &'static str, reason: String },
+    #[error(transparent)]
+    InvalidDatabaseUrl(#[from] store::InvalidUrl),
     #[error("--source-timezone {0:?} is not an IANA time zone such as UTC or Europe/Paris")]
     UnknownTimeZone(String),
     #[error("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE (TLS_CLIENT_CA_FILE only with them)")]
@@ -495,6 +466,7 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::config::SslMode;
 
     /// Every variable named in the first column of `docs/CONFIGURATION.md`.
     fn documented_variables() -> std::collections::BTreeSet<String> {
@@ -565,6 +537,31 @@ mod tests {
             undocumented.is_empty() && unparsed.is_empty(),
             "read but not in docs/CONFIGURATION.md: {undocumented:?}; \
              documented but read nowhere: {unparsed:?}"
+        );
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_settings_defaults() {
+        let Command::Migrate(args) = Cli::try_parse_from([
+            "batch-history",
+            "migrate",
+            "--database-url",
+            "postgres://db/x",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("migrate parses as migrate");
+        };
+        let parsed = DatabaseConfig::try_from(args).unwrap();
+        let made = DatabaseConfig::from_url("postgres://db/x", parsed.timeout).unwrap();
+        assert_eq!(
+            (
+                parsed.read_max_lag,
+                parsed.pool_max_size,
+                parsed.startup_timeout
+            ),
+            (made.read_max_lag, made.pool_max_size, made.startup_timeout)
         );
     }
 

@@ -51,7 +51,7 @@ pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate, set_up};
 pub use probe::Probe;
 use replica::Replica;
 pub use replica::{ReplicaStatus, monitor as monitor_replica};
-pub use settings::DatabaseConfig;
+pub use settings::{DatabaseConfig, InvalidUrl, connection};
 use shared_reads::SharedReads;
 pub use tls::connector;
 

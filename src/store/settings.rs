@@ -1,8 +1,8 @@
 //! How the service reaches PostgreSQL, as validated settings.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 
 use super::Pooling;
 
@@ -28,7 +28,67 @@ pub struct DatabaseConfig {
     pub startup_timeout: Duration,
 }
 
+/// A database URL that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{name} is not a PostgreSQL URL ({reason}); expected \
+     postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+)]
+pub struct InvalidUrl {
+    /// The variable (or flag) that held it.
+    pub name: &'static str,
+    pub reason: String,
+}
+
+/// The connection settings of `url`, the value of `name`: plain unless the
+/// URL asks for TLS, connecting within `timeout`, with TCP keepalives and
+/// the application name `batch-history` unless the URL names one.
+pub fn connection(
+    name: &'static str,
+    url: &str,
+    timeout: Duration,
+) -> Result<tokio_postgres::Config, InvalidUrl> {
+    let invalid = |reason: String| InvalidUrl { name, reason };
+    let mut pg = tokio_postgres::Config::from_str(url).map_err(|e| invalid(e.to_string()))?;
+    if pg.get_hosts().is_empty() {
+        return Err(invalid("it names no host".into()));
+    }
+    // tokio-postgres defaults to `prefer`; without an sslmode the
+    // connection stays plain, as the contract promises.
+    if !url.contains("sslmode") {
+        pg.ssl_mode(SslMode::Disable);
+    }
+    pg.connect_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    if pg.get_application_name().is_none() {
+        pg.application_name("batch-history");
+    }
+    Ok(pg)
+}
+
 impl DatabaseConfig {
+    /// The settings `serve` makes of `DATABASE_URL` = `url` and
+    /// `DB_TIMEOUT_MS` = `timeout`, every other setting at its default.
+    pub fn from_url(url: &str, timeout: Duration) -> Result<Self, InvalidUrl> {
+        Ok(Self {
+            pg: connection("DATABASE_URL", url, timeout)?,
+            direct: None,
+            read: None,
+            read_max_lag: Self::DEFAULT_READ_MAX_LAG,
+            pooling: None,
+            pool_max_size: Self::DEFAULT_POOL_MAX_SIZE,
+            timeout,
+            startup_timeout: Self::DEFAULT_STARTUP_TIMEOUT,
+        })
+    }
+
+    /// Defaults of `DB_READ_MAX_LAG_MS`, `DB_POOL_MAX_SIZE` and
+    /// `DB_STARTUP_TIMEOUT_MS`.
+    pub const DEFAULT_READ_MAX_LAG: Duration = Duration::from_secs(5);
+    pub const DEFAULT_POOL_MAX_SIZE: usize = 16;
+    pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
     /// How work that needs a session of its own (a `LISTEN`, a session
     /// advisory lock, a transaction spanning several round trips) connects:
     /// `DATABASE_DIRECT_URL` when set, else `DATABASE_URL`.

@@ -447,21 +447,14 @@ pub fn database_config_via(
     direct_url: Option<&str>,
     timeout: Duration,
 ) -> DatabaseConfig {
-    DatabaseConfig::try_from(batch_history::cli::DatabaseArgs {
-        database_url: Some(url.into()),
-        database_url_file: None,
-        database_direct_url: direct_url.map(str::to_owned),
-        database_direct_url_file: None,
-        db_pooler: batch_history::cli::DbPooler::Auto,
-        database_read_url: None,
-        database_read_url_file: None,
-        db_read_max_lag_ms: 5_000,
-        data_dir: None,
-        db_pool_max_size: 8,
-        db_timeout_ms: u64::try_from(timeout.as_millis()).unwrap(),
-        db_startup_timeout_ms: 0,
-    })
-    .expect("a test database URL")
+    let mut config = DatabaseConfig::from_url(url, timeout).expect("a test database URL");
+    config.direct = direct_url.map(|direct| {
+        batch_history::store::connection("DATABASE_DIRECT_URL", direct, timeout)
+            .expect("a test database URL")
+    });
+    config.pool_max_size = 8;
+    config.startup_timeout = Duration::ZERO;
+    config
 }
 
 /// The metrics page at `addr`, fetched over plain HTTP/1.1.
