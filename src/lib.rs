@@ -4,8 +4,8 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line and environment, validated into each
-//!   command's settings. The top: `main` uses it, and the tests, to make
-//!   settings as `serve` makes them.
+//!   command's settings. The top: only `main` uses it (tests make settings
+//!   with `store::DatabaseConfig::from_url`).
 //! - [`config`]: those settings, composed of the settings each module below
 //!   defines for itself ([`store::DatabaseConfig`]), so none depends on it.
 //! - [`telemetry`]: structured logging, and spans over OTLP.
