@@ -91,9 +91,13 @@ fn status(error: StoreError, retry: Retry) -> Status {
         StoreError::Contended => Status::aborted(error.to_string()),
         StoreError::TimedOut(_) => {
             episodes::report("timed out", &error);
-            Status::unavailable(format!(
-                "{error}; the call was cancelled there, nothing was applied; retry later"
-            ))
+            Status::unavailable(match retry {
+                // A GetBatch past its budget is left to finish: nothing to undo.
+                Retry::Read => format!("{error}; retry later"),
+                _ => format!(
+                    "{error}; the call was cancelled there, nothing was applied; retry later"
+                ),
+            })
         }
         StoreError::Unavailable(_) => {
             episodes::report("unavailable", &error);
@@ -183,7 +187,7 @@ pub fn ending_at(end_time_field: &'static str) -> impl Fn(StoreError) -> Status 
             description: "must not be before the batch's start_time".into(),
         }
         .into(),
-        other => write(Retry::Harmless)(other),
+        other => status(other, Retry::Harmless),
     }
 }
 

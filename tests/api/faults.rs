@@ -71,11 +71,7 @@ async fn a_row_locked_elsewhere_starves_no_other_batch_and_timed_out_calls_never
     for n in 0..20 {
         app.create(&format!("cold-{n}"), "groq").await;
     }
-    let mut locker = app.db.client().await;
-    let lock = locker.transaction().await.unwrap();
-    lock.execute("SELECT FROM batches WHERE batch_id = 'hot' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let lock = app.db.lock_row("hot").await;
 
     let hot = hammer(&app.client, "hot", 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -116,7 +112,7 @@ async fn a_row_locked_elsewhere_starves_no_other_batch_and_timed_out_calls_never
     // first cancel arrived before the statement did.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let alive = statements_waiting_on_locks(&app.db).await;
-    lock.rollback().await.unwrap();
+    lock.release().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let applied = samples_of(&app, "hot").await;
     eprintln!(
@@ -154,11 +150,7 @@ async fn calls_cut_at_the_shutdown_drain_leave_no_statement_behind_to_apply_late
         .spawn()
         .await;
     app.create("hot", "groq").await;
-    let mut locker = app.db.client().await;
-    let lock = locker.transaction().await.unwrap();
-    lock.execute("SELECT FROM batches WHERE batch_id = 'hot' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let lock = app.db.lock_row("hot").await;
     let calls = hammer(&app.client, "hot", 8);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let waiting = statements_waiting_on_locks(&app.db).await;
@@ -169,7 +161,7 @@ async fn calls_cut_at_the_shutdown_drain_leave_no_statement_behind_to_apply_late
     let stopped_in = stopping.elapsed();
     let alive = statements_waiting_on_locks(&db).await;
     let (acknowledged, failed) = calls.await.unwrap();
-    lock.rollback().await.unwrap();
+    lock.release().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let applied: i64 = db
         .client()
@@ -277,11 +269,7 @@ async fn a_report_retried_after_a_deadline_or_unavailable_is_applied_once() {
     }
 
     // The caller's deadline passes while the row is locked elsewhere.
-    let mut locker = app.db.client().await;
-    let lock = locker.transaction().await.unwrap();
-    lock.execute("SELECT FROM batches WHERE batch_id = 'b' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let lock = app.db.lock_row("b").await;
     let late = uuid();
     let (code, message) = raw_call_with_deadline(
         app.addr,
@@ -301,7 +289,7 @@ async fn a_report_retried_after_a_deadline_or_unavailable_is_applied_once() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    lock.rollback().await.unwrap();
+    lock.release().await;
 
     for request_id in [&late, &refused, &late, &refused] {
         let samples = if *request_id == late { 7 } else { 11 };
@@ -580,26 +568,34 @@ async fn request_ids_are_forgotten_after_the_retention_window_in_chunks() {
     app.stop().await;
 }
 
-/// The temporary-file bytes of the test's database, once every other
-/// backend on it has exited (a backend reports them when it ends, at the
-/// latest).
-async fn temp_bytes_after_backends_exit(db: &TestDb) -> i64 {
+/// Ends every other backend on the test's database (a pooler keeps its
+/// own open) and waits until they are gone: a backend reports its
+/// temporary-file bytes when it ends, at the latest.
+async fn end_other_backends(db: &TestDb) {
     let client = db.client().await;
+    let others = "FROM pg_stat_activity \
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    client
+        .batch_execute(&format!("SELECT pg_terminate_backend(pid) {others}"))
+        .await
+        .unwrap();
     for _ in 0..100 {
-        let others: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                &[],
-            )
+        let left: i64 = client
+            .query_one(&format!("SELECT count(*) {others}"), &[])
             .await
             .unwrap()
             .get(0);
-        if others == 0 {
-            break;
+        if left == 0 {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    panic!("backends on the test database did not end");
+}
+
+/// The temporary-file bytes of the test's database, as reported so far.
+async fn temp_bytes(db: &TestDb) -> i64 {
+    let client = db.client().await;
     client
         .batch_execute("SELECT pg_stat_clear_snapshot()")
         .await
@@ -618,7 +614,7 @@ async fn temp_bytes_after_backends_exit(db: &TestDb) -> i64 {
 async fn big_reports_spill_nothing_to_temporary_files() {
     let app = TestApp::builder().spawn().await;
     app.create("big", "groq").await;
-    let before = temp_bytes_after_backends_exit(&app.db).await;
+    let before = temp_bytes(&app.db).await;
     const REPORTS: i64 = 4;
     let mut client = app.client.clone();
     for report in 0..REPORTS {
@@ -647,7 +643,8 @@ async fn big_reports_spill_nothing_to_temporary_files() {
         .unwrap()
         .into_inner();
     let db = app.stop_keeping_db().await;
-    let spilled = temp_bytes_after_backends_exit(&db).await - before;
+    end_other_backends(&db).await;
+    let spilled = temp_bytes(&db).await - before;
     eprintln!(
         "{REPORTS} reports of 60 errors x 60 KiB: {} errors kept of {}, {} temporary-file bytes \
          per report",

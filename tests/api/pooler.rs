@@ -69,11 +69,7 @@ async fn statements_cancelled_through_the_pooler_never_apply_and_it_keeps_servin
     );
     let app = TestApp::builder().db(db).database(database).spawn().await;
     app.create("hot", "groq").await;
-    let mut locker = app.db.client().await;
-    let lock = locker.transaction().await.unwrap();
-    lock.execute("SELECT FROM batches WHERE batch_id = 'hot' FOR UPDATE", &[])
-        .await
-        .unwrap();
+    let lock = app.db.lock_row("hot").await;
     for _ in 0..10 {
         let status = app
             .client
@@ -101,7 +97,7 @@ async fn statements_cancelled_through_the_pooler_never_apply_and_it_keeps_servin
         .unwrap()
         .get(0);
     assert_eq!(waiting, 0, "every timed-out statement was cancelled");
-    lock.rollback().await.unwrap();
+    lock.release().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let batch = app
         .client

@@ -69,6 +69,16 @@ pub async fn connect(config: &tokio_postgres::Config) -> tokio_postgres::Client 
     client
 }
 
+/// A row locked by a transaction of the test's own.
+pub struct RowLock(tokio_postgres::Client);
+
+impl RowLock {
+    /// Ends the transaction, releasing the row.
+    pub async fn release(self) {
+        self.0.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
+
 /// A uniquely named database, dropped (with its connections) on drop.
 pub struct TestDb {
     pub name: String,
@@ -118,6 +128,19 @@ impl TestDb {
             .await
             .unwrap()
             .get(0)
+    }
+
+    /// Locks batch `batch_id`'s row from a session of the test's own, as
+    /// another writer holding it would, until [`RowLock::release`].
+    pub async fn lock_row(&self, batch_id: &str) -> RowLock {
+        let client = self.client().await;
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT FROM batches WHERE batch_id = '{batch_id}' FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        RowLock(client)
     }
 
     /// A direct connection, to check what the service stored.

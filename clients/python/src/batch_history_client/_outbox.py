@@ -151,7 +151,11 @@ class Outbox:
             try:
                 answer = self._send(request, metadata)
             except grpc.RpcError as error:
-                if error.code() in _TRANSIENT and not self._closed:
+                if error.code() in _TRANSIENT and self._closed:
+                    # close() gave up on what still waits, and said so.
+                    self._finished_attempt(batch_id, version, delivered=False)
+                    return
+                if error.code() in _TRANSIENT:
                     if outage_since is None:
                         outage_since = time.monotonic()
                         self.stats.outages += 1
