@@ -165,7 +165,7 @@ impl App {
         }
         background.spawn(
             "change feed",
-            crate::watch::feed(self.database, self.store.clone(), hub, stopping.clone()),
+            crate::watch::feed(self.database, self.store.current(), hub, stopping.clone()),
         );
         if self.store.replica_status().is_some() {
             background.spawn(

@@ -293,7 +293,7 @@ impl BatchHistory for BatchHistoryService {
         self.call("WatchBatch", request, |request| async {
             record_batch_id(&request.batch_id);
             let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
-            let events = watch::watch_batch(&self.store, &self.hub, batch_id).await?;
+            let events = watch::watch_batch(&self.store.current(), &self.hub, batch_id).await?;
             Ok(
                 Box::pin(events.map(|event| event.map(Into::into).map_err(Into::into)))
                     as BatchEventStream,
@@ -310,9 +310,13 @@ impl BatchHistory for BatchHistoryService {
     ) -> Result<Response<BatchEventStream>, Status> {
         self.call("WatchBatches", request, |request| async {
             let filter = BatchFilter::try_from(request)?;
-            let events =
-                watch::watch_batches(&self.store, &self.hub, filter, watch::Snapshot::Running)
-                    .await?;
+            let events = watch::watch_batches(
+                &self.store.current(),
+                &self.hub,
+                filter,
+                watch::Snapshot::Running,
+            )
+            .await?;
             Ok(
                 Box::pin(events.map(|event| event.map(Into::into).map_err(Into::into)))
                     as BatchEventStream,

@@ -11,7 +11,7 @@ use tokio_postgres::{
     types::{ToSql, Type},
 };
 
-use super::{StoreError, sql::Statement};
+use super::{StoreError, params::Bind, sql::Statement};
 
 /// What a client connection of the pool is to PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,18 +38,15 @@ impl<'c> Connection<'c> {
         Self { client, pooling }
     }
 
-    pub async fn query(
-        &self,
-        statement: Statement<'_>,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StoreError> {
+    pub(crate) async fn query(&self, bound: &impl Bind) -> Result<Vec<Row>, StoreError> {
+        let (statement, params) = (bound.statement(), bound.values());
         let rows = match self.pooling {
             Pooling::Session => {
                 let prepared = self.prepare(statement).await?;
-                self.client.query(&prepared, params).await?
+                self.client.query(&prepared, &params).await?
             }
             Pooling::Transaction => {
-                let typed = typed(statement, params)?;
+                let typed = typed(statement, &params)?;
                 self.client.query_typed(statement.text, &typed).await?
             }
         };
@@ -57,18 +54,15 @@ impl<'c> Connection<'c> {
     }
 
     /// The statement's only row, if any; more than one is an error.
-    pub async fn query_opt(
-        &self,
-        statement: Statement<'_>,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, StoreError> {
+    pub(crate) async fn query_opt(&self, bound: &impl Bind) -> Result<Option<Row>, StoreError> {
+        let (statement, params) = (bound.statement(), bound.values());
         let row = match self.pooling {
             Pooling::Session => {
                 let prepared = self.prepare(statement).await?;
-                self.client.query_opt(&prepared, params).await?
+                self.client.query_opt(&prepared, &params).await?
             }
             Pooling::Transaction => {
-                let typed = typed(statement, params)?;
+                let typed = typed(statement, &params)?;
                 self.client.query_typed_opt(statement.text, &typed).await?
             }
         };
@@ -76,12 +70,8 @@ impl<'c> Connection<'c> {
     }
 
     /// The statement's only row; none, or more than one, is an error.
-    pub async fn query_one(
-        &self,
-        statement: Statement<'_>,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, StoreError> {
-        self.query_opt(statement, params).await?.ok_or_else(|| {
+    pub(crate) async fn query_one(&self, bound: &impl Bind) -> Result<Row, StoreError> {
+        self.query_opt(bound).await?.ok_or_else(|| {
             StoreError::internal(
                 "running a statement",
                 "it returned no row where one was due",
@@ -90,18 +80,15 @@ impl<'c> Connection<'c> {
     }
 
     /// Runs the statement; returns how many rows it changed.
-    pub async fn execute(
-        &self,
-        statement: Statement<'_>,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
+    pub(crate) async fn execute(&self, bound: &impl Bind) -> Result<u64, StoreError> {
+        let (statement, params) = (bound.statement(), bound.values());
         match self.pooling {
             Pooling::Session => {
                 let prepared = self.prepare(statement).await?;
-                Ok(self.client.execute(&prepared, params).await?)
+                Ok(self.client.execute(&prepared, &params).await?)
             }
             Pooling::Transaction => {
-                let typed = typed(statement, params)?;
+                let typed = typed(statement, &params)?;
                 let mut rows = pin!(self.client.query_typed_raw(statement.text, typed).await?);
                 while rows.try_next().await?.is_some() {}
                 Ok(rows.rows_affected().unwrap_or_default())

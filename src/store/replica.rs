@@ -13,9 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deadpool_postgres::Pool;
-
-use super::{Store, StoreError, cancel::Canceller, sql};
+use super::{Store, StoreError, lanes::Lane, sql};
 use crate::shutdown::Shutdown;
 use crate::telemetry::cause_chain;
 
@@ -27,9 +25,8 @@ const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_NOTED: usize = 4_096;
 
 /// The replica's pool and what the monitor last saw.
-pub struct Replica {
-    pub(super) pool: Pool,
-    pub(super) canceller: Canceller,
+pub(super) struct Replica {
+    pub(super) lane: Lane,
     max_lag: Duration,
     seen: Mutex<Seen>,
 }
@@ -53,16 +50,15 @@ pub struct ReplicaStatus {
 }
 
 impl Replica {
-    pub fn new(pool: Pool, canceller: Canceller, max_lag: Duration) -> Self {
+    pub(super) fn new(lane: Lane, max_lag: Duration) -> Self {
         Self {
-            pool,
-            canceller,
+            lane,
             max_lag,
             seen: Mutex::default(),
         }
     }
 
-    pub fn status(&self) -> ReplicaStatus {
+    pub(super) fn status(&self) -> ReplicaStatus {
         let lag = self.seen().lag;
         ReplicaStatus {
             in_use: lag.is_some_and(|lag| lag <= self.max_lag),
@@ -71,7 +67,7 @@ impl Replica {
     }
 
     /// Takes the replica out of use until the monitor hears from it again.
-    pub fn unreachable(&self) {
+    pub(super) fn unreachable(&self) {
         self.seen().lag = None;
     }
 
@@ -111,7 +107,7 @@ impl Replica {
 
 /// Watches the replica's lag until shutdown (at once without a replica).
 pub async fn monitor(store: Store, shutdown: Shutdown) {
-    let Some(replica) = store.replica.clone() else {
+    let Some(replica) = store.reads.replica().cloned() else {
         return;
     };
     let mut ticks = shutdown.every(MONITOR_INTERVAL);
@@ -134,14 +130,16 @@ pub async fn monitor(store: Store, shutdown: Shutdown) {
 
 async fn look(store: &Store, replica: &Replica) -> Result<(), StoreError> {
     let primary = store
-        .with_connection(None, async |client| {
-            let row = client.query_one(sql::WAL_POSITION, &[]).await?;
+        .primary
+        .run(None, async |client| {
+            let row = client.query_one(&sql::WalPosition {}).await?;
             lsn(row.try_get(0)?)
         })
         .await?;
     let replayed = store
+        .reads
         .on_replica(replica, async |client| {
-            let row = client.query_one(sql::REPLAY_POSITION, &[]).await?;
+            let row = client.query_one(&sql::ReplayPosition {}).await?;
             match row.try_get::<_, Option<&str>>(0)? {
                 Some(replayed) => lsn(replayed).map(Some),
                 None => Ok(None),
@@ -166,16 +164,19 @@ mod tests {
     use super::*;
 
     fn replica() -> Replica {
-        let config = tokio_postgres::Config::new();
-        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
-        let pool = Pool::builder(manager).build().unwrap();
+        let config = super::super::DatabaseConfig::from_url(
+            "postgres://localhost/replica",
+            Duration::from_secs(1),
+        )
+        .expect("a valid URL");
         let tls = super::super::connector().unwrap();
-        let canceller = Canceller::new(
-            tls,
-            &tokio_postgres::Config::new(),
-            super::super::Pooling::Session,
+        let lane = Lane::new(
+            &config.pg,
+            super::super::Pooling::Transaction,
+            &config,
+            &tls,
         );
-        Replica::new(pool, canceller, Duration::from_secs(5))
+        Replica::new(lane.unwrap(), Duration::from_secs(5))
     }
 
     #[test]

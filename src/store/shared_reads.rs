@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_postgres::Row;
 use tracing::Instrument;
 
-use super::{StoreError, connect_dedicated, sql};
+use super::{StoreError, connect_dedicated, params::Bind, sql};
 use crate::domain::BatchId;
 
 /// Two connections keep the lookups on two PostgreSQL backends, so that a
@@ -80,8 +80,10 @@ impl SharedReads {
         let deadline = Instant::now() + self.timeout;
         let timed_out = |_| StoreError::TimedOut(self.timeout);
         let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % CONNECTIONS];
-        let id = batch_id.as_str();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let bound = sql::Get {
+            batch_id: batch_id.as_str(),
+        };
+        let params = bound.values();
         let mut resent = false;
         loop {
             let session = tokio::time::timeout_at(deadline, self.session(lane))
@@ -139,7 +141,9 @@ impl SharedReads {
             ));
         }
         let client = connect_dedicated(&self.config, self.timeout).await?;
-        let get = client.prepare_typed(sql::GET.text, sql::GET.types).await?;
+        let get = client
+            .prepare_typed(sql::Get::STATEMENT.text, sql::Get::STATEMENT.types)
+            .await?;
         let session = Arc::new(Session { client, get });
         // A close while connecting leaves this call its connection alone.
         if !self.closed.load(Ordering::Acquire) {

@@ -3,26 +3,21 @@
 
 use std::fmt::Write;
 
-use tokio_postgres::types::{ToSql, Type};
-
 use jiff::Timestamp;
+use serde_json::{Map, Value};
+use tokio_postgres::types::{Json, ToSql, Type};
 
-use crate::domain::{BatchFilter, Detail, ListQuery, Order};
+use super::params::{Bind, statement};
+use crate::domain::{BatchError, BatchFilter, Detail, ListQuery, ModelSwitch, Order};
 
 /// A statement's text and the types of its parameters, which it is
 /// prepared with (or, behind a transaction-mode pooler, sent with on every
 /// call), so that no statement depends on what the server inferred on some
 /// earlier connection.
 #[derive(Clone, Copy)]
-pub struct Statement<'s> {
-    pub text: &'s str,
-    pub types: &'s [Type],
-}
-
-impl<'s> Statement<'s> {
-    const fn new(text: &'s str, types: &'s [Type]) -> Self {
-        Self { text, types }
-    }
+pub(crate) struct Statement<'s> {
+    pub(crate) text: &'s str,
+    pub(crate) types: &'s [Type],
 }
 
 /// Every column of `batches`, in order, with its type: the one list that the
@@ -112,17 +107,30 @@ pub const COPY_TO_STAGE: &str = concat!(
 /// The type of each of [`columns!`], in its order.
 pub const COLUMN_TYPES: &[Type] = &with_batch_columns!(column_types);
 
-/// Inserts a batch unless its id exists; returns the new or the existing row
-/// and whether this statement created it. $1 id, $2–$6 texts, $7 target
-/// count, $8 metadata, $9 start time or NULL for now.
-pub const CREATE: Statement = Statement::new(
-    concat!(
+/// JSON of the batch's metadata object.
+type Metadata<'a> = Json<&'a Map<String, Value>>;
+
+statement! {
+    /// Inserts a batch unless its id exists; returns the new or the existing
+    /// row and whether this statement created it. No start time: now.
+    pub(crate) struct Create<'a> {
+        batch_id: &'a str,
+        provider: &'a str,
+        model: &'a str,
+        topic_filter: &'a str,
+        difficulty_filter: &'a str,
+        reasoning_instruction: &'a str,
+        target_count: i32,
+        metadata: Metadata<'a>,
+        start_time: Option<Timestamp>,
+    } = concat!(
         "WITH inserted AS (
         INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
                              difficulty_filter, reasoning_instruction, target_count, metadata,
                              start_time, update_time)
-        VALUES ($1, 'RUNNING', $2, $3, $3, $4, $5, $6, $7, $8, COALESCE($9::timestamptz, now()),
-                now())
+        VALUES (:batch_id, 'RUNNING', :provider, :model, :model, :topic_filter,
+                :difficulty_filter, :reasoning_instruction, :target_count, :metadata,
+                COALESCE(:start_time::timestamptz, now()), now())
         ON CONFLICT (batch_id) DO NOTHING
         RETURNING ",
         columns!(),
@@ -135,37 +143,34 @@ pub const CREATE: Statement = Statement::new(
     SELECT ",
         columns!(),
         ", false AS created FROM batches
-    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM inserted)"
-    ),
-    &[
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT4,
-        Type::JSONB,
-        Type::TIMESTAMPTZ,
-    ],
-);
+    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM inserted)"
+    );
+}
 
-/// $1 id.
-pub const GET: Statement = Statement::new(
-    concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = $1"),
-    &[Type::TEXT],
-);
+statement! {
+    /// One batch.
+    pub(crate) struct Get<'a> { batch_id: &'a str }
+        = concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = :batch_id");
+}
 
-/// Batches per state; an index-only scan of the state index.
-pub const COUNT_BY_STATE: Statement =
-    Statement::new("SELECT state, count(*) FROM batches GROUP BY state", &[]);
+statement! {
+    /// Batches per state; an index-only scan of the state index.
+    pub(crate) struct CountByState {}
+        = "SELECT state, count(*) FROM batches GROUP BY state";
+}
 
-/// Stops running batches not updated for $1 seconds, appending an error
-/// that says how long each was idle, and keeping the newest $3 errors within
-/// $4 bytes, unless another replica holds sweep lock $2.
-pub const SWEEP_STALE: Statement = Statement::new(
-    concat!(
-        "WITH sweeper AS (SELECT pg_try_advisory_xact_lock($2) AS holds)
+statement! {
+    /// Stops running batches not updated for `stale_after` seconds, appending
+    /// an error that says how long each was idle, and keeping the newest
+    /// `keep_errors` errors within `keep_error_bytes`, unless another replica
+    /// holds advisory lock `lock_key`.
+    pub(crate) struct SweepStale {
+        stale_after: f64,
+        lock_key: i64,
+        keep_errors: i32,
+        keep_error_bytes: i32,
+    } = concat!(
+        "WITH sweeper AS (SELECT pg_try_advisory_xact_lock(:lock_key) AS holds)
     UPDATE batches SET
         state = 'STOPPED',
         end_time = greatest(now(), start_time),
@@ -175,125 +180,145 @@ pub const SWEEP_STALE: Statement = Statement::new(
                 'more than the threshold of %s',
                 justify_hours(date_trunc('second', now() - update_time)),
                 to_char(update_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
-                justify_hours(make_interval(secs => $1::float8))),
-            'time', now())), $3, $4),
+                justify_hours(make_interval(secs => :stale_after::float8))),
+            'time', now())), :keep_errors, :keep_error_bytes),
         error_count = error_count + 1,
         update_time = now(),
         version = version + 1
     FROM sweeper
     WHERE sweeper.holds AND state = 'RUNNING'
-      AND update_time < now() - make_interval(secs => $1::float8)
+      AND update_time < now() - make_interval(secs => :stale_after::float8)
     RETURNING ",
         columns!()
-    ),
-    &[Type::FLOAT8, Type::INT8, Type::INT4, Type::INT4],
-);
+    );
+}
 
-/// Finished batches that ended before $1, in states $2: counted.
-pub const COUNT_PURGEABLE: Statement = Statement::new(
-    "SELECT count(*) FROM batches
-    WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1",
-    &[Type::TIMESTAMPTZ, Type::TEXT_ARRAY],
-);
+statement! {
+    /// Finished batches in `states` that ended before `ended_before`: counted.
+    pub(crate) struct CountPurgeable<'a> { ended_before: Timestamp, states: &'a [&'a str] }
+        = "SELECT count(*) FROM batches
+    WHERE state <> 'RUNNING' AND state = ANY(:states) AND end_time < :ended_before";
+}
 
-/// Deletes up to $3 finished batches that ended before $1, in states $2.
-/// Bounded so that a large purge never holds many row locks at once.
-pub const PURGE_CHUNK: Statement = Statement::new(
-    "DELETE FROM batches WHERE batch_id IN (
+statement! {
+    /// Deletes up to `limit` finished batches in `states` that ended before
+    /// `ended_before`. Bounded so that a large purge never holds many row
+    /// locks at once.
+    pub(crate) struct PurgeChunk<'a> {
+        ended_before: Timestamp,
+        states: &'a [&'a str],
+        limit: i64,
+    } = "DELETE FROM batches WHERE batch_id IN (
         SELECT batch_id FROM batches
-        WHERE state <> 'RUNNING' AND state = ANY($2) AND end_time < $1
-        LIMIT $3)",
-    &[Type::TIMESTAMPTZ, Type::TEXT_ARRAY, Type::INT8],
-);
+        WHERE state <> 'RUNNING' AND state = ANY(:states) AND end_time < :ended_before
+        LIMIT :limit)";
+}
 
-/// Takes or extends replica $1's watch lease by $2 seconds, and clears
-/// the lapsed leases of others: every process start names a new replica,
-/// and every write reads this table.
-pub const RENEW_WATCH_LEASE: Statement = Statement::new(
-    "WITH lapsed AS (
-        DELETE FROM batch_watch_leases WHERE expires_at < now() AND replica <> $1
+statement! {
+    /// Takes or extends `replica`'s watch lease by `ttl` seconds, and clears
+    /// the lapsed leases of others: every process start names a new replica,
+    /// and every write reads this table.
+    pub(crate) struct RenewWatchLease<'a> { replica: &'a str, ttl: f64 }
+        = "WITH lapsed AS (
+        DELETE FROM batch_watch_leases WHERE expires_at < now() AND replica <> :replica
     )
     INSERT INTO batch_watch_leases (replica, expires_at)
-    VALUES ($1, now() + make_interval(secs => $2::float8))
-    ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-    &[Type::TEXT, Type::FLOAT8],
-);
+    VALUES (:replica, now() + make_interval(secs => :ttl::float8))
+    ON CONFLICT (replica) DO UPDATE SET expires_at = EXCLUDED.expires_at";
+}
 
-/// The other transactions that hold a write lock on `batches` (writes take
-/// ROW EXCLUSIVE and keep it until they end); $1 narrows them to these, or
-/// NULL for all.
-pub const WRITERS_IN_PROGRESS: Statement = Statement::new(
-    "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}')
+statement! {
+    /// The other transactions that hold a write lock on `batches` (writes
+    /// take ROW EXCLUSIVE and keep it until they end), narrowed to `among`,
+    /// or all of them.
+    pub(crate) struct WritersInProgress<'a> { among: Option<&'a [String]> }
+        = "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}')
     FROM pg_locks
     WHERE locktype = 'relation' AND relation = 'batches'::regclass
       AND mode = 'RowExclusiveLock' AND granted AND pid <> pg_backend_pid()
-      AND ($1::text[] IS NULL OR virtualtransaction = ANY($1))",
-    &[Type::TEXT_ARRAY],
-);
+      AND (:among::text[] IS NULL OR virtualtransaction = ANY(:among))";
+}
 
-/// Where the primary's WAL ends now.
-pub const WAL_POSITION: Statement = Statement::new("SELECT pg_current_wal_lsn()::text", &[]);
+statement! {
+    /// Where the primary's WAL ends now.
+    pub(crate) struct WalPosition {} = "SELECT pg_current_wal_lsn()::text";
+}
 
-/// How far a replica has replayed the primary's WAL; NULL once it is no
-/// longer in recovery (promoted).
-pub const REPLAY_POSITION: Statement = Statement::new(
-    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END",
-    &[],
-);
+statement! {
+    /// How far a replica has replayed the primary's WAL; NULL once it is no
+    /// longer in recovery (promoted).
+    pub(crate) struct ReplayPosition {}
+        = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END";
+}
 
-/// $1 ids.
-pub const GET_MANY: Statement = Statement::new(
-    concat!(
-        "SELECT ",
-        columns!(),
-        " FROM batches WHERE batch_id = ANY($1)"
-    ),
-    &[Type::TEXT_ARRAY],
-);
+statement! {
+    /// The batches with these ids.
+    pub(crate) struct GetMany<'a> { batch_ids: &'a [&'a str] }
+        = concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = ANY(:batch_ids)");
+}
 
-/// $1 id.
-pub const DELETE: Statement =
-    Statement::new("DELETE FROM batches WHERE batch_id = $1", &[Type::TEXT]);
+statement! {
+    /// Deletes one batch.
+    pub(crate) struct Delete<'a> { batch_id: &'a str }
+        = "DELETE FROM batches WHERE batch_id = :batch_id";
+}
 
-/// Adds to a running batch's counters and appends to its lists; returns the
-/// row, changed or not, and whether it changed (so that a missing batch and
-/// a finished one are told apart in the same round trip). $1 id, $2 samples,
-/// $3 tokens, $4 errors (JSON array), $5 model switches (JSON array),
-/// $6 and $9 errors and their bytes to keep, $10 and $11 model switches and
-/// their bytes to keep, $7 request id or NULL, $8 the request's fingerprint,
-/// $12 the model switched to last, or NULL to keep the current model.
-///
-/// Lists a report adds nothing to are left as they are: the function that
-/// appends costs microseconds, and a rewritten list is stored again (TOAST
-/// and all) even when equal.
-///
-/// A report whose request id is already recorded is not applied, and
-/// `replay_matches` says whether the record is of this same report. Two
-/// retries racing past the check both update, but the second one's claim
-/// of the request id then fails on the primary key, undoing its update.
-pub const RECORD_PROGRESS: Statement = Statement::new(
-    concat!(
+statement! {
+    /// Adds to a running batch's counters and appends to its lists (keeping
+    /// the newest `keep_*` entries within `keep_*_bytes`); returns the row,
+    /// changed or not, and whether it changed (so that a missing batch and a
+    /// finished one are told apart in the same round trip). `switched_to` is
+    /// the model switched to last, or NULL to keep the current model.
+    ///
+    /// Lists a report adds nothing to are left as they are: the function that
+    /// appends costs microseconds, and a rewritten list is stored again (TOAST
+    /// and all) even when equal.
+    ///
+    /// A report whose request id is already recorded is not applied, and
+    /// `replay_matches` says whether the record is of this same report (same
+    /// `fingerprint`). Two retries racing past the check both update, but the
+    /// second one's claim of the request id then fails on the primary key,
+    /// undoing its update.
+    pub(crate) struct RecordProgress<'a> {
+        batch_id: &'a str,
+        samples_delta: i64,
+        tokens_delta: i64,
+        errors: Json<&'a [BatchError]>,
+        model_switches: Json<&'a [ModelSwitch]>,
+        keep_errors: i32,
+        keep_error_bytes: i32,
+        keep_switches: i32,
+        keep_switch_bytes: i32,
+        request_id: Option<&'a str>,
+        fingerprint: Option<&'a [u8]>,
+        switched_to: Option<&'a str>,
+    } = concat!(
         "WITH prior AS (
-        SELECT batch_id, fingerprint FROM batch_requests WHERE request_id = $7::text::uuid
+        SELECT batch_id, fingerprint FROM batch_requests
+        WHERE request_id = :request_id::text::uuid
     ), updated AS (
         UPDATE batches SET
-            samples_generated = samples_generated + $2,
-            total_tokens = total_tokens + $3,
-            errors = CASE WHEN jsonb_array_length($4::jsonb) = 0 THEN errors
-                ELSE jsonb_append_keep_newest(errors, $4::jsonb, $6, $9) END,
-            error_count = error_count + jsonb_array_length($4::jsonb),
-            model_switches = CASE WHEN jsonb_array_length($5::jsonb) = 0 THEN model_switches
-                ELSE jsonb_append_keep_newest(model_switches, $5::jsonb, $10, $11) END,
-            current_model = coalesce($12, current_model),
+            samples_generated = samples_generated + :samples_delta,
+            total_tokens = total_tokens + :tokens_delta,
+            errors = CASE WHEN jsonb_array_length(:errors::jsonb) = 0 THEN errors
+                ELSE jsonb_append_keep_newest(errors, :errors::jsonb, :keep_errors,
+                                              :keep_error_bytes) END,
+            error_count = error_count + jsonb_array_length(:errors::jsonb),
+            model_switches = CASE
+                WHEN jsonb_array_length(:model_switches::jsonb) = 0 THEN model_switches
+                ELSE jsonb_append_keep_newest(model_switches, :model_switches::jsonb,
+                                              :keep_switches, :keep_switch_bytes) END,
+            current_model = coalesce(:switched_to, current_model),
             update_time = now(),
             version = version + 1
-        WHERE batch_id = $1 AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
+        WHERE batch_id = :batch_id AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
         RETURNING ",
         columns!(),
         "
     ), claimed AS (
         INSERT INTO batch_requests (request_id, batch_id, fingerprint)
-        SELECT $7::text::uuid, batch_id, $8 FROM updated WHERE $7::text IS NOT NULL
+        SELECT :request_id::text::uuid, batch_id, :fingerprint FROM updated
+        WHERE :request_id::text IS NOT NULL
     )
     SELECT ",
         columns!(),
@@ -302,54 +327,59 @@ pub const RECORD_PROGRESS: Statement = Statement::new(
     SELECT ",
         columns!(),
         ", false AS applied,
-        (SELECT batch_id = $1 AND fingerprint = $8 FROM prior) AS replay_matches
+        (SELECT batch_id = :batch_id AND fingerprint = :fingerprint FROM prior) AS replay_matches
     FROM batches
-    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
-    ),
-    &[
-        Type::TEXT,
-        Type::INT8,
-        Type::INT8,
-        Type::JSONB,
-        Type::JSONB,
-        Type::INT4,
-        Type::TEXT,
-        Type::BYTEA,
-        Type::INT4,
-        Type::INT4,
-        Type::INT4,
-        Type::TEXT,
-    ],
-);
+    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM updated)"
+    );
+}
 
-/// Forgets up to $2 request ids recorded before $1 seconds ago.
-pub const FORGET_REQUESTS: Statement = Statement::new(
-    "DELETE FROM batch_requests WHERE request_id IN (
+statement! {
+    /// Forgets up to `limit` request ids recorded more than `age` seconds ago.
+    pub(crate) struct ForgetRequests { age: f64, limit: i64 }
+        = "DELETE FROM batch_requests WHERE request_id IN (
         SELECT request_id FROM batch_requests
-        WHERE created_at < now() - make_interval(secs => $1::float8)
-        LIMIT $2)",
-    &[Type::FLOAT8, Type::INT8],
-);
+        WHERE created_at < now() - make_interval(secs => :age::float8)
+        LIMIT :limit)";
+}
 
-/// Creates a batch from its whole state, or brings the stored one up to
-/// date unless it is ahead (more samples, tokens, errors or switches): a
-/// finished batch keeps its state and end time. Returns the row, changed or
-/// not, like [`RECORD_PROGRESS`]. $1 id, $2 state, $3 provider, $4 model,
-/// $5 current model, $6 topic, $7 difficulty, $8 reasoning instruction,
-/// $9 target count, $10 samples, $11 tokens, $12 errors (JSON array, as
-/// kept), $13 error count, $14 model switches (as kept), $15 switch count,
-/// $16 metadata, $17 start time or NULL for now, $18 end time or NULL for
-/// now (used only if $2 is not RUNNING).
-pub const SAVE: Statement = Statement::new(
-    concat!(
+statement! {
+    /// Creates a batch from its whole state, or brings the stored one up to
+    /// date unless it is ahead (more samples, tokens, errors or switches): a
+    /// finished batch keeps its state and end time. Returns the row, changed
+    /// or not, like [`RecordProgress`]. `errors` and `model_switches` are the
+    /// lists as kept; no start time means now, and no end time means now
+    /// (used only when `state` is not RUNNING).
+    pub(crate) struct Save<'a> {
+        batch_id: &'a str,
+        state: &'a str,
+        provider: &'a str,
+        model: &'a str,
+        current_model: &'a str,
+        topic_filter: &'a str,
+        difficulty_filter: &'a str,
+        reasoning_instruction: &'a str,
+        target_count: i32,
+        samples_generated: i64,
+        total_tokens: i64,
+        errors: Json<&'a [BatchError]>,
+        error_count: i64,
+        model_switches: Json<&'a [ModelSwitch]>,
+        switch_count: i64,
+        metadata: Metadata<'a>,
+        start_time: Option<Timestamp>,
+        end_time: Option<Timestamp>,
+    } = concat!(
         "WITH saved AS (
         INSERT INTO batches AS b (batch_id, state, provider, model, current_model, topic_filter,
                                   difficulty_filter, reasoning_instruction, target_count,
                                   samples_generated, total_tokens, errors, error_count,
                                   model_switches, metadata, start_time, end_time, update_time)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16,
-                COALESCE($17::timestamptz, now()),
-                CASE WHEN $2 <> 'RUNNING' THEN COALESCE($18::timestamptz, now()) END, now())
+        VALUES (:batch_id, :state, :provider, :model, :current_model, :topic_filter,
+                :difficulty_filter, :reasoning_instruction, :target_count, :samples_generated,
+                :total_tokens, :errors, :error_count, :model_switches, :metadata,
+                COALESCE(:start_time::timestamptz, now()),
+                CASE WHEN :state <> 'RUNNING' THEN COALESCE(:end_time::timestamptz, now()) END,
+                now())
         ON CONFLICT (batch_id) DO UPDATE SET
             samples_generated = EXCLUDED.samples_generated,
             total_tokens = EXCLUDED.total_tokens,
@@ -359,7 +389,8 @@ pub const SAVE: Statement = Statement::new(
                 ELSE EXCLUDED.errors END,
             error_count = EXCLUDED.error_count,
             model_switches = CASE
-                WHEN $15::bigint = jsonb_array_length(b.model_switches) THEN b.model_switches
+                WHEN :switch_count::bigint = jsonb_array_length(b.model_switches)
+                    THEN b.model_switches
                 ELSE EXCLUDED.model_switches END,
             current_model = EXCLUDED.current_model,
             state = CASE WHEN b.state = 'RUNNING' THEN EXCLUDED.state ELSE b.state END,
@@ -369,7 +400,7 @@ pub const SAVE: Statement = Statement::new(
         WHERE EXCLUDED.samples_generated >= b.samples_generated
           AND EXCLUDED.total_tokens >= b.total_tokens
           AND EXCLUDED.error_count >= b.error_count
-          AND $15::bigint >= jsonb_array_length(b.model_switches)
+          AND :switch_count::bigint >= jsonb_array_length(b.model_switches)
         RETURNING ",
         columns!(),
         "
@@ -381,45 +412,33 @@ pub const SAVE: Statement = Statement::new(
     SELECT ",
         columns!(),
         ", false AS applied FROM batches
-    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM saved)"
-    ),
-    &[
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::INT4,
-        Type::INT8,
-        Type::INT8,
-        Type::JSONB,
-        Type::INT8,
-        Type::JSONB,
-        Type::INT8,
-        Type::JSONB,
-        Type::TIMESTAMPTZ,
-        Type::TIMESTAMPTZ,
-    ],
-);
+    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM saved)"
+    );
+}
 
-/// Moves a running batch to a final state, like [`RECORD_PROGRESS`]. $1 id,
-/// $2 state, $3 end time or NULL for now, $4 errors to append (JSON array),
-/// $5 and $6 errors and their bytes to keep.
-pub const FINISH: Statement = Statement::new(
-    concat!(
+statement! {
+    /// Moves a running batch to final state `state`, like [`RecordProgress`],
+    /// appending `errors` (keeping the newest `keep_errors` within
+    /// `keep_error_bytes`). No end time means now.
+    pub(crate) struct Finish<'a> {
+        batch_id: &'a str,
+        state: &'a str,
+        end_time: Option<Timestamp>,
+        errors: Json<&'a [&'a BatchError]>,
+        keep_errors: i32,
+        keep_error_bytes: i32,
+    } = concat!(
         "WITH updated AS (
         UPDATE batches SET
-            state = $2,
-            end_time = COALESCE($3::timestamptz, now()),
-            errors = CASE WHEN jsonb_array_length($4::jsonb) = 0 THEN errors
-                ELSE jsonb_append_keep_newest(errors, $4::jsonb, $5, $6) END,
-            error_count = error_count + jsonb_array_length($4::jsonb),
+            state = :state,
+            end_time = COALESCE(:end_time::timestamptz, now()),
+            errors = CASE WHEN jsonb_array_length(:errors::jsonb) = 0 THEN errors
+                ELSE jsonb_append_keep_newest(errors, :errors::jsonb, :keep_errors,
+                                              :keep_error_bytes) END,
+            error_count = error_count + jsonb_array_length(:errors::jsonb),
             update_time = now(),
             version = version + 1
-        WHERE batch_id = $1 AND state = 'RUNNING'
+        WHERE batch_id = :batch_id AND state = 'RUNNING'
         RETURNING ",
         columns!(),
         "
@@ -431,17 +450,9 @@ pub const FINISH: Statement = Statement::new(
     SELECT ",
         columns!(),
         ", false AS applied FROM batches
-    WHERE batch_id = $1 AND NOT EXISTS (SELECT FROM updated)"
-    ),
-    &[
-        Type::TEXT,
-        Type::TEXT,
-        Type::TIMESTAMPTZ,
-        Type::JSONB,
-        Type::INT4,
-        Type::INT4,
-    ],
-);
+    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM updated)"
+    );
+}
 
 /// A keyset-paginated listing: the statement text depends on which filters
 /// are set, so there are at most a few hundred shapes, each prepared once
@@ -553,12 +564,17 @@ impl<'q> Listing<'q> {
         let placeholder = self.bind(param);
         let _ = write!(self.sql, " AND {column} {operator}({placeholder})");
     }
+}
 
-    pub fn statement(&self) -> Statement<'_> {
-        Statement::new(&self.sql, &self.types)
+impl Bind for Listing<'_> {
+    fn statement(&self) -> Statement<'_> {
+        Statement {
+            text: &self.sql,
+            types: &self.types,
+        }
     }
 
-    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
             .map(|param| -> &(dyn ToSql + Sync) {

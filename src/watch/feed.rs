@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 use super::{Change, FAN_OUT_CAPACITY, HEARTBEAT, HEARTBEAT_DEADLINE, Hub, LEASE_RENEWAL};
 use crate::domain::{Batch, BatchId};
 use crate::shutdown::Shutdown;
-use crate::store::{ChangeListener, DatabaseConfig, DeletedBatch, Notice, Store, StoreError};
+use crate::store::{ChangeListener, Current, DatabaseConfig, DeletedBatch, Notice, StoreError};
 use crate::telemetry::cause_chain;
 
 /// Pause before reconnecting a lost listener connection.
@@ -21,7 +21,7 @@ const MAX_BURST: usize = 1_000;
 const REPEAT_WARNING: Duration = Duration::from_secs(60);
 
 /// Listens for changes until shutdown, reconnecting after failures.
-pub async fn feed(database: DatabaseConfig, store: Store, hub: Hub, mut shutdown: Shutdown) {
+pub async fn feed(database: DatabaseConfig, store: Current, hub: Hub, mut shutdown: Shutdown) {
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let listened = listen(&database, &store, &hub, &shutdown).await;
@@ -52,7 +52,7 @@ pub async fn feed(database: DatabaseConfig, store: Store, hub: Hub, mut shutdown
 
 async fn listen(
     database: &DatabaseConfig,
-    store: &Store,
+    store: &Current,
     hub: &Hub,
     shutdown: &Shutdown,
 ) -> Result<(), StoreError> {
@@ -110,7 +110,7 @@ enum Wake {
 }
 
 async fn publish_burst(
-    store: &Store,
+    store: &Current,
     hub: &Hub,
     ahead: &mut AheadOfNotices,
     notices: Vec<Notice>,

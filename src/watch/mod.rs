@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::domain::{Batch, Facets};
-use crate::store::{DeletedBatch, Store, StoreError};
+use crate::store::{Current, DeletedBatch, StoreError};
 
 pub use feed::feed;
 pub use streams::{Event, EventStream, Snapshot, StreamEnd, watch_batch, watch_batches};
@@ -99,7 +99,7 @@ impl Hub {
     /// watcher reads its snapshot: the feed is listening, this process holds
     /// a live lease, and, if the lease is new, writes that began before it
     /// (and so were not announced) have ended and will be in the snapshot.
-    async fn prepare_watch(&self, store: &Store) -> Result<(), StoreError> {
+    async fn prepare_watch(&self, store: &Current) -> Result<(), StoreError> {
         let mut listening = self.listening.subscribe();
         tokio::time::timeout(store.timeout(), listening.wait_for(|listening| *listening))
             .await
@@ -120,7 +120,7 @@ impl Hub {
     }
 
     /// Extends the lease while the process has watchers.
-    async fn renew_lease(&self, store: &Store) -> Result<(), StoreError> {
+    async fn renew_lease(&self, store: &Current) -> Result<(), StoreError> {
         if !self.has_watchers() {
             return Ok(());
         }

@@ -16,7 +16,7 @@ use super::{Change, Hub};
 use crate::domain::{
     Batch, BatchFilter, BatchId, Detail, Facets, ListQuery, Order, Page, PageSize, State,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Current, StoreError};
 
 /// Events buffered for one watcher's client.
 const WATCHER_BUFFER: usize = 256;
@@ -157,7 +157,7 @@ async fn forward(
 /// Watches one batch: its snapshot, then its changes until it leaves RUNNING
 /// or is deleted.
 pub async fn watch_batch(
-    store: &Store,
+    store: &Current,
     hub: &Hub,
     batch_id: BatchId,
 ) -> Result<EventStream, StoreError> {
@@ -205,7 +205,7 @@ pub enum Snapshot {
 /// Watches the batches `filter` keeps: `snapshot`, then every change that
 /// [`follows`] them, until the client goes away.
 pub async fn watch_batches(
-    store: &Store,
+    store: &Current,
     hub: &Hub,
     filter: BatchFilter,
     snapshot: Snapshot,
@@ -228,7 +228,7 @@ pub async fn watch_batches(
     // The first page is read before answering, so that an unreachable
     // database fails the call itself.
     let mut page = match (&running, snapshot) {
-        (Some(query), _) => Some(store.list_current(query).await?),
+        (Some(query), _) => Some(store.list(query).await?),
         (None, Snapshot::Of(batch_ids)) => {
             let batch_ids: Vec<&str> = batch_ids.iter().map(BatchId::as_str).collect();
             Some(Page {
@@ -255,7 +255,7 @@ pub async fn watch_batches(
             }
             if let (Some(next), Some(query)) = (current.next, running.as_mut()) {
                 query.after = Some(next);
-                match store.list_current(query).await {
+                match store.list(query).await {
                     Ok(next_page) => page = Some(next_page),
                     Err(error) => return sink.end(StreamEnd::Snapshot(error)),
                 }

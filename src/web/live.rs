@@ -16,7 +16,7 @@ use super::pages;
 use super::query::LiveQuery;
 use crate::domain::{BatchFilter, BatchId};
 use crate::http_endpoint::Body;
-use crate::store::{Store, StoreError};
+use crate::store::{Current, StoreError};
 use crate::watch::{self, Event, Hub, Snapshot};
 
 /// A comment line this often keeps proxies from closing a quiet stream.
@@ -25,7 +25,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The event stream `query` asks for. It ends with an `end` event when there
 /// is nothing more to follow (the batch finished); otherwise it ends only
 /// when the server asks watchers to start over, and the browser reconnects.
-pub async fn events(store: &Store, hub: &Hub, query: LiveQuery) -> Result<Body, StoreError> {
+pub async fn events(store: &Current, hub: &Hub, query: LiveQuery) -> Result<Body, StoreError> {
     let (mut stream, mut page) = match query {
         LiveQuery::History { filter, shown } => {
             let snapshot = Snapshot::Of(shown.clone());

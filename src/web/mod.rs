@@ -256,7 +256,7 @@ impl WebPage {
     }
 
     async fn events(&self, pairs: &[(String, String)]) -> Result<Response<Body>, Failure> {
-        let body = live::events(&self.store, &self.hub, LiveQuery::parse(pairs)?).await?;
+        let body = live::events(&self.store.current(), &self.hub, LiveQuery::parse(pairs)?).await?;
         Ok(Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-store")

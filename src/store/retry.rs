@@ -1,0 +1,254 @@
+//! The conditional writes, each one statement that either decides (a batch,
+//! or an error) or finds it lost a race with a concurrent writer, and is
+//! then run again ([`until_decided`]).
+
+use tokio_postgres::{error::SqlState, types::Json};
+
+use super::{Counter, StoreError, connection::Connection, rows, rows::Outcome, sql};
+use crate::domain::{
+    Batch, BatchError, BatchId, Finish, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
+    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, NewBatch, Progress, Save, State,
+};
+
+/// How often a write that lost a race with a concurrent writer is retried
+/// before it is reported as unavailable. One retry settles every race the
+/// statements below can meet; the rest is margin.
+const MAX_ATTEMPTS: usize = 5;
+
+/// The primary key of recorded request ids.
+const REQUEST_ID_KEY: &str = "batch_requests_pkey";
+
+/// Runs one attempt of a conditional write after another until one decides,
+/// at most [`MAX_ATTEMPTS`] times. An attempt that lost a race answers
+/// `Ok(None)`.
+async fn until_decided<F>(mut attempt: impl FnMut() -> F) -> Result<Batch, StoreError>
+where
+    F: Future<Output = Result<Option<Batch>, StoreError>>,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        if let Some(batch) = attempt().await? {
+            return Ok(batch);
+        }
+    }
+    Err(StoreError::Contended)
+}
+
+/// Creates `batch` in RUNNING, or returns the stored batch if the same
+/// create already happened.
+pub(super) async fn create(client: &Connection<'_>, batch: &NewBatch) -> Result<Batch, StoreError> {
+    until_decided(|| create_once(client, batch)).await
+}
+
+async fn create_once(
+    client: &Connection<'_>,
+    batch: &NewBatch,
+) -> Result<Option<Batch>, StoreError> {
+    let batch_id = match &batch.batch_id {
+        Some(id) => id.clone(),
+        None => BatchId::generate(jiff::Timestamp::now()),
+    };
+    let row = client
+        .query_opt(&sql::Create {
+            batch_id: batch_id.as_str(),
+            provider: batch.provider.as_str(),
+            model: batch.model.as_str(),
+            topic_filter: batch.topic_filter.as_str(),
+            difficulty_filter: batch.difficulty_filter.as_str(),
+            reasoning_instruction: batch.reasoning_instruction.as_str(),
+            target_count: batch.target_count.get(),
+            metadata: Json(batch.metadata.as_map()),
+            start_time: batch.start_time,
+        })
+        .await?;
+    // No row: another create of this id committed after this statement's
+    // snapshot was taken, so it is invisible here. Retry.
+    let Some(row) = row else { return Ok(None) };
+    let stored = rows::batch(&row)?;
+    if row.try_get::<_, bool>("created")? {
+        return Ok(Some(stored));
+    }
+    match &batch.batch_id {
+        Some(_) if batch.matches(&stored) => Ok(Some(stored)),
+        Some(id) => Err(StoreError::AlreadyExists(id.clone())),
+        // A generated id collided: draw another.
+        None => Ok(None),
+    }
+}
+
+/// Applies a progress report to a running batch, once per request id.
+pub(super) async fn record_progress(
+    client: &Connection<'_>,
+    progress: &Progress,
+) -> Result<Batch, StoreError> {
+    until_decided(|| record_progress_once(client, progress)).await
+}
+
+async fn record_progress_once(
+    client: &Connection<'_>,
+    progress: &Progress,
+) -> Result<Option<Batch>, StoreError> {
+    let idempotency = progress.idempotency.as_ref();
+    let row = client
+        .query_opt(&sql::RecordProgress {
+            batch_id: progress.batch_id.as_str(),
+            samples_delta: progress.samples_delta.get(),
+            tokens_delta: progress.tokens_delta.get(),
+            errors: Json(&progress.errors),
+            model_switches: Json(&progress.model_switches),
+            keep_errors: MAX_KEPT_ERRORS as i32,
+            keep_error_bytes: MAX_KEPT_ERROR_BYTES as i32,
+            keep_switches: MAX_KEPT_SWITCHES as i32,
+            keep_switch_bytes: MAX_KEPT_SWITCH_BYTES as i32,
+            request_id: idempotency.map(|i| i.request_id.as_str()),
+            fingerprint: idempotency.map(|i| &i.fingerprint[..]),
+            switched_to: progress
+                .model_switches
+                .iter()
+                .rev()
+                .map(|switch| switch.to_model.as_str())
+                .find(|model| !model.is_empty()),
+        })
+        .await;
+    let row = match row {
+        // A retry of this report committed first; look again.
+        Err(error) if violates(&error, REQUEST_ID_KEY) => return Ok(None),
+        Err(error) if is_out_of_range(&error) => {
+            return Err(overflowed_counter(client, progress).await);
+        }
+        row => row?,
+    };
+    // Set only when this report's request id was already recorded.
+    if let (Some(row), Some(idempotency)) = (&row, idempotency)
+        && let Some(same_report) = row.try_get::<_, Option<bool>>("replay_matches")?
+    {
+        return if same_report {
+            rows::batch(row).map(Some)
+        } else {
+            Err(StoreError::RequestIdReused(idempotency.request_id.clone()))
+        };
+    }
+    match Outcome::of(row)? {
+        Outcome::Applied(batch) => Ok(Some(batch)),
+        Outcome::Missing => Err(StoreError::NotFound(progress.batch_id.clone())),
+        Outcome::Unchanged(batch) if batch.state == State::Running => Ok(None),
+        Outcome::Unchanged(batch) => Err(StoreError::NotRunning {
+            batch_id: batch.batch_id,
+            state: batch.state,
+        }),
+    }
+}
+
+/// Creates a batch from its whole state, or brings the stored one up to
+/// date unless the stored one is ahead; returns the batch as stored.
+pub(super) async fn save(client: &Connection<'_>, save: &Save) -> Result<Batch, StoreError> {
+    until_decided(|| save_once(client, save)).await
+}
+
+async fn save_once(client: &Connection<'_>, save: &Save) -> Result<Option<Batch>, StoreError> {
+    let created = &save.created;
+    let row = client
+        .query_opt(&sql::Save {
+            batch_id: save.batch_id.as_str(),
+            state: save.state.as_str(),
+            provider: created.provider.as_str(),
+            model: created.model.as_str(),
+            current_model: save.current_model.as_str(),
+            topic_filter: created.topic_filter.as_str(),
+            difficulty_filter: created.difficulty_filter.as_str(),
+            reasoning_instruction: created.reasoning_instruction.as_str(),
+            target_count: created.target_count.get(),
+            samples_generated: save.samples_generated.get(),
+            total_tokens: save.total_tokens.get(),
+            errors: Json(&save.errors),
+            error_count: save.error_count,
+            model_switches: Json(&save.model_switches),
+            switch_count: save.switch_count,
+            metadata: Json(created.metadata.as_map()),
+            start_time: created.start_time,
+            end_time: save.end_time,
+        })
+        .await?;
+    match Outcome::of(row)? {
+        Outcome::Applied(batch) | Outcome::Unchanged(batch) => Ok(Some(batch)),
+        // Created by another call after this statement's snapshot was taken,
+        // and ahead of this save: look again.
+        Outcome::Missing => Ok(None),
+    }
+}
+
+/// Moves a running batch to its final state; repeating the same finish
+/// returns the batch unchanged.
+pub(super) async fn finish(client: &Connection<'_>, finish: &Finish) -> Result<Batch, StoreError> {
+    until_decided(|| finish_once(client, finish)).await
+}
+
+async fn finish_once(
+    client: &Connection<'_>,
+    finish: &Finish,
+) -> Result<Option<Batch>, StoreError> {
+    let target = finish.state.state();
+    let errors: Vec<&BatchError> = finish.error.iter().collect();
+    let row = client
+        .query_opt(&sql::Finish {
+            batch_id: finish.batch_id.as_str(),
+            state: target.as_str(),
+            end_time: finish.end_time,
+            errors: Json(&errors),
+            keep_errors: MAX_KEPT_ERRORS as i32,
+            keep_error_bytes: MAX_KEPT_ERROR_BYTES as i32,
+        })
+        .await?;
+    match Outcome::of(row)? {
+        Outcome::Applied(batch) => Ok(Some(batch)),
+        Outcome::Missing => Err(StoreError::NotFound(finish.batch_id.clone())),
+        Outcome::Unchanged(batch) if batch.state == target => Ok(Some(batch)),
+        Outcome::Unchanged(batch) if batch.state == State::Running => Ok(None),
+        Outcome::Unchanged(batch) => Err(StoreError::NotRunning {
+            batch_id: batch.batch_id,
+            state: batch.state,
+        }),
+    }
+}
+
+/// Whether `error` is a unique violation of `constraint`.
+fn violates(error: &StoreError, constraint: &str) -> bool {
+    error
+        .statement_error()
+        .and_then(tokio_postgres::Error::as_db_error)
+        .is_some_and(|db| {
+            *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(constraint)
+        })
+}
+
+/// Whether a statement failed because a number left its type's range.
+fn is_out_of_range(error: &StoreError) -> bool {
+    error
+        .statement_error()
+        .and_then(tokio_postgres::Error::code)
+        == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE)
+}
+
+/// Which counter of `progress`'s batch its delta would take past the 64-bit
+/// maximum (PostgreSQL's error does not say).
+async fn overflowed_counter(client: &Connection<'_>, progress: &Progress) -> StoreError {
+    let counters = async {
+        let row = client
+            .query_one(&sql::Get {
+                batch_id: progress.batch_id.as_str(),
+            })
+            .await?;
+        rows::batch(&row)
+    };
+    match counters.await {
+        Ok(batch)
+            if batch
+                .samples_generated
+                .checked_add(progress.samples_delta.get())
+                .is_none() =>
+        {
+            StoreError::CounterOverflow(Counter::SamplesGenerated)
+        }
+        Ok(_) => StoreError::CounterOverflow(Counter::TotalTokens),
+        Err(error) => error,
+    }
+}
