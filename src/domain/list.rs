@@ -8,16 +8,79 @@ use jiff::Timestamp;
 
 use super::{Batch, BatchId, InvalidValue, Label, State};
 
+/// The text filters: each keeps the batches whose field of that name equals
+/// the wanted text exactly. Each name is at once the proto requests' field,
+/// the web page's query parameter, the `batches` column and the field of
+/// [`Batch`] and of a deletion notice; the title is the web form's. This is
+/// the one list that [`LabelFilters`], [`Labels`], the SQL, the page token's
+/// fingerprint, the requests' parsing and the web form come from: calls
+/// `$then!` with any tokens given after its name, a `;`, and `name: "Title"`
+/// pairs.
+macro_rules! with_label_filters {
+    ($then:ident $($args:tt)*) => {
+        $then! {
+            $($args)*;
+            provider: "Provider",
+            model: "Model",
+            topic_filter: "Topic",
+            difficulty_filter: "Difficulty"
+        }
+    };
+}
+pub(crate) use with_label_filters;
+
+macro_rules! label_filter_types {
+    (; $($name:ident: $title:literal),*) => {
+        /// The wanted text of each text filter; `None` keeps every batch.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct LabelFilters {
+            $(pub $name: Option<Label>,)*
+        }
+
+        /// A batch's text in each field a text filter looks at.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Labels<'a> {
+            $(pub $name: &'a str,)*
+        }
+
+        impl LabelFilters {
+            /// Each filter's name, title and wanted text, in the list's order.
+            pub fn each(&self) -> impl Iterator<Item = (&'static str, &'static str, Option<&Label>)> {
+                [$((stringify!($name), $title, self.$name.as_ref())),*].into_iter()
+            }
+
+            /// The filters from a lookup by name.
+            pub fn try_from_names<E>(
+                mut wanted: impl FnMut(&'static str) -> Result<Option<Label>, E>,
+            ) -> Result<Self, E> {
+                Ok(Self { $($name: wanted(stringify!($name))?,)* })
+            }
+
+            /// Whether every filter keeps a batch with these `labels`.
+            pub fn keep(&self, labels: Labels<'_>) -> bool {
+                $(self.$name.as_ref().is_none_or(|wanted| wanted.as_str() == labels.$name))&&*
+            }
+        }
+
+        /// The [`Labels`] of a value with a text field of each filter's name.
+        macro_rules! labels_of {
+            ($of:expr) => {
+                $crate::domain::Labels { $($name: &$of.$name,)* }
+            };
+        }
+        pub(crate) use labels_of;
+    };
+}
+
+with_label_filters!(label_filter_types);
+
 /// Which batches a listing includes. Every `None` or empty field matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchFilter {
     /// Any of these; a set, so that the same states in any order or
     /// repeated make the same listing.
     pub states: BTreeSet<State>,
-    pub provider: Option<Label>,
-    pub model: Option<Label>,
-    pub topic_filter: Option<Label>,
-    pub difficulty_filter: Option<Label>,
+    pub labels: LabelFilters,
     /// Inclusive.
     pub started_after: Option<Timestamp>,
     /// Exclusive.
@@ -29,10 +92,7 @@ pub struct BatchFilter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facets<'a> {
     pub state: State,
-    pub provider: &'a str,
-    pub model: &'a str,
-    pub topic_filter: &'a str,
-    pub difficulty_filter: &'a str,
+    pub labels: Labels<'a>,
     pub start_time: Timestamp,
 }
 
@@ -41,10 +101,7 @@ impl Batch {
     pub fn facets(&self) -> Facets<'_> {
         Facets {
             state: self.state,
-            provider: &self.provider,
-            model: &self.model,
-            topic_filter: &self.topic_filter,
-            difficulty_filter: &self.difficulty_filter,
+            labels: labels_of!(self),
             start_time: self.start_time,
         }
     }
@@ -63,15 +120,7 @@ impl BatchFilter {
 
     /// Whether this filter keeps a batch in some state.
     pub fn matches_all_but_state(&self, batch: Facets<'_>) -> bool {
-        let label = |wanted: &Option<Label>, actual: &str| {
-            wanted
-                .as_ref()
-                .is_none_or(|wanted| wanted.as_str() == actual)
-        };
-        label(&self.provider, batch.provider)
-            && label(&self.model, batch.model)
-            && label(&self.topic_filter, batch.topic_filter)
-            && label(&self.difficulty_filter, batch.difficulty_filter)
+        self.labels.keep(batch.labels)
             && self
                 .started_after
                 .is_none_or(|after| batch.start_time >= after)
@@ -87,12 +136,7 @@ impl BatchFilter {
             hash.write(state.as_str().as_bytes());
             hash.write(&[0]);
         }
-        for label in [
-            &self.provider,
-            &self.model,
-            &self.topic_filter,
-            &self.difficulty_filter,
-        ] {
+        for (_, _, label) in self.labels.each() {
             match label {
                 Some(label) => {
                     hash.write(&[1]);
@@ -303,7 +347,10 @@ mod tests {
 
     fn groq_running() -> BatchFilter {
         BatchFilter {
-            provider: Some(Label::parse("groq".into()).unwrap()),
+            labels: LabelFilters {
+                provider: Some(Label::parse("groq".into()).unwrap()),
+                ..LabelFilters::default()
+            },
             states: BTreeSet::from([State::Running]),
             ..BatchFilter::default()
         }
@@ -327,10 +374,12 @@ mod tests {
         let label = |text: &str| Some(Label::parse(text.into()).unwrap());
         let filter = BatchFilter {
             states: BTreeSet::from([State::Failed, State::Running]),
-            provider: label("groq"),
-            model: label("llama-3.3-70b"),
-            topic_filter: label("contracts"),
-            difficulty_filter: label("advanced"),
+            labels: LabelFilters {
+                provider: label("groq"),
+                model: label("llama-3.3-70b"),
+                topic_filter: label("contracts"),
+                difficulty_filter: label("advanced"),
+            },
             started_after: Some(Timestamp::from_second(1_750_000_000).unwrap()),
             started_before: Some(Timestamp::from_second(1_770_000_000).unwrap()),
         };
@@ -367,7 +416,10 @@ mod tests {
         assert!(Cursor::from_token(&token, &filter, Order::OldestFirst).is_err());
         assert!(Cursor::from_token(&token, &BatchFilter::default(), Order::NewestFirst).is_err());
         let other_provider = BatchFilter {
-            provider: Some(Label::parse("cerebras".into()).unwrap()),
+            labels: LabelFilters {
+                provider: Some(Label::parse("cerebras".into()).unwrap()),
+                ..LabelFilters::default()
+            },
             ..filter.clone()
         };
         assert!(Cursor::from_token(&token, &other_provider, Order::NewestFirst).is_err());

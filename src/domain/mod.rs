@@ -17,7 +17,10 @@ pub use batch::{
 };
 pub use batch_id::BatchId;
 pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};
-pub use list::{BatchFilter, Cursor, Detail, Facets, ListQuery, Order, Page, PageSize};
+pub(crate) use list::{labels_of, with_label_filters};
+pub use list::{
+    BatchFilter, Cursor, Detail, Facets, LabelFilters, Labels, ListQuery, Order, Page, PageSize,
+};
 pub use request_id::{Idempotency, RequestId};
 pub use stats::{BatchStats, ModelStats, StatsGroup};
 pub use text::{Label, Prose};

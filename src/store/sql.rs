@@ -525,13 +525,8 @@ impl<'q> Listing<'q> {
             params: Vec::new(),
             types: Vec::new(),
         };
-        for (column, value) in [
-            ("provider", &filter.provider),
-            ("model", &filter.model),
-            ("topic_filter", &filter.topic_filter),
-            ("difficulty_filter", &filter.difficulty_filter),
-        ] {
-            if let Some(label) = value {
+        for (column, _, wanted) in filter.labels.each() {
+            if let Some(label) = wanted {
                 listing.condition(column, "=", Param::Text(label.as_str()));
             }
         }

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::domain::{Batch, Facets};
+use crate::domain::{Batch, Facets, labels_of};
 use crate::store::{Current, DeletedBatch, StoreError};
 
 pub use feed::feed;
@@ -55,10 +55,7 @@ impl DeletedBatch {
     pub fn facets(&self) -> Facets<'_> {
         Facets {
             state: self.state,
-            provider: &self.provider,
-            model: &self.model,
-            topic_filter: &self.topic_filter,
-            difficulty_filter: &self.difficulty_filter,
+            labels: labels_of!(self),
             start_time: self.start_time,
         }
     }

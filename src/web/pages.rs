@@ -6,7 +6,7 @@ use std::fmt::{self, Display};
 use jiff::{Timestamp, tz::TimeZone};
 
 use super::query::{filter_query, form_time};
-use crate::domain::{Batch, BatchFilter, BatchId, BatchStats, FieldViolation, State};
+use crate::domain::{Batch, BatchFilter, BatchId, BatchStats, FieldViolation, Label, State};
 
 /// The states, in the order pages list them.
 const STATES: [State; 4] = [
@@ -146,26 +146,15 @@ pub fn filter_form(action: &str, filter: &BatchFilter) -> String {
         r#"<details class="filter-box"{open}><summary>Filters</summary>
 <form class="filters" method="get" action="{action}" aria-label="Filters">
 <fieldset><legend>State</legend>{states}</fieldset>
-{provider}{model}{topic}{difficulty}{after}{before}
+{labels}{after}{before}
 <div class="buttons"><button type="submit">Apply filters</button> <a href="{action}">Clear</a></div>
 </form>
 </details>"#,
-        provider = text(
-            "provider",
-            "Provider",
-            filter.provider.as_ref().map(|l| l.as_str())
-        ),
-        model = text("model", "Model", filter.model.as_ref().map(|l| l.as_str())),
-        topic = text(
-            "topic_filter",
-            "Topic",
-            filter.topic_filter.as_ref().map(|l| l.as_str())
-        ),
-        difficulty = text(
-            "difficulty_filter",
-            "Difficulty",
-            filter.difficulty_filter.as_ref().map(|l| l.as_str())
-        ),
+        labels = filter
+            .labels
+            .each()
+            .map(|(name, title, wanted)| text(name, title, wanted.map(Label::as_str)))
+            .collect::<String>(),
         after = time("started_after", "Started from (UTC)", filter.started_after),
         before = time(
             "started_before",

@@ -4,7 +4,8 @@
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 
 use crate::domain::{
-    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, Order, PageSize, State,
+    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, LabelFilters, Order,
+    PageSize, State,
 };
 
 /// Which part of a listing a history page shows.
@@ -112,10 +113,7 @@ pub fn filter(pairs: &[(String, String)]) -> Result<BatchFilter, FieldViolation>
                 })
             })
             .collect::<Result<_, _>>()?,
-        provider: label("provider")?,
-        model: label("model")?,
-        topic_filter: label("topic_filter")?,
-        difficulty_filter: label("difficulty_filter")?,
+        labels: LabelFilters::try_from_names(label)?,
         started_after: time("started_after")?,
         started_before: time("started_before")?,
     })
@@ -128,12 +126,7 @@ pub fn filter_query(filter: &BatchFilter) -> String {
     for state in &filter.states {
         query.append_pair("states", state.as_str());
     }
-    for (name, label) in [
-        ("provider", &filter.provider),
-        ("model", &filter.model),
-        ("topic_filter", &filter.topic_filter),
-        ("difficulty_filter", &filter.difficulty_filter),
-    ] {
+    for (name, _, label) in filter.labels.each() {
         if let Some(label) = label {
             query.append_pair(name, label.as_str());
         }

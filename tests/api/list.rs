@@ -392,3 +392,172 @@ async fn list_rejects_invalid_filters() {
         assert_invalid(status, field);
     }
 }
+
+/// The listing's SQL and the in-memory filter that watches use select the
+/// same batches, for many random filters over random batches. A seed is
+/// printed; `FILTER_SEED=<seed>` repeats a run.
+#[tokio::test]
+async fn sql_and_in_memory_filters_select_the_same_batches() {
+    use batch_history::domain::{BatchFilter, Facets, Labels};
+
+    let seed = std::env::var("FILTER_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("FILTER_SEED={seed}");
+    let mut random = XorShift(seed);
+    let app = TestApp::spawn().await;
+    let (providers, models) = (["groq", "cerebras", ""], ["llama", "qwen"]);
+    let (topics, difficulties) = (["", "contracts", "torts"], ["", "basic", "advanced"]);
+    const FIRST_SECOND: i64 = 1_760_000_000;
+    let creates = (0..240).map(|i| {
+        let mut client = app.client.clone();
+        let batch = proto::Batch {
+            provider: random.pick(&providers).into(),
+            model: random.pick(&models).into(),
+            topic_filter: random.pick(&topics).into(),
+            difficulty_filter: random.pick(&difficulties).into(),
+            start_time: Some(timestamp(FIRST_SECOND + random.below(1_000) as i64)),
+            ..Default::default()
+        };
+        let ending = random.pick(&[None, Some(State::Completed), Some(State::Failed)]);
+        async move {
+            let batch_id = format!("random-{i:03}");
+            client
+                .create_batch(CreateBatchRequest {
+                    batch_id: batch_id.clone(),
+                    batch: Some(batch),
+                })
+                .await
+                .unwrap();
+            if let Some(state) = ending {
+                client
+                    .finish_batch(FinishBatchRequest {
+                        batch_id,
+                        state: state as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(creates).await;
+    let mut client = app.client.clone();
+    let everything = client
+        .list_batches(ListBatchesRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batches;
+    assert_eq!(everything.len(), 240);
+    let states = [State::Running, State::Completed, State::Failed, State::Stopped];
+    for round in 0..150 {
+        let wanted = |random: &mut XorShift, values: &[&str]| {
+            if random.below(2) == 0 {
+                String::new()
+            } else {
+                random.pick(values).to_string()
+            }
+        };
+        let bound = |random: &mut XorShift| {
+            (random.below(3) == 0).then(|| timestamp(FIRST_SECOND + random.below(1_000) as i64))
+        };
+        let request = proto::WatchBatchesRequest {
+            states: states
+                .iter()
+                .filter(|_| random.below(3) == 0)
+                .map(|state| *state as i32)
+                .collect(),
+            provider: wanted(&mut random, &providers[..2]),
+            model: wanted(&mut random, &models),
+            topic_filter: wanted(&mut random, &topics[1..]),
+            difficulty_filter: wanted(&mut random, &difficulties[1..]),
+            started_after: bound(&mut random),
+            started_before: bound(&mut random),
+        };
+        let filter = BatchFilter::try_from(request.clone()).unwrap();
+        let mut in_memory: Vec<&str> = everything
+            .iter()
+            .filter(|batch| {
+                filter.matches(Facets {
+                    state: batch_history::domain::State::from_name(batch.state().as_str_name())
+                        .unwrap(),
+                    labels: Labels {
+                        provider: &batch.provider,
+                        model: &batch.model,
+                        topic_filter: &batch.topic_filter,
+                        difficulty_filter: &batch.difficulty_filter,
+                    },
+                    start_time: jiff::Timestamp::from_second(batch.start_time.unwrap().seconds)
+                        .unwrap(),
+                })
+            })
+            .map(|batch| batch.batch_id.as_str())
+            .collect();
+        in_memory.sort_unstable();
+        let listed = client
+            .list_batches(ListBatchesRequest {
+                states: request.states.clone(),
+                provider: request.provider.clone(),
+                model: request.model.clone(),
+                topic_filter: request.topic_filter.clone(),
+                difficulty_filter: request.difficulty_filter.clone(),
+                started_after: request.started_after,
+                started_before: request.started_before,
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .batches;
+        let mut in_sql: Vec<&str> = listed.iter().map(|b| b.batch_id.as_str()).collect();
+        in_sql.sort_unstable();
+        assert_eq!(in_sql, in_memory, "round {round}, FILTER_SEED={seed}: {request:?}");
+        let stats = client
+            .get_batch_stats(proto::GetBatchStatsRequest {
+                states: request.states.clone(),
+                provider: request.provider.clone(),
+                model: request.model.clone(),
+                topic_filter: request.topic_filter.clone(),
+                difficulty_filter: request.difficulty_filter.clone(),
+                started_after: request.started_after,
+                started_before: request.started_before,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            stats.batch_count,
+            in_memory.len() as i64,
+            "round {round}, FILTER_SEED={seed}: stats of {request:?}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A small seeded generator, so that a failing run can be repeated.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+
+    fn pick<T: Copy>(&mut self, values: &[T]) -> T {
+        values[self.below(values.len() as u64) as usize]
+    }
+}

@@ -10,10 +10,10 @@ use prost_types::Struct;
 use super::json::struct_to_json;
 use crate::domain::{
     BatchError, BatchFilter, BatchId, Cursor, Detail, FieldViolation, Finish, Idempotency,
-    InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES,
+    InvalidValue, JsonObject, Label, LabelFilters, ListQuery, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES,
     MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative,
     Order, PageSize, Progress, Prose, Purge, RequestId, Save, StaleThreshold, State, TerminalState,
-    keep_newest,
+    keep_newest, with_label_filters,
 };
 use crate::proto;
 
@@ -193,18 +193,25 @@ impl TryFrom<proto::FinishBatchRequest> for Finish {
     }
 }
 
+/// The text filters of a request that carries the ListBatches filters, as
+/// their own fields of the same names.
+macro_rules! labels_of_request {
+    ($request:ident; $($name:ident: $title:literal),*) => {
+        LabelFilters {
+            $($name: optional_label($request.$name, stringify!($name))?,)*
+        }
+    };
+}
+
 impl TryFrom<proto::ListBatchesRequest> for ListQuery {
     type Error = FieldViolation;
 
     fn try_from(request: proto::ListBatchesRequest) -> Result<Self, Self::Error> {
         let filter = filter(
             &request.states,
-            request.provider,
-            request.model,
+            with_label_filters!(labels_of_request request),
             request.started_after,
             request.started_before,
-            request.topic_filter,
-            request.difficulty_filter,
         )?;
         let order = match proto::list_batches_request::Order::try_from(request.order) {
             Ok(proto::list_batches_request::Order::Unspecified)
@@ -246,12 +253,9 @@ macro_rules! filter_request {
             fn try_from(request: $request) -> Result<Self, Self::Error> {
                 filter(
                     &request.states,
-                    request.provider,
-                    request.model,
+                    with_label_filters!(labels_of_request request),
                     request.started_after,
                     request.started_before,
-                    request.topic_filter,
-                    request.difficulty_filter,
                 )
             }
         }
@@ -306,12 +310,9 @@ pub fn stale_after(
 
 fn filter(
     states: &[i32],
-    provider: String,
-    model: String,
+    labels: LabelFilters,
     started_after: Option<prost_types::Timestamp>,
     started_before: Option<prost_types::Timestamp>,
-    topic_filter: String,
-    difficulty_filter: String,
 ) -> Result<BatchFilter, FieldViolation> {
     Ok(BatchFilter {
         states: states
@@ -319,10 +320,7 @@ fn filter(
             .enumerate()
             .map(|(i, &number)| state(number).map_err(|e| e.at(format!("states[{i}]"))))
             .collect::<Result<_, _>>()?,
-        provider: optional_label(provider, "provider")?,
-        model: optional_label(model, "model")?,
-        topic_filter: optional_label(topic_filter, "topic_filter")?,
-        difficulty_filter: optional_label(difficulty_filter, "difficulty_filter")?,
+        labels,
         started_after: started_after
             .map(|time| timestamp(time, "started_after"))
             .transpose()?,
