@@ -11,14 +11,18 @@ use crate::shutdown::Shutdown;
 
 /// Background tasks that are meant to run until shutdown.
 #[derive(Default)]
-pub struct Background {
+pub(crate) struct Background {
     tasks: JoinSet<()>,
     names: HashMap<Id, &'static str>,
 }
 
 impl Background {
     /// Starts `task`, known as `name` in logs.
-    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
         let id = self.tasks.spawn(task).id();
         self.names.insert(id, name);
     }
@@ -27,7 +31,7 @@ impl Background {
     /// then (a panic, a bug) is logged once and turns health NOT_SERVING for
     /// good: a replica that silently stopped announcing changes, sweeping or
     /// probing should be replaced by its orchestrator, not sent more calls.
-    pub async fn supervise(mut self, health: Health, mut shutdown: Shutdown) {
+    pub(crate) async fn supervise(mut self, health: Health, mut shutdown: Shutdown) {
         loop {
             let ended = tokio::select! {
                 () = shutdown.wait() => break,

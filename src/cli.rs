@@ -47,45 +47,45 @@ pub enum Command {
 pub struct ServeArgs {
     /// Address to accept gRPC connections on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
-    pub listen_addr: SocketAddr,
+    pub(crate) listen_addr: SocketAddr,
     /// Address to serve Prometheus metrics on (HTTP); off unless set.
     #[arg(long, env = "METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    pub(crate) metrics_addr: Option<SocketAddr>,
     /// Address to serve the web page on (HTTP): history, batch details, live
     /// progress and stats; off unless set.
     #[arg(long, env = "UI_ADDR")]
-    pub ui_addr: Option<SocketAddr>,
+    pub(crate) ui_addr: Option<SocketAddr>,
     /// Shared secret: when set, BatchHistory calls need
     /// `authorization: Bearer <token>` (health and reflection stay open).
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
+    pub(crate) auth_token: Option<String>,
     /// File holding the shared secret instead (a Docker or Kubernetes secret).
     #[arg(long, env = "AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<PathBuf>,
+    pub(crate) auth_token_file: Option<PathBuf>,
     /// PEM certificate chain: serve gRPC over TLS (with --tls-key-file).
     #[arg(long, env = "TLS_CERT_FILE")]
-    pub tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
     /// PEM private key of the certificate.
     #[arg(long, env = "TLS_KEY_FILE")]
-    pub tls_key_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
     /// PEM CA certificates: clients must then present a certificate they issued.
     #[arg(long, env = "TLS_CLIENT_CA_FILE")]
-    pub tls_client_ca_file: Option<PathBuf>,
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
     /// RUNNING batches not updated for this long are stopped: minutes, or a
     /// number with s, m or h (`90s`, `2h`); 0 turns the sweep off.
     #[arg(long, env = "STALE_AFTER", default_value = "120m", value_parser = parse_stale_after)]
-    pub stale_after: StaleAfter,
+    pub(crate) stale_after: StaleAfter,
     /// Finished batches that ended this many days ago are deleted; 0 or
     /// unset keeps them forever.
     #[arg(long, env = "RETENTION_DAYS")]
-    pub retention_days: Option<u32>,
+    pub(crate) retention_days: Option<u32>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
 
 /// The stale-batch threshold; `None` turns the sweep off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaleAfter(pub Option<StaleThreshold>);
+pub(crate) struct StaleAfter(pub Option<StaleThreshold>);
 
 fn parse_stale_after(text: &str) -> Result<StaleAfter, String> {
     let text = text.trim();
@@ -117,60 +117,60 @@ pub struct DatabaseArgs {
     // Parsed by `TryFrom<DatabaseArgs> for DatabaseConfig`, not by clap,
     // whose error would echo the value, password included.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub(crate) database_url: Option<String>,
     /// File holding the URL instead (a Docker or Kubernetes secret).
     #[arg(long, env = "DATABASE_URL_FILE")]
-    pub database_url_file: Option<PathBuf>,
+    pub(crate) database_url_file: Option<PathBuf>,
     /// A direct connection to the same database, for the work that needs a
     /// session of its own (migrations and their lock, the change feed's
     /// LISTEN, the import) when DATABASE_URL goes through a transaction-mode
     /// pooler such as PgBouncer.
     #[arg(long, env = "DATABASE_DIRECT_URL", hide_env_values = true)]
-    pub database_direct_url: Option<String>,
+    pub(crate) database_direct_url: Option<String>,
     /// File holding the direct URL instead.
     #[arg(long, env = "DATABASE_DIRECT_URL_FILE")]
-    pub database_direct_url_file: Option<PathBuf>,
+    pub(crate) database_direct_url_file: Option<PathBuf>,
     /// A streaming replica of the same database that listings and stats
     /// may read from; anything lagging more than DB_READ_MAX_LAG_MS, or
     /// unreachable, is skipped for the primary.
     #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
-    pub database_read_url: Option<String>,
+    pub(crate) database_read_url: Option<String>,
     /// File holding the read URL instead.
     #[arg(long, env = "DATABASE_READ_URL_FILE")]
-    pub database_read_url_file: Option<PathBuf>,
+    pub(crate) database_read_url_file: Option<PathBuf>,
     /// How far behind the primary (milliseconds) the replica may be and
     /// still serve reads.
     #[arg(long, env = "DB_READ_MAX_LAG_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub db_read_max_lag_ms: u64,
+    pub(crate) db_read_max_lag_ms: u64,
     /// What DATABASE_URL reaches: `auto` finds out at start; `transaction`
     /// for a transaction-mode pooler; `session` for PostgreSQL itself or a
     /// session-mode pooler.
     #[arg(long, env = "DB_POOLER", value_enum, default_value_t = DbPooler::Auto)]
-    pub db_pooler: DbPooler,
+    pub(crate) db_pooler: DbPooler,
     /// Without a URL: where the private development PostgreSQL keeps its
     /// data (default `$XDG_DATA_HOME/batch-history/postgres`).
     #[arg(long, env = "DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// Connections in the pool.
     #[arg(long, env = "DB_POOL_MAX_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
-    pub db_pool_max_size: u16,
+    pub(crate) db_pool_max_size: u16,
     /// Milliseconds to wait for a pooled connection, a new connection or a
     /// statement before answering UNAVAILABLE.
     #[arg(long, env = "DB_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub db_timeout_ms: u64,
+    pub(crate) db_timeout_ms: u64,
     /// Milliseconds to keep retrying at start while the database does not
     /// answer (after a host reboot, before it is up), before giving up.
     #[arg(long, env = "DB_STARTUP_TIMEOUT_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
-    pub db_startup_timeout_ms: u64,
+    pub(crate) db_startup_timeout_ms: u64,
 }
 
 /// What stands between the service and PostgreSQL, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DbPooler {
+pub(crate) enum DbPooler {
     /// Find out at start.
     Auto,
     /// PostgreSQL itself, or a session-mode pooler.
@@ -207,25 +207,25 @@ pub struct ImportArgs {
     /// PostgreSQL URL the dashboard's DATABASE_URL held
     /// (postgres://USER:PASSWORD@HOST/DB; read only).
     #[arg(value_name = "FILE_OR_URL")]
-    pub source: String,
+    pub(crate) source: String,
     /// Check and stage everything, report, and write nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// IANA zone of legacy times without an offset (the dashboard wrote local time).
     #[arg(long, env = "SOURCE_TIMEZONE", default_value = "UTC")]
-    pub source_timezone: String,
+    pub(crate) source_timezone: String,
     /// What to do when a batch id is stored with other content.
     #[arg(long, value_enum, default_value_t = ConflictPolicy::Fail)]
-    pub on_conflict: ConflictPolicy,
+    pub(crate) on_conflict: ConflictPolicy,
     /// Print the report as one JSON object.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ConflictPolicy {
+pub(crate) enum ConflictPolicy {
     /// Import nothing.
     Fail,
     /// Keep the stored batch and import the rest.
@@ -399,7 +399,7 @@ pub async fn start_unless_configured(
 /// `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`) as a connection string, when
 /// `PGHOST` is among them: how compose names its bundled database, so that a
 /// `DATABASE_URL` in `.env` can override it. `var` looks a variable up.
-pub fn libpq_environment(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+pub(crate) fn libpq_environment(var: impl Fn(&str) -> Option<String>) -> Option<String> {
     let var = |name: &str| var(name).filter(|value| !value.is_empty());
     var("PGHOST")?;
     let settings = [

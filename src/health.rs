@@ -14,18 +14,18 @@ use crate::telemetry::cause_chain;
 pub const SERVICE_NAME: &str = "batchhistory.v1.BatchHistory";
 
 /// How often the background probe asks the database whether it answers.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The reported health, changed only through here so that a probe that
 /// finishes late cannot report SERVING after shutdown has begun.
 #[derive(Clone)]
-pub struct Health {
+pub(crate) struct Health {
     reporter: HealthReporter,
     stopping: Arc<Mutex<bool>>,
 }
 
 impl Health {
-    pub fn new(reporter: HealthReporter) -> Self {
+    pub(crate) fn new(reporter: HealthReporter) -> Self {
         Self {
             reporter,
             stopping: Arc::new(Mutex::new(false)),
@@ -33,7 +33,7 @@ impl Health {
     }
 
     /// Reports whether the database answers, unless shutdown has begun.
-    pub async fn set_database_reachable(&self, reachable: bool) {
+    pub(crate) async fn set_database_reachable(&self, reachable: bool) {
         let stopping = self.stopping.lock().await;
         if !*stopping {
             self.set(if reachable {
@@ -46,7 +46,7 @@ impl Health {
     }
 
     /// NOT_SERVING from now on.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let mut stopping = self.stopping.lock().await;
         *stopping = true;
         self.set(ServingStatus::NotServing).await;
@@ -62,7 +62,7 @@ impl Health {
 /// Probes the database every [`PROBE_INTERVAL`] until shutdown,
 /// turning health NOT_SERVING while it does not answer and SERVING again
 /// once it does.
-pub async fn watch_database(mut probe: Probe, health: Health, shutdown: Shutdown) {
+pub(crate) async fn watch_database(mut probe: Probe, health: Health, shutdown: Shutdown) {
     let mut reachable = true;
     let mut ticks = shutdown.every(PROBE_INTERVAL);
     while ticks.next().await {

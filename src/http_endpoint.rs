@@ -14,16 +14,16 @@ use crate::tls::{HANDSHAKE_TIMEOUT, ReloadingTls};
 
 /// The address a request came from, in its extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub SocketAddr);
 
 /// The body of every response these endpoints send: whole or streamed.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// Serves `handle` over HTTP/1.1 on `listener` until shutdown, over TLS
 /// when `tls` is given. Connections open then keep being served until their
 /// client or the process ends them (a live page's event stream ends itself
 /// at shutdown).
-pub async fn serve<H, F>(
+pub(crate) async fn serve<H, F>(
     listener: TcpListener,
     what: &'static str,
     handle: H,

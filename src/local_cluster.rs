@@ -71,7 +71,7 @@ impl LocalCluster {
     /// The data directory used when none is given: `$XDG_DATA_HOME` (or
     /// `~/.local/share`)`/batch-history/postgres`, or for root, whose home
     /// the `postgres` user cannot enter, `/var/lib/batch-history/postgres`.
-    pub fn default_data_dir() -> PathBuf {
+    pub(crate) fn default_data_dir() -> PathBuf {
         let base = if is_root() {
             PathBuf::from("/var/lib")
         } else if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
@@ -85,7 +85,7 @@ impl LocalCluster {
 
     /// Creates the cluster in `data_dir` if it holds none, and starts it
     /// unless it is running already.
-    pub async fn start(data_dir: PathBuf) -> Result<Self, LocalClusterError> {
+    pub(crate) async fn start(data_dir: PathBuf) -> Result<Self, LocalClusterError> {
         tokio::task::spawn_blocking(move || Self::start_blocking(data_dir))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
@@ -130,7 +130,7 @@ impl LocalCluster {
     }
 
     /// Where the data is, and where the server's socket is.
-    pub fn data_dir(&self) -> &Path {
+    pub(crate) fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 

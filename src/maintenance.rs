@@ -32,7 +32,7 @@ impl Upkeep {
 }
 
 /// Runs the upkeep until shutdown.
-pub async fn run(store: Store, upkeep: Upkeep, shutdown: Shutdown) {
+pub(crate) async fn run(store: Store, upkeep: Upkeep, shutdown: Shutdown) {
     let mut ticks = shutdown.every(upkeep.interval());
     while ticks.next().await {
         if let Some(stale_after) = upkeep.stale_after {

@@ -18,7 +18,7 @@ use crate::store::{Store, database_errors};
 use crate::telemetry::cause_chain;
 
 /// The service's metrics.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
@@ -31,7 +31,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("batch_history".into()), None)?;
         let requests = IntCounterVec::new(
             Opts::new(
@@ -104,7 +104,7 @@ impl Metrics {
     }
 
     /// Records one finished call.
-    pub fn observe(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+    pub(crate) fn observe(&self, method: &str, code: tonic::Code, elapsed: Duration) {
         self.requests
             .with_label_values(&[method, &format!("{code:?}")])
             .inc();
@@ -115,7 +115,7 @@ impl Metrics {
 
     /// The text exposition, with pool and batch gauges read now. A database
     /// that does not answer leaves the batch gauges as they were.
-    pub async fn render(&self, store: &Store) -> String {
+    pub(crate) async fn render(&self, store: &Store) -> String {
         let pool = store.pool_status();
         self.pool.with_label_values(&["size"]).set(pool.size as i64);
         self.pool
@@ -156,7 +156,12 @@ impl Metrics {
 
 /// Serves the metrics over HTTP/1.1 on `listener`, at any path, until
 /// shutdown.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Store, shutdown: Shutdown) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    store: Store,
+    shutdown: Shutdown,
+) {
     let scrape = move |_: Request<hyper::body::Incoming>| {
         let (metrics, store) = (metrics.clone(), store.clone());
         async move {

@@ -11,37 +11,37 @@ use tokio::{
 /// winds down once [`ShutdownSignal::trigger`] is called (or the signal is
 /// dropped).
 #[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub(crate) struct Shutdown(watch::Receiver<bool>);
 
 /// Tells every [`Shutdown`] made with it that the server is stopping.
 #[derive(Debug)]
-pub struct ShutdownSignal(watch::Sender<bool>);
+pub(crate) struct ShutdownSignal(watch::Sender<bool>);
 
 /// A signal and the first of the [`Shutdown`]s it tells.
-pub fn channel() -> (ShutdownSignal, Shutdown) {
+pub(crate) fn channel() -> (ShutdownSignal, Shutdown) {
     let (signal, shutdown) = watch::channel(false);
     (ShutdownSignal(signal), Shutdown(shutdown))
 }
 
 impl ShutdownSignal {
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         let _ = self.0.send(true);
     }
 }
 
 impl Shutdown {
     /// Returns once the server is stopping, at once if it already is.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let _ = self.0.wait_for(|stopping| *stopping).await;
     }
 
-    pub fn is_triggered(&self) -> bool {
+    pub(crate) fn is_triggered(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Ticks every `period` (the first at once; a late tick delays the next
     /// rather than bunching them) until the server is stopping.
-    pub fn every(&self, period: Duration) -> Ticks {
+    pub(crate) fn every(&self, period: Duration) -> Ticks {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ticks {
@@ -52,14 +52,14 @@ impl Shutdown {
 }
 
 /// The ticks of a loop that works periodically until shutdown.
-pub struct Ticks {
+pub(crate) struct Ticks {
     interval: Interval,
     shutdown: Shutdown,
 }
 
 impl Ticks {
     /// Waits for the next tick: `false` once the server is stopping.
-    pub async fn next(&mut self) -> bool {
+    pub(crate) async fn next(&mut self) -> bool {
         tokio::select! {
             () = self.shutdown.wait() => false,
             _ = self.interval.tick() => true,

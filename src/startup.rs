@@ -49,7 +49,7 @@ pub enum StartupError {
 
 /// How long in-flight calls may take to finish once shutdown has begun.
 /// Long-lived streams (health watches) would otherwise hold the server open.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits, after the drain, for the statements of the
 /// calls it cut to end.
@@ -288,7 +288,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
 
 /// Resolves at Ctrl-C.
 #[cfg(not(unix))]
-pub fn shutdown_signal() -> impl Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -28,7 +28,7 @@ use crate::telemetry::cause_chain;
 const RELOAD_POLL: Duration = Duration::from_secs(5);
 
 /// How long a client has to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the server's TLS material lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub enum TlsError {
 
 /// The server configurations now in force, replaced on reload.
 #[derive(Clone)]
-pub struct ReloadingTls {
+pub(crate) struct ReloadingTls {
     files: Arc<TlsFiles>,
     current: Arc<RwLock<Configs>>,
 }
@@ -77,7 +77,7 @@ struct Configs {
 
 impl ReloadingTls {
     /// Reads the files; fails if they do not make a working configuration.
-    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+    pub(crate) fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let configs = server_configs(&files)?;
         Ok(Self {
             files: Arc::new(files),
@@ -93,12 +93,12 @@ impl ReloadingTls {
     }
 
     /// The web page's acceptor, with the certificates in force now.
-    pub fn page_acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn page_acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current().page)
     }
 
     /// Reads the files again; new connections use what they hold now.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let configs = server_configs(&self.files)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = configs;
         Ok(())
@@ -106,7 +106,7 @@ impl ReloadingTls {
 
     /// Reloads on SIGHUP and whenever a file's modification time changes,
     /// until shutdown.
-    pub async fn watch(self, mut shutdown: Shutdown) {
+    pub(crate) async fn watch(self, mut shutdown: Shutdown) {
         #[cfg(unix)]
         let mut hangups =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -152,7 +152,7 @@ impl ReloadingTls {
     /// Accepts connections on `listener` and completes their handshakes
     /// concurrently (a slow client delays no other), yielding the ones that
     /// succeed until shutdown.
-    pub fn incoming(
+    pub(crate) fn incoming(
         self,
         listener: TcpListener,
         mut shutdown: Shutdown,

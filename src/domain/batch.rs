@@ -47,7 +47,7 @@ pub enum State {
 
 impl State {
     /// The name stored in the database and used in messages.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Running => "RUNNING",
             Self::Completed => "COMPLETED",
@@ -83,7 +83,7 @@ pub enum TerminalState {
 }
 
 impl TerminalState {
-    pub fn state(self) -> State {
+    pub(crate) fn state(self) -> State {
         match self {
             Self::Completed => State::Completed,
             Self::Stopped => State::Stopped,
@@ -111,7 +111,7 @@ impl TryFrom<State> for TerminalState {
 pub struct NonNegative<T>(T);
 
 impl<T: Copy + Default + PartialOrd> NonNegative<T> {
-    pub fn parse(value: T) -> Result<Self, InvalidValue> {
+    pub(crate) fn parse(value: T) -> Result<Self, InvalidValue> {
         if value < T::default() {
             Err(InvalidValue("must be zero or more".into()))
         } else {
@@ -119,7 +119,7 @@ impl<T: Copy + Default + PartialOrd> NonNegative<T> {
         }
     }
 
-    pub fn get(self) -> T {
+    pub(crate) fn get(self) -> T {
         self.0
     }
 }
@@ -127,66 +127,66 @@ impl<T: Copy + Default + PartialOrd> NonNegative<T> {
 /// A failure reported while a batch ran, as stored in the batch's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchError {
-    pub message: Prose,
+    pub(crate) message: Prose,
     /// `None` where the reporter knew no time (legacy history, saves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<Timestamp>,
+    pub(crate) time: Option<Timestamp>,
     #[serde(default)]
-    pub details: JsonObject,
+    pub(crate) details: JsonObject,
 }
 
 /// A change of model in the middle of a batch, as stored in its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSwitch {
     #[serde(default)]
-    pub from_model: Label,
+    pub(crate) from_model: Label,
     #[serde(default)]
-    pub to_model: Label,
+    pub(crate) to_model: Label,
     #[serde(default)]
-    pub provider: Label,
+    pub(crate) provider: Label,
     #[serde(default)]
-    pub reason: Prose,
+    pub(crate) reason: Prose,
     #[serde(default)]
-    pub at_sample: NonNegative<i64>,
+    pub(crate) at_sample: NonNegative<i64>,
     /// `None` where the reporter knew no time (legacy history, saves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<Timestamp>,
+    pub(crate) time: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "JsonObject::is_empty")]
-    pub details: JsonObject,
+    pub(crate) details: JsonObject,
 }
 
 /// A stored batch, exactly as the database holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    pub batch_id: BatchId,
-    pub state: State,
-    pub provider: String,
+    pub(crate) batch_id: BatchId,
+    pub(crate) state: State,
+    pub(crate) provider: String,
     /// The model the batch started with.
-    pub model: String,
+    pub(crate) model: String,
     /// The model it uses now.
-    pub current_model: String,
-    pub topic_filter: String,
-    pub difficulty_filter: String,
-    pub reasoning_instruction: String,
-    pub target_count: i32,
-    pub samples_generated: i64,
-    pub total_tokens: i64,
-    pub errors: Vec<BatchError>,
-    pub error_count: i64,
-    pub model_switches: Vec<ModelSwitch>,
-    pub metadata: Map<String, Value>,
-    pub start_time: Timestamp,
-    pub end_time: Option<Timestamp>,
-    pub update_time: Timestamp,
+    pub(crate) current_model: String,
+    pub(crate) topic_filter: String,
+    pub(crate) difficulty_filter: String,
+    pub(crate) reasoning_instruction: String,
+    pub(crate) target_count: i32,
+    pub(crate) samples_generated: i64,
+    pub(crate) total_tokens: i64,
+    pub(crate) errors: Vec<BatchError>,
+    pub(crate) error_count: i64,
+    pub(crate) model_switches: Vec<ModelSwitch>,
+    pub(crate) metadata: Map<String, Value>,
+    pub(crate) start_time: Timestamp,
+    pub(crate) end_time: Option<Timestamp>,
+    pub(crate) update_time: Timestamp,
     /// Bumped by every modification.
-    pub version: i64,
+    pub(crate) version: i64,
 }
 
 impl Batch {
     /// An opaque tag that changes on every modification. The update time is
     /// part of it so that a batch deleted and created again under the same id
     /// (which restarts `version`) does not repeat an old tag.
-    pub fn etag(&self) -> String {
+    pub(crate) fn etag(&self) -> String {
         format!("v{}-{:x}", self.version, self.update_time.as_microsecond())
     }
 }
@@ -195,23 +195,23 @@ impl Batch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewBatch {
     /// `None` asks the server to generate one.
-    pub batch_id: Option<BatchId>,
-    pub provider: Label,
-    pub model: Label,
-    pub topic_filter: Label,
-    pub difficulty_filter: Label,
-    pub reasoning_instruction: Prose,
-    pub target_count: NonNegative<i32>,
-    pub metadata: JsonObject,
+    pub(crate) batch_id: Option<BatchId>,
+    pub(crate) provider: Label,
+    pub(crate) model: Label,
+    pub(crate) topic_filter: Label,
+    pub(crate) difficulty_filter: Label,
+    pub(crate) reasoning_instruction: Prose,
+    pub(crate) target_count: NonNegative<i32>,
+    pub(crate) metadata: JsonObject,
     /// `None` means now, by the database's clock.
-    pub start_time: Option<Timestamp>,
+    pub(crate) start_time: Option<Timestamp>,
 }
 
 impl NewBatch {
     /// Whether `stored` is what this request would have created, so that a
     /// retried create can return it instead of failing with ALREADY_EXISTS.
     /// The start time only counts when the caller chose it.
-    pub fn matches(&self, stored: &Batch) -> bool {
+    pub(crate) fn matches(&self, stored: &Batch) -> bool {
         self.provider.as_str() == stored.provider
             && self.model.as_str() == stored.model
             && self.topic_filter.as_str() == stored.topic_filter
@@ -228,14 +228,14 @@ impl NewBatch {
 /// A progress report for a running batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
-    pub batch_id: BatchId,
-    pub samples_delta: NonNegative<i64>,
-    pub tokens_delta: NonNegative<i64>,
-    pub errors: Vec<BatchError>,
-    pub model_switches: Vec<ModelSwitch>,
+    pub(crate) batch_id: BatchId,
+    pub(crate) samples_delta: NonNegative<i64>,
+    pub(crate) tokens_delta: NonNegative<i64>,
+    pub(crate) errors: Vec<BatchError>,
+    pub(crate) model_switches: Vec<ModelSwitch>,
     /// Set when the caller may retry this report: a repeat is then
     /// answered without being applied again.
-    pub idempotency: Option<Idempotency>,
+    pub(crate) idempotency: Option<Idempotency>,
 }
 
 /// A batch's whole state as its owner holds it (the legacy dashboard's
@@ -243,34 +243,34 @@ pub struct Progress {
 /// stored batch is ahead of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Save {
-    pub batch_id: BatchId,
+    pub(crate) batch_id: BatchId,
     /// What a create of this batch would hold; used only if it is absent.
-    pub created: NewBatch,
+    pub(crate) created: NewBatch,
     /// RUNNING, or the state to finish in.
-    pub state: State,
-    pub current_model: Label,
-    pub samples_generated: NonNegative<i64>,
-    pub total_tokens: NonNegative<i64>,
+    pub(crate) state: State,
+    pub(crate) current_model: Label,
+    pub(crate) samples_generated: NonNegative<i64>,
+    pub(crate) total_tokens: NonNegative<i64>,
     /// The newest errors, as storage keeps them.
-    pub errors: Vec<BatchError>,
+    pub(crate) errors: Vec<BatchError>,
     /// Every error so far, including any no longer in `errors`.
-    pub error_count: i64,
+    pub(crate) error_count: i64,
     /// The newest model switches, as storage keeps them.
-    pub model_switches: Vec<ModelSwitch>,
+    pub(crate) model_switches: Vec<ModelSwitch>,
     /// Every model switch so far.
-    pub switch_count: i64,
+    pub(crate) switch_count: i64,
     /// With a final state; `None` means now, by the database's clock.
-    pub end_time: Option<Timestamp>,
+    pub(crate) end_time: Option<Timestamp>,
 }
 
 /// The end of a running batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
-    pub batch_id: BatchId,
-    pub state: TerminalState,
+    pub(crate) batch_id: BatchId,
+    pub(crate) state: TerminalState,
     /// `None` means now, by the database's clock.
-    pub end_time: Option<Timestamp>,
-    pub error: Option<BatchError>,
+    pub(crate) end_time: Option<Timestamp>,
+    pub(crate) error: Option<BatchError>,
 }
 
 #[cfg(test)]

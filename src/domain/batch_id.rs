@@ -14,10 +14,10 @@ pub struct BatchId(String);
 
 impl BatchId {
     /// Longest id, in characters.
-    pub const MAX_LEN: usize = 100;
+    pub(crate) const MAX_LEN: usize = 100;
 
     /// Accepts `value` if it has the contract's length and character set.
-    pub fn parse(value: String) -> Result<Self, InvalidValue> {
+    pub(crate) fn parse(value: String) -> Result<Self, InvalidValue> {
         if value.is_empty() {
             return Err(InvalidValue("is required".into()));
         }
@@ -40,17 +40,17 @@ impl BatchId {
 
     /// A fresh id in the legacy dashboard's format,
     /// `batch_<unix seconds>_<8 lowercase hex>`.
-    pub fn generate(now: Timestamp) -> Self {
+    pub(crate) fn generate(now: Timestamp) -> Self {
         // The OS random source failing is unrecoverable for the whole process.
         let suffix = getrandom::u32().expect("operating system random source failed");
         Self(format!("batch_{}_{suffix:08x}", now.as_second()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
-    pub fn into_string(self) -> String {
+    pub(crate) fn into_string(self) -> String {
         self.0
     }
 }

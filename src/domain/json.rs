@@ -5,12 +5,12 @@ use serde_json::{Map, Value};
 use super::InvalidValue;
 
 /// Largest object, in bytes of compact JSON.
-pub const MAX_JSON_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_JSON_BYTES: usize = 64 * 1024;
 /// Deepest nesting of objects and arrays.
-pub const MAX_JSON_DEPTH: usize = 32;
+pub(crate) const MAX_JSON_DEPTH: usize = 32;
 
 /// Bytes of `value` as compact JSON, counted without writing them out.
-pub fn json_len(value: &impl serde::Serialize) -> Result<usize, serde_json::Error> {
+pub(crate) fn json_len(value: &impl serde::Serialize) -> Result<usize, serde_json::Error> {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -31,11 +31,11 @@ pub fn json_len(value: &impl serde::Serialize) -> Result<usize, serde_json::Erro
 /// key or string.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
-pub struct JsonObject(Map<String, Value>);
+pub(crate) struct JsonObject(Map<String, Value>);
 
 impl JsonObject {
     /// Accepts `object` if it fits the limits above.
-    pub fn parse(object: Map<String, Value>) -> Result<Self, InvalidValue> {
+    pub(crate) fn parse(object: Map<String, Value>) -> Result<Self, InvalidValue> {
         check_object(&object, 1)?;
         let size = json_len(&object)
             .map_err(|e| InvalidValue(format!("is not representable as JSON: {e}")))?;
@@ -47,22 +47,22 @@ impl JsonObject {
         Ok(Self(object))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn as_map(&self) -> &Map<String, Value> {
+    pub(crate) fn as_map(&self) -> &Map<String, Value> {
         &self.0
     }
 
-    pub fn into_map(self) -> Map<String, Value> {
+    pub(crate) fn into_map(self) -> Map<String, Value> {
         self.0
     }
 
     /// Equality as JSON values, where `1` and `1.0` are the same number:
     /// protobuf's Struct carries every number as a double, while `jsonb` hands
     /// back integers as integers.
-    pub fn same_as(&self, other: &Map<String, Value>) -> bool {
+    pub(crate) fn same_as(&self, other: &Map<String, Value>) -> bool {
         same_objects(&self.0, other)
     }
 }

@@ -45,19 +45,19 @@ macro_rules! label_filter_types {
 
         impl LabelFilters {
             /// Each filter's name, title and wanted text, in the list's order.
-            pub fn each(&self) -> impl Iterator<Item = (&'static str, &'static str, Option<&Label>)> {
+            pub(crate) fn each(&self) -> impl Iterator<Item = (&'static str, &'static str, Option<&Label>)> {
                 [$((stringify!($name), $title, self.$name.as_ref())),*].into_iter()
             }
 
             /// The filters from a lookup by name.
-            pub fn try_from_names<E>(
+            pub(crate) fn try_from_names<E>(
                 mut wanted: impl FnMut(&'static str) -> Result<Option<Label>, E>,
             ) -> Result<Self, E> {
                 Ok(Self { $($name: wanted(stringify!($name))?,)* })
             }
 
             /// Whether every filter keeps a batch with these `labels`.
-            pub fn keep(&self, labels: Labels<'_>) -> bool {
+            pub(crate) fn keep(&self, labels: Labels<'_>) -> bool {
                 $(self.$name.as_ref().is_none_or(|wanted| wanted.as_str() == labels.$name))&&*
             }
         }
@@ -79,12 +79,12 @@ with_label_filters!(label_filter_types);
 pub struct BatchFilter {
     /// Any of these; a set, so that the same states in any order or
     /// repeated make the same listing.
-    pub states: BTreeSet<State>,
-    pub labels: LabelFilters,
+    pub(crate) states: BTreeSet<State>,
+    pub(crate) labels: LabelFilters,
     /// Inclusive.
-    pub started_after: Option<Timestamp>,
+    pub(crate) started_after: Option<Timestamp>,
     /// Exclusive.
-    pub started_before: Option<Timestamp>,
+    pub(crate) started_before: Option<Timestamp>,
 }
 
 /// What a [`BatchFilter`] looks at in a batch: enough to filter a batch
@@ -98,7 +98,7 @@ pub struct Facets<'a> {
 
 impl Batch {
     /// The parts of this batch that filters look at.
-    pub fn facets(&self) -> Facets<'_> {
+    pub(crate) fn facets(&self) -> Facets<'_> {
         Facets {
             state: self.state,
             labels: labels_of!(self),
@@ -114,12 +114,12 @@ impl BatchFilter {
     }
 
     /// Whether this filter's states keep `state`.
-    pub fn matches_state(&self, state: State) -> bool {
+    pub(crate) fn matches_state(&self, state: State) -> bool {
         self.states.is_empty() || self.states.contains(&state)
     }
 
     /// Whether this filter keeps a batch in some state.
-    pub fn matches_all_but_state(&self, batch: Facets<'_>) -> bool {
+    pub(crate) fn matches_all_but_state(&self, batch: Facets<'_>) -> bool {
         self.labels.keep(batch.labels)
             && self
                 .started_after
@@ -171,11 +171,11 @@ pub enum Order {
 pub struct PageSize(u16);
 
 impl PageSize {
-    pub const DEFAULT: u16 = 50;
-    pub const MAX: u16 = 1_000;
+    pub(crate) const DEFAULT: u16 = 50;
+    pub(crate) const MAX: u16 = 1_000;
 
     /// 0 means the default, more than the maximum means the maximum.
-    pub fn parse(requested: i32) -> Result<Self, InvalidValue> {
+    pub(crate) fn parse(requested: i32) -> Result<Self, InvalidValue> {
         match requested {
             ..0 => Err(InvalidValue("must be zero or more".into())),
             0 => Ok(Self::standard()),
@@ -184,16 +184,16 @@ impl PageSize {
     }
 
     /// The page size of a request that names none.
-    pub const fn standard() -> Self {
+    pub(crate) const fn standard() -> Self {
         Self(Self::DEFAULT)
     }
 
     /// The largest page.
-    pub const fn largest() -> Self {
+    pub(crate) const fn largest() -> Self {
         Self(Self::MAX)
     }
 
-    pub fn get(self) -> u16 {
+    pub(crate) fn get(self) -> u16 {
         self.0
     }
 }
@@ -201,15 +201,15 @@ impl PageSize {
 /// Position after the last batch of a page: listings continue strictly past it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
-    pub start_time: Timestamp,
-    pub batch_id: BatchId,
+    pub(crate) start_time: Timestamp,
+    pub(crate) batch_id: BatchId,
 }
 
 impl Cursor {
     const VERSION: u8 = 1;
 
     /// The cursor that continues after `batch`.
-    pub fn after(batch: &Batch) -> Self {
+    pub(crate) fn after(batch: &Batch) -> Self {
         Self {
             start_time: batch.start_time,
             batch_id: batch.batch_id.clone(),
@@ -217,7 +217,7 @@ impl Cursor {
     }
 
     /// An opaque page token for this cursor, bound to the listing that made it.
-    pub fn to_token(&self, filter: &BatchFilter, order: Order) -> String {
+    pub(crate) fn to_token(&self, filter: &BatchFilter, order: Order) -> String {
         let id = self.batch_id.as_str().as_bytes();
         let mut bytes = Vec::with_capacity(1 + 8 + 8 + 1 + id.len() + 8);
         bytes.push(Self::VERSION);
@@ -234,7 +234,7 @@ impl Cursor {
     /// Reads a token made by [`Cursor::to_token`] for the same listing.
     /// Tokens are checked for damage and for the listing they belong to; they
     /// are not secret, and a forged one can only move where a page starts.
-    pub fn from_token(
+    pub(crate) fn from_token(
         token: &str,
         filter: &BatchFilter,
         order: Order,
@@ -275,12 +275,12 @@ impl Cursor {
 /// One page of a listing request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListQuery {
-    pub filter: BatchFilter,
-    pub order: Order,
-    pub page_size: PageSize,
+    pub(crate) filter: BatchFilter,
+    pub(crate) order: Order,
+    pub(crate) page_size: PageSize,
     /// `None` for the first page.
-    pub after: Option<Cursor>,
-    pub detail: Detail,
+    pub(crate) after: Option<Cursor>,
+    pub(crate) detail: Detail,
 }
 
 /// How much of each batch a listing reads.
@@ -295,9 +295,9 @@ pub enum Detail {
 /// One page of batches, and where the next one starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
-    pub batches: Vec<Batch>,
+    pub(crate) batches: Vec<Batch>,
     /// `None` on the last page.
-    pub next: Option<Cursor>,
+    pub(crate) next: Option<Cursor>,
 }
 
 fn listing_fingerprint(filter: &BatchFilter, order: Order) -> u64 {

@@ -15,15 +15,15 @@ pub use batch::{
     MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Progress, Save,
     State, TerminalState, keep_newest,
 };
-pub use batch_id::BatchId;
-pub use json::{JsonObject, MAX_JSON_BYTES, MAX_JSON_DEPTH};
-pub(crate) use list::{labels_of, with_label_filters};
+pub(crate) use batch_id::BatchId;
+pub(crate) use json::JsonObject;
 pub use list::{
     BatchFilter, Cursor, Detail, Facets, LabelFilters, Labels, ListQuery, Order, Page, PageSize,
 };
-pub use request_id::{Idempotency, RequestId};
-pub use stats::{BatchStats, ModelStats, StatsGroup};
-pub use text::{Label, Prose};
+pub(crate) use list::{labels_of, with_label_filters};
+pub(crate) use request_id::{Idempotency, RequestId};
+pub(crate) use stats::{BatchStats, StatsGroup};
+pub(crate) use text::{Label, Prose};
 pub use upkeep::{Purge, StaleThreshold};
 
 /// Why a value was rejected, before it is known which request field held it.
@@ -33,7 +33,7 @@ pub struct InvalidValue(pub String);
 
 impl InvalidValue {
     /// Names the request field that held the value.
-    pub fn at(self, field: impl Into<String>) -> FieldViolation {
+    pub(crate) fn at(self, field: impl Into<String>) -> FieldViolation {
         FieldViolation {
             field: field.into(),
             description: self.0,
@@ -46,7 +46,7 @@ impl InvalidValue {
 #[error("{field}: {description}")]
 pub struct FieldViolation {
     /// Path of the field in the request, e.g. `batch.metadata` or `errors[2].message`.
-    pub field: String,
+    pub(crate) field: String,
     /// What is wrong with it, in words a caller can act on.
-    pub description: String,
+    pub(crate) description: String,
 }

@@ -11,7 +11,7 @@ pub struct RequestId(String);
 
 impl RequestId {
     /// Accepts the 36-character hyphenated form of a UUID, in either case.
-    pub fn parse(value: &str) -> Result<Self, InvalidValue> {
+    pub(crate) fn parse(value: &str) -> Result<Self, InvalidValue> {
         let well_formed = value.len() == 36
             && value.char_indices().all(|(at, c)| match at {
                 8 | 13 | 18 | 23 => c == '-',
@@ -25,7 +25,7 @@ impl RequestId {
         Ok(Self(value.to_ascii_lowercase()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -39,10 +39,10 @@ impl fmt::Display for RequestId {
 /// A request id and a digest of the request it came with, so that a retry
 /// is told from a different request that reuses the id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Idempotency {
-    pub request_id: RequestId,
+pub(crate) struct Idempotency {
+    pub(crate) request_id: RequestId,
     /// SHA-256 of the request as sent, request id left out.
-    pub fingerprint: [u8; 32],
+    pub(crate) fingerprint: [u8; 32],
 }
 
 #[cfg(test)]

@@ -6,34 +6,34 @@ use super::State;
 
 /// Totals over a set of batches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    pub batch_count: i64,
-    pub samples_generated: i64,
-    pub total_tokens: i64,
-    pub by_state: BTreeMap<State, i64>,
+pub(crate) struct BatchStats {
+    pub(crate) batch_count: i64,
+    pub(crate) samples_generated: i64,
+    pub(crate) total_tokens: i64,
+    pub(crate) by_state: BTreeMap<State, i64>,
     /// Most batches first.
-    pub by_model: Vec<ModelStats>,
+    pub(crate) by_model: Vec<ModelStats>,
 }
 
 /// Totals for one provider and model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ModelStats {
-    pub provider: String,
-    pub model: String,
-    pub batch_count: i64,
-    pub samples_generated: i64,
-    pub total_tokens: i64,
+pub(crate) struct ModelStats {
+    pub(crate) provider: String,
+    pub(crate) model: String,
+    pub(crate) batch_count: i64,
+    pub(crate) samples_generated: i64,
+    pub(crate) total_tokens: i64,
 }
 
 /// One group of batches sharing state, provider and model.
 #[derive(Debug, Clone)]
-pub struct StatsGroup {
-    pub state: State,
-    pub provider: String,
-    pub model: String,
-    pub batch_count: i64,
-    pub samples_generated: i64,
-    pub total_tokens: i64,
+pub(crate) struct StatsGroup {
+    pub(crate) state: State,
+    pub(crate) provider: String,
+    pub(crate) model: String,
+    pub(crate) batch_count: i64,
+    pub(crate) samples_generated: i64,
+    pub(crate) total_tokens: i64,
 }
 
 impl FromIterator<StatsGroup> for BatchStats {

@@ -12,10 +12,10 @@ pub struct Label(String);
 
 impl Label {
     /// Longest label, in characters.
-    pub const MAX_CHARS: usize = 256;
+    pub(crate) const MAX_CHARS: usize = 256;
 
     /// Accepts `value` if it is short and free of control characters.
-    pub fn parse(value: String) -> Result<Self, InvalidValue> {
+    pub(crate) fn parse(value: String) -> Result<Self, InvalidValue> {
         if value.chars().count() > Self::MAX_CHARS {
             return Err(InvalidValue(format!(
                 "must be at most {} characters",
@@ -29,7 +29,7 @@ impl Label {
     }
 
     /// The label, or `None` when it is empty (an unset proto3 string).
-    pub fn parse_optional(value: String) -> Result<Option<Self>, InvalidValue> {
+    pub(crate) fn parse_optional(value: String) -> Result<Option<Self>, InvalidValue> {
         if value.is_empty() {
             Ok(None)
         } else {
@@ -37,11 +37,11 @@ impl Label {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
-    pub fn into_string(self) -> String {
+    pub(crate) fn into_string(self) -> String {
         self.0
     }
 }
@@ -50,14 +50,14 @@ impl Label {
 /// UTF-8, line breaks allowed, no NUL (PostgreSQL cannot store it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Prose(String);
+pub(crate) struct Prose(String);
 
 impl Prose {
     /// Longest text, in bytes of UTF-8.
-    pub const MAX_BYTES: usize = 64 * 1024;
+    pub(crate) const MAX_BYTES: usize = 64 * 1024;
 
     /// Accepts `value` if it fits and holds no NUL.
-    pub fn parse(value: String) -> Result<Self, InvalidValue> {
+    pub(crate) fn parse(value: String) -> Result<Self, InvalidValue> {
         if value.len() > Self::MAX_BYTES {
             return Err(InvalidValue(format!(
                 "must be at most {} bytes",
@@ -70,11 +70,11 @@ impl Prose {
         Ok(Self(value))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
-    pub fn into_string(self) -> String {
+    pub(crate) fn into_string(self) -> String {
         self.0
     }
 }

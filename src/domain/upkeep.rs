@@ -9,9 +9,9 @@ use super::{InvalidValue, State};
 pub struct StaleThreshold(Duration);
 
 impl StaleThreshold {
-    pub const MIN: Duration = Duration::from_secs(1);
+    pub(crate) const MIN: Duration = Duration::from_secs(1);
     /// Ten years: PostgreSQL must be able to subtract it from now.
-    pub const MAX: Duration = Duration::from_secs(3_650 * 86_400);
+    pub(crate) const MAX: Duration = Duration::from_secs(3_650 * 86_400);
 
     /// Accepts `value` between [`Self::MIN`] and [`Self::MAX`].
     pub fn parse(value: Duration) -> Result<Self, InvalidValue> {
@@ -24,7 +24,7 @@ impl StaleThreshold {
         }
     }
 
-    pub fn get(self) -> Duration {
+    pub(crate) fn get(self) -> Duration {
         self.0
     }
 }
@@ -33,10 +33,10 @@ impl StaleThreshold {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purge {
     /// Batches that ended before this.
-    pub older_than: jiff::Timestamp,
+    pub(crate) older_than: jiff::Timestamp,
     /// Final states only; never empty.
-    pub states: Vec<State>,
-    pub dry_run: bool,
+    pub(crate) states: Vec<State>,
+    pub(crate) dry_run: bool,
 }
 
 #[cfg(test)]

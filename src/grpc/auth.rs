@@ -8,13 +8,13 @@ use tonic::{Request, Status, service::Interceptor};
 /// token is configured; admits everything otherwise. Health and reflection
 /// are not behind it, so probes and grpcurl listings keep working.
 #[derive(Clone, Default)]
-pub struct BearerAuth {
+pub(crate) struct BearerAuth {
     token: Option<Arc<[u8]>>,
 }
 
 impl BearerAuth {
     /// `None` (or an empty token) turns authentication off.
-    pub fn new(token: Option<&str>) -> Self {
+    pub(crate) fn new(token: Option<&str>) -> Self {
         Self {
             token: token
                 .filter(|token| !token.is_empty())

@@ -13,17 +13,17 @@ use tonic::metadata::MetadataMap;
 
 /// When a request reached the service, before any of it was read.
 #[derive(Debug, Clone, Copy)]
-pub struct Arrival(Instant);
+pub(crate) struct Arrival(Instant);
 
 /// Stamps each request with its arrival time; meant for a
 /// `tower::util::MapRequestLayer` around the server.
-pub fn stamp_arrival<B>(mut request: http::Request<B>) -> http::Request<B> {
+pub(crate) fn stamp_arrival<B>(mut request: http::Request<B>) -> http::Request<B> {
     request.extensions_mut().insert(Arrival(Instant::now()));
     request
 }
 
 /// The instant by which the caller wants an answer, if it set one.
-pub fn deadline(arrival: Option<&Arrival>, metadata: &MetadataMap) -> Option<Instant> {
+pub(crate) fn deadline(arrival: Option<&Arrival>, metadata: &MetadataMap) -> Option<Instant> {
     let timeout = metadata.get("grpc-timeout")?.to_str().ok()?;
     Some(arrival?.0 + parse_timeout(timeout)?)
 }

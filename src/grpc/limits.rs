@@ -9,17 +9,17 @@ use crate::proto;
 
 /// Largest request message accepted: room for a progress report with
 /// hundreds of large errors, far from what would strain the server.
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest response the service sends: the 4 MiB a gRPC client accepts by
 /// default, less room for framing.
-pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024 - 64 * 1024;
 
 /// Converts `batches`, in order, while they fit in one response of
 /// [`MAX_RESPONSE_BYTES`] (the first one always fits: a stored batch is far
 /// smaller). Returns them, and the cursor after the last one if some had to
 /// be left out.
-pub fn fit_batches(batches: Vec<Batch>) -> (Vec<proto::Batch>, Option<Cursor>) {
+pub(crate) fn fit_batches(batches: Vec<Batch>) -> (Vec<proto::Batch>, Option<Cursor>) {
     let mut fitted = Vec::with_capacity(batches.len());
     let mut bytes = 0;
     let mut last: Option<Cursor> = None;
@@ -46,7 +46,7 @@ pub fn fit_batches(batches: Vec<Batch>) -> (Vec<proto::Batch>, Option<Cursor>) {
 /// INVALID_ARGUMENT. Meant for a `tower::util::MapResponseLayer` around the
 /// server; only trailers-only responses (where a decoding failure lands)
 /// carry the status in their headers.
-pub fn remap_decoding_errors(
+pub(crate) fn remap_decoding_errors(
     mut response: Response<tonic::body::Body>,
 ) -> Response<tonic::body::Body> {
     let headers = response.headers_mut();

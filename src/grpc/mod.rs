@@ -8,7 +8,7 @@ mod limits;
 mod service;
 mod status;
 
-pub use auth::BearerAuth;
-pub use deadline::stamp_arrival;
-pub use limits::{MAX_REQUEST_BYTES, remap_decoding_errors};
-pub use service::{BatchHistoryService, REQUEST_ID};
+pub(crate) use auth::BearerAuth;
+pub(crate) use deadline::stamp_arrival;
+pub(crate) use limits::{MAX_REQUEST_BYTES, remap_decoding_errors};
+pub(crate) use service::BatchHistoryService;

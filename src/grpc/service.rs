@@ -38,14 +38,15 @@ use crate::watch::{self, Hub};
 use tonic::codegen::tokio_stream::{Stream, StreamExt};
 
 /// A watch RPC's stream of events, as sent.
-pub type BatchEventStream = Pin<Box<dyn Stream<Item = Result<proto::BatchEvent, Status>> + Send>>;
+pub(crate) type BatchEventStream =
+    Pin<Box<dyn Stream<Item = Result<proto::BatchEvent, Status>> + Send>>;
 
 /// Metadata key of the request id, read from requests and set on responses.
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// The service, backed by a [`Store`].
 #[derive(Clone)]
-pub struct BatchHistoryService {
+pub(crate) struct BatchHistoryService {
     store: Store,
     metrics: Arc<Metrics>,
     hub: Hub,
@@ -54,7 +55,7 @@ pub struct BatchHistoryService {
 }
 
 impl BatchHistoryService {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         metrics: Arc<Metrics>,
         hub: Hub,

@@ -32,7 +32,7 @@ impl From<StoreError> for Status {
 /// How the caller of a call that may or may not have been applied can try
 /// again without harm: each write RPC has its own way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
+pub(crate) enum Retry {
     /// A read: nothing to apply.
     Read,
     /// CreateBatch: a create already applied returns the stored batch.
@@ -66,7 +66,7 @@ impl Retry {
 }
 
 /// The status of a write's store error, with advice on retrying it.
-pub fn write(retry: Retry) -> impl Fn(StoreError) -> Status {
+pub(crate) fn write(retry: Retry) -> impl Fn(StoreError) -> Status {
     move |error| status(error, retry)
 }
 
@@ -145,14 +145,14 @@ mod episodes {
     use crate::telemetry::cause_chain;
 
     /// How long the same kind of failure stays quiet after it was logged.
-    pub const QUIET: Duration = Duration::from_secs(30);
+    pub(crate) const QUIET: Duration = Duration::from_secs(30);
 
     /// When a kind was last logged, and the calls it failed since.
     type Seen = HashMap<&'static str, (Option<Instant>, u64)>;
 
     static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
 
-    pub fn report(kind: &'static str, error: &StoreError) {
+    pub(crate) fn report(kind: &'static str, error: &StoreError) {
         let now = Instant::now();
         let mut seen = SEEN
             .lock()
@@ -180,7 +180,7 @@ mod episodes {
 
 /// The status of a store error of a call whose request gives the end time in
 /// `end_time_field`.
-pub fn ending_at(end_time_field: &'static str) -> impl Fn(StoreError) -> Status {
+pub(crate) fn ending_at(end_time_field: &'static str) -> impl Fn(StoreError) -> Status {
     move |error| match error {
         StoreError::EndBeforeStart => FieldViolation {
             field: end_time_field.into(),

@@ -205,25 +205,25 @@ impl Drop for PrivateCopy {
 
 /// What reading a file found, besides the batches it delivered.
 #[derive(Debug, Default)]
-pub struct Mapped {
-    pub rows_read: u64,
+pub(crate) struct Mapped {
+    pub(crate) rows_read: u64,
     /// Every problem of every row that cannot be imported.
-    pub problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
     /// JSON columns that held text which is not JSON, kept verbatim.
-    pub raw_json_kept: u64,
+    pub(crate) raw_json_kept: u64,
     /// Times without an offset that the clocks going back made ambiguous,
     /// resolved as [`LegacyTime`] explains.
-    pub ambiguous_times: u64,
+    pub(crate) ambiguous_times: u64,
     /// Times without an offset that fell in the hour the clocks skipped,
     /// moved forward by it.
-    pub skipped_times: u64,
+    pub(crate) skipped_times: u64,
 }
 
 /// Reads and maps every row of `path`'s `batch_history`, interpreting times
 /// without an offset in `zone`, and hands each batch that has no problem to
 /// `deliver`. Stops early if `deliver` returns false. The file is opened
 /// read-only.
-pub fn read(
+pub(crate) fn read(
     path: &Path,
     zone: &TimeZone,
     mut deliver: impl FnMut(Batch) -> bool,
@@ -266,11 +266,11 @@ pub fn read(
 pub(super) struct Reader<'z> {
     zone: &'z TimeZone,
     seen: HashSet<BatchId>,
-    pub mapped: Mapped,
+    pub(crate) mapped: Mapped,
 }
 
 impl<'z> Reader<'z> {
-    pub fn new(zone: &'z TimeZone) -> Self {
+    pub(crate) fn new(zone: &'z TimeZone) -> Self {
         Self {
             zone,
             seen: HashSet::new(),
@@ -280,7 +280,7 @@ impl<'z> Reader<'z> {
 
     /// The batch of one row, or `None` if the row cannot be imported (its
     /// problems are recorded).
-    pub fn row(&mut self, cells: &[Cell<'_>; COLUMNS]) -> Option<Batch> {
+    pub(crate) fn row(&mut self, cells: &[Cell<'_>; COLUMNS]) -> Option<Batch> {
         self.mapped.rows_read += 1;
         let mut mapper = RowMapper {
             row_id: match cells[0] {
@@ -741,7 +741,7 @@ impl LegacyTime {
     }
 
     /// The earliest candidate not before `start`; the later one if both are.
-    pub fn earliest_from(self, start: Option<Timestamp>) -> Timestamp {
+    pub(crate) fn earliest_from(self, start: Option<Timestamp>) -> Timestamp {
         match (self, start) {
             (Self::Ambiguous { earlier, later }, Some(start)) if earlier < start => later,
             (Self::Ambiguous { earlier, .. }, _) => earlier,

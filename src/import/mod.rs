@@ -38,7 +38,7 @@ pub enum Source {
 
 impl Source {
     /// How the report names the source; never with a password.
-    pub fn shown(&self) -> String {
+    pub(crate) fn shown(&self) -> String {
         match self {
             Self::Sqlite(path) => path.display().to_string(),
             Self::Postgres { shown, .. } => shown.clone(),
@@ -63,7 +63,7 @@ pub struct Problem {
     /// The legacy `id` of the row.
     pub row_id: i64,
     pub column: &'static str,
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// What an import found and did. Every row read is counted once: `rows_read`
@@ -71,7 +71,7 @@ pub struct Problem {
 /// `invalid`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub path: String,
+    pub(crate) path: String,
     pub dry_run: bool,
     /// What conflicts do to the import (`fail` or `skip` in JSON).
     pub on_conflict: OnConflict,
@@ -98,8 +98,8 @@ pub struct Report {
     /// What most likely caused the conflicts, when something does.
     pub hint: Option<String>,
     pub committed: bool,
-    pub elapsed_seconds: f64,
-    pub rows_per_second: f64,
+    pub(crate) elapsed_seconds: f64,
+    pub(crate) rows_per_second: f64,
 }
 
 impl Report {

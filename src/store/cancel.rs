@@ -23,14 +23,18 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends cancel requests the way the path to PostgreSQL needs.
 #[derive(Clone)]
-pub struct Canceller {
+pub(crate) struct Canceller {
     tls: MakeRustlsConnect,
     /// Where the transaction pooler listens, when there is one.
     pooler: Option<Arc<[(Host, u16)]>>,
 }
 
 impl Canceller {
-    pub fn new(tls: MakeRustlsConnect, config: &tokio_postgres::Config, pooling: Pooling) -> Self {
+    pub(crate) fn new(
+        tls: MakeRustlsConnect,
+        config: &tokio_postgres::Config,
+        pooling: Pooling,
+    ) -> Self {
         let pooler = (pooling == Pooling::Transaction).then(|| {
             let ports = config.get_ports();
             config
@@ -49,7 +53,7 @@ impl Canceller {
     /// Asks the server to cancel whatever statement `token`'s connection
     /// runs. If the request cannot be delivered, the statement's own result
     /// (or its absence) still decides, so failures are not reported.
-    pub async fn cancel(&self, token: CancelToken) {
+    pub(crate) async fn cancel(&self, token: CancelToken) {
         match &self.pooler {
             None => {
                 let _ = token.cancel_query(self.tls.clone()).await;

@@ -22,14 +22,14 @@ pub enum Notice {
 /// A deleted batch, as its deletion announced it: enough to filter on.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DeletedBatch {
-    pub batch_id: BatchId,
+    pub(crate) batch_id: BatchId,
     #[serde(deserialize_with = "state_by_name")]
-    pub state: State,
-    pub provider: String,
-    pub model: String,
-    pub topic_filter: String,
-    pub difficulty_filter: String,
-    pub start_time: Timestamp,
+    pub(crate) state: State,
+    pub(crate) provider: String,
+    pub(crate) model: String,
+    pub(crate) topic_filter: String,
+    pub(crate) difficulty_filter: String,
+    pub(crate) start_time: Timestamp,
 }
 
 #[cfg(test)]
@@ -63,7 +63,10 @@ pub struct ChangeListener {
 impl ChangeListener {
     /// Connects over `database`'s session connection and listens, holding
     /// up to `capacity` notifications not yet taken.
-    pub async fn listen(database: &DatabaseConfig, capacity: usize) -> Result<Self, StoreError> {
+    pub(crate) async fn listen(
+        database: &DatabaseConfig,
+        capacity: usize,
+    ) -> Result<Self, StoreError> {
         let connect = database.session().connect(connector()?);
         let (client, mut connection) = tokio::time::timeout(database.timeout, connect)
             .await
@@ -90,7 +93,7 @@ impl ChangeListener {
 
     /// A round trip on the listening connection, answered within `within`:
     /// proof that the database still serves it, so silence means no changes.
-    pub async fn heartbeat(&self, within: std::time::Duration) -> Result<(), StoreError> {
+    pub(crate) async fn heartbeat(&self, within: std::time::Duration) -> Result<(), StoreError> {
         tokio::time::timeout(within, self.client.batch_execute("SELECT 1"))
             .await
             .map_err(|_| StoreError::TimedOut(within))??;
@@ -99,7 +102,7 @@ impl ChangeListener {
 
     /// The next notice, waiting for one; an error once the connection is
     /// gone.
-    pub async fn next(&mut self) -> Result<Notice, StoreError> {
+    pub(crate) async fn next(&mut self) -> Result<Notice, StoreError> {
         loop {
             let payload = self.payloads.recv().await.ok_or_else(|| {
                 StoreError::internal("listening for changes", "the connection closed")
@@ -111,7 +114,7 @@ impl ChangeListener {
     }
 
     /// The next notice already received, if any.
-    pub fn try_next(&mut self) -> Option<Notice> {
+    pub(crate) fn try_next(&mut self) -> Option<Notice> {
         while let Ok(payload) = self.payloads.try_recv() {
             if let Some(notice) = read(&payload) {
                 return Some(notice);

@@ -28,13 +28,13 @@ pub enum Pooling {
 }
 
 /// A pooled connection as a store operation uses it.
-pub struct Connection<'c> {
+pub(crate) struct Connection<'c> {
     client: &'c Client,
     pooling: Pooling,
 }
 
 impl<'c> Connection<'c> {
-    pub fn new(client: &'c Client, pooling: Pooling) -> Self {
+    pub(crate) fn new(client: &'c Client, pooling: Pooling) -> Self {
         Self { client, pooling }
     }
 
@@ -97,7 +97,7 @@ impl<'c> Connection<'c> {
     }
 
     /// Runs `text`, which takes no parameters, over the simple protocol.
-    pub async fn simple(&self, text: &str) -> Result<(), StoreError> {
+    pub(crate) async fn simple(&self, text: &str) -> Result<(), StoreError> {
         self.client.simple_query(text).await?;
         Ok(())
     }

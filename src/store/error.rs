@@ -182,7 +182,7 @@ fn is_unavailable_class(error: &tokio_postgres::Error) -> bool {
 
 /// Failures of the database's making, by SQLSTATE class, since the process
 /// started: the metrics show them (`batch_history_database_errors_total`).
-pub mod database_errors {
+pub(crate) mod database_errors {
     use std::{collections::BTreeMap, sync::Mutex};
 
     static COUNTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
@@ -195,7 +195,7 @@ pub mod database_errors {
     }
 
     /// Every class seen, with its count.
-    pub fn by_class() -> Vec<(String, u64)> {
+    pub(crate) fn by_class() -> Vec<(String, u64)> {
         let counts = COUNTS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -14,16 +14,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connections writes to one batch may hold at once: one running, one ready
 /// to run as soon as the row lock passes.
-pub const CONNECTIONS_PER_BATCH: usize = 2;
+pub(crate) const CONNECTIONS_PER_BATCH: usize = 2;
 
 /// Per-batch semaphores, kept only while someone holds or awaits one.
 #[derive(Clone, Default)]
-pub struct HotRows {
+pub(crate) struct HotRows {
     batches: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 /// The right to hold a connection for writes to one batch.
-pub struct WritePermit {
+pub(crate) struct WritePermit {
     batch_id: String,
     semaphore: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
@@ -32,7 +32,7 @@ pub struct WritePermit {
 
 impl HotRows {
     /// Waits until a write to `batch_id` may take a connection.
-    pub async fn acquire(&self, batch_id: &str) -> WritePermit {
+    pub(crate) async fn acquire(&self, batch_id: &str) -> WritePermit {
         let semaphore = self
             .batches
             .lock()

@@ -26,21 +26,21 @@ pub enum OnConflict {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOutcome {
     /// Batches written (or that would be, had the load been committed).
-    pub imported: u64,
+    pub(crate) imported: u64,
     /// Batches stored with the same content.
-    pub already_present: u64,
+    pub(crate) already_present: u64,
     /// Batches an earlier import wrote, with the same content as now, that
     /// the service has changed (or deleted) since: left as they are.
-    pub changed_since_import: u64,
+    pub(crate) changed_since_import: u64,
     /// Batches stored with other content that no import of this content
     /// explains: a file row that differs from what was imported from it, or
     /// an id the service created with other content.
-    pub conflicts: Vec<BatchId>,
+    pub(crate) conflicts: Vec<BatchId>,
     /// Conflicts whose stored batch differs only in times, by whole hours:
     /// the mark of a wrong source time zone.
-    pub conflicts_shifted_by_hours: u64,
+    pub(crate) conflicts_shifted_by_hours: u64,
     /// Whether the transaction was committed.
-    pub committed: bool,
+    pub(crate) committed: bool,
 }
 
 const STAGE: &str = "CREATE TEMPORARY TABLE import_batches (LIKE batches) ON COMMIT DROP";
@@ -161,7 +161,7 @@ pub struct BulkLoad {
 
 impl BulkLoad {
     /// Connects, opens the transaction and starts the COPY.
-    pub async fn begin(config: &DatabaseConfig) -> Result<Self, StoreError> {
+    pub(crate) async fn begin(config: &DatabaseConfig) -> Result<Self, StoreError> {
         let (client, connection) = tokio::time::timeout(
             config.timeout,
             config.session().connect(super::connector()?),
@@ -191,7 +191,7 @@ impl BulkLoad {
     }
 
     /// Stages one batch.
-    pub async fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    pub(crate) async fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
         self.writer
             .as_mut()
             .write(&[
@@ -223,7 +223,7 @@ impl BulkLoad {
     /// Sorts the staged batches against the stored ones and writes those
     /// not stored yet, then commits if `commit` says so given what was
     /// found, else rolls everything back.
-    pub async fn finish(
+    pub(crate) async fn finish(
         mut self,
         commit: impl FnOnce(&LoadOutcome) -> bool,
     ) -> Result<LoadOutcome, StoreError> {
@@ -273,7 +273,7 @@ impl BulkLoad {
     }
 
     /// Gives up: nothing is written.
-    pub async fn abandon(self) {
+    pub(crate) async fn abandon(self) {
         self.close().await;
     }
 

@@ -30,7 +30,7 @@ use super::{cancel::Canceller, hot_rows::WritePermit};
 /// How long a statement cancelled at its deadline is given to report how it
 /// ended before its outcome is declared unknown (it is still cancelled, in
 /// the background, until it has ended).
-pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
 /// The first wait for a cancelled statement to end before cancelling again;
 /// it doubles up to [`MAX_CANCEL_INTERVAL`].
@@ -44,7 +44,7 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 /// Connections lent to operations, and those whose statement is still being
 /// cancelled after its operation gave up on it.
 #[derive(Clone, Default)]
-pub struct Lent(Arc<Counted>);
+pub(crate) struct Lent(Arc<Counted>);
 
 #[derive(Default)]
 struct Counted {
@@ -60,7 +60,7 @@ impl Lent {
 
     /// Waits until every lent connection is back (or closed, its statement
     /// ended), for at most `timeout`; false if some are still out.
-    pub async fn all_returned(&self, timeout: Duration) -> bool {
+    pub(crate) async fn all_returned(&self, timeout: Duration) -> bool {
         let returned = async {
             loop {
                 let none_left = self.0.none_left.notified();
@@ -87,7 +87,7 @@ impl Drop for Held {
 
 /// A pooled connection lent to one operation, with what it takes to stop
 /// that operation's statement.
-pub struct Lease<'s> {
+pub(crate) struct Lease<'s> {
     /// `None` once handed back to the pool, closed or handed to [`settle`].
     client: Option<Client>,
     canceller: &'s Canceller,
@@ -98,7 +98,7 @@ pub struct Lease<'s> {
 }
 
 impl<'s> Lease<'s> {
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         permit: Option<WritePermit>,
         canceller: &'s Canceller,
@@ -112,7 +112,7 @@ impl<'s> Lease<'s> {
         }
     }
 
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         self.client
             .as_ref()
             .expect("a lease holds its client until it ends")
@@ -120,7 +120,10 @@ impl<'s> Lease<'s> {
 
     /// Cancels the statement `running` (the operation on this connection)
     /// until it ends, and returns its outcome; bounded by the caller.
-    pub async fn cancel_until_ended<F: Future>(&self, mut running: Pin<&mut F>) -> F::Output {
+    pub(crate) async fn cancel_until_ended<F: Future>(
+        &self,
+        mut running: Pin<&mut F>,
+    ) -> F::Output {
         let token = self.client().cancel_token();
         let mut interval = FIRST_CANCEL_INTERVAL;
         loop {
@@ -133,19 +136,19 @@ impl<'s> Lease<'s> {
     }
 
     /// Hands the connection back to the pool.
-    pub fn keep(mut self) {
+    pub(crate) fn keep(mut self) {
         drop(self.client.take());
     }
 
     /// Closes the connection, whose statement has ended, instead of handing
     /// it back: a cancel request may still be on its way to it.
-    pub fn discard(mut self) {
+    pub(crate) fn discard(mut self) {
         drop(self.client.take().map(Object::take));
     }
 
     /// Gives up on a statement that may still run: it is cancelled in the
     /// background until it has ended, then the connection is closed.
-    pub fn abandon(mut self) {
+    pub(crate) fn abandon(mut self) {
         self.settle_in_background();
     }
 

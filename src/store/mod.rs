@@ -45,17 +45,17 @@ use crate::domain::{
 pub use changes::{ChangeListener, DeletedBatch, Notice};
 use connection::Connection;
 pub use connection::{Pooling, connect_dedicated, detect_pooling};
-pub use error::{Counter, StoreError, database_errors};
+pub(crate) use error::{Counter, StoreError, database_errors};
 pub use import::{BulkLoad, LoadOutcome, OnConflict};
 use lanes::{Lane, Primary, ReplicaFirst};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate, set_up};
 use params::Bind;
-pub use probe::Probe;
+pub(crate) use probe::Probe;
 use replica::Replica;
-pub use replica::{ReplicaStatus, monitor as monitor_replica};
+pub(crate) use replica::{ReplicaStatus, monitor as monitor_replica};
 pub use settings::{DatabaseConfig, InvalidUrl, connection};
 use shared_reads::SharedReads;
-pub use tls::connector;
+pub(crate) use tls::connector;
 
 /// Key of the transaction-level advisory lock that lets one replica sweep
 /// at a time.
@@ -83,7 +83,7 @@ pub struct Store {
 /// replica may not have replayed yet. Watches are given this instead of the
 /// [`Store`], so that they cannot read a replica.
 #[derive(Clone)]
-pub struct Current(Store);
+pub(crate) struct Current(Store);
 
 impl Store {
     /// A pool for `config`, whose connections are `pooling`. Connections
@@ -113,30 +113,30 @@ impl Store {
     }
 
     /// Reads of the primary as it is now, for watches.
-    pub fn current(&self) -> Current {
+    pub(crate) fn current(&self) -> Current {
         Current(self.clone())
     }
 
     /// The bound on every operation.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.primary.timeout()
     }
 
     /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.primary
             .run(None, async |client| client.simple("SELECT 1").await)
             .await
     }
 
     /// How the pool is doing: open connections, idle ones, callers waiting.
-    pub fn pool_status(&self) -> deadpool_postgres::Status {
+    pub(crate) fn pool_status(&self) -> deadpool_postgres::Status {
         self.primary.pool_status()
     }
 
     /// How many connections beside the pool concurrent GetBatch calls share
     /// now (none behind a transaction pooler).
-    pub fn shared_read_connections(&self) -> usize {
+    pub(crate) fn shared_read_connections(&self) -> usize {
         self.shared_reads
             .as_ref()
             .map_or(0, |shared_reads| shared_reads.open_connections())
@@ -144,12 +144,12 @@ impl Store {
 
     /// Whether reads go to the replica and how far behind it is, if there
     /// is one.
-    pub fn replica_status(&self) -> Option<ReplicaStatus> {
+    pub(crate) fn replica_status(&self) -> Option<ReplicaStatus> {
         self.reads.replica().map(|replica| replica.status())
     }
 
     /// How many batches are stored in each state.
-    pub async fn count_by_state(&self) -> Result<Vec<(State, i64)>, StoreError> {
+    pub(crate) async fn count_by_state(&self) -> Result<Vec<(State, i64)>, StoreError> {
         self.primary
             .run(None, async |client| {
                 rows::counts(&client.query(&sql::CountByState {}).await?)
@@ -160,19 +160,19 @@ impl Store {
     /// Makes every operation still running give up now, as at its deadline:
     /// its statement is cancelled until it has ended, and it fails
     /// [`StoreError::TimedOut`] (or [`StoreError::OutcomeUnknown`]).
-    pub fn cut_in_flight(&self) {
+    pub(crate) fn cut_in_flight(&self) {
         self.primary.cut_in_flight();
     }
 
     /// Waits until every connection lent to an operation is back, and every
     /// statement given up on has ended, for at most `timeout`; false if
     /// some have not.
-    pub async fn all_settled(&self, timeout: Duration) -> bool {
+    pub(crate) async fn all_settled(&self, timeout: Duration) -> bool {
         self.primary.all_settled(timeout).await
     }
 
     /// Closes the pools: idle connections are dropped, and waiting calls fail.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.primary.close();
         self.reads.close();
         if let Some(shared_reads) = &self.shared_reads {
@@ -182,7 +182,7 @@ impl Store {
 
     /// Creates `batch` in RUNNING, or returns the stored batch if the same
     /// create already happened.
-    pub async fn create(&self, batch: &NewBatch) -> Result<Batch, StoreError> {
+    pub(crate) async fn create(&self, batch: &NewBatch) -> Result<Batch, StoreError> {
         self.primary
             .run(batch.batch_id.as_ref(), async |client| {
                 retry::create(client, batch).await
@@ -191,7 +191,7 @@ impl Store {
     }
 
     /// The batch with this id.
-    pub async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
+    pub(crate) async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
         let row = match &self.shared_reads {
             Some(shared_reads) => shared_reads.get(batch_id).await?,
             None => {
@@ -210,14 +210,14 @@ impl Store {
     }
 
     /// One page of batches.
-    pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+    pub(crate) async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         self.reads
             .run(async |client| page(client, query).await)
             .await
     }
 
     /// Applies a progress report to a running batch, once per request id.
-    pub async fn record_progress(&self, progress: &Progress) -> Result<Batch, StoreError> {
+    pub(crate) async fn record_progress(&self, progress: &Progress) -> Result<Batch, StoreError> {
         self.primary
             .run(Some(&progress.batch_id), async |client| {
                 retry::record_progress(client, progress).await
@@ -227,7 +227,7 @@ impl Store {
 
     /// Creates a batch from its whole state, or brings the stored one up to
     /// date unless the stored one is ahead; returns the batch as stored.
-    pub async fn save(&self, save: &Save) -> Result<Batch, StoreError> {
+    pub(crate) async fn save(&self, save: &Save) -> Result<Batch, StoreError> {
         self.primary
             .run(Some(&save.batch_id), async |client| {
                 retry::save(client, save).await
@@ -237,7 +237,7 @@ impl Store {
 
     /// Moves a running batch to its final state; repeating the same finish
     /// returns the batch unchanged.
-    pub async fn finish(&self, finish: &Finish) -> Result<Batch, StoreError> {
+    pub(crate) async fn finish(&self, finish: &Finish) -> Result<Batch, StoreError> {
         self.primary
             .run(Some(&finish.batch_id), async |client| {
                 retry::finish(client, finish).await
@@ -246,7 +246,7 @@ impl Store {
     }
 
     /// Deletes a batch in any state.
-    pub async fn delete(&self, batch_id: &BatchId) -> Result<(), StoreError> {
+    pub(crate) async fn delete(&self, batch_id: &BatchId) -> Result<(), StoreError> {
         let delete = sql::Delete {
             batch_id: batch_id.as_str(),
         };
@@ -261,7 +261,7 @@ impl Store {
     }
 
     /// Totals over the batches `filter` keeps, in one query.
-    pub async fn stats(&self, filter: &BatchFilter) -> Result<BatchStats, StoreError> {
+    pub(crate) async fn stats(&self, filter: &BatchFilter) -> Result<BatchStats, StoreError> {
         self.reads
             .run(async |client| {
                 let groups = rows::stats(&client.query(&sql::Listing::stats(filter)).await?)?;
@@ -272,7 +272,10 @@ impl Store {
 
     /// Stops running batches not updated for `stale_after`, unless another
     /// replica is sweeping right now; returns those it stopped.
-    pub async fn sweep_stale(&self, stale_after: StaleThreshold) -> Result<Vec<Batch>, StoreError> {
+    pub(crate) async fn sweep_stale(
+        &self,
+        stale_after: StaleThreshold,
+    ) -> Result<Vec<Batch>, StoreError> {
         let sweep = sql::SweepStale {
             stale_after: stale_after.get().as_secs_f64(),
             lock_key: SWEEP_LOCK_KEY,
@@ -293,7 +296,7 @@ impl Store {
 
     /// Deletes (or on a dry run counts) finished batches that ended before
     /// `older_than` in `states`, in bounded chunks; returns how many.
-    pub async fn purge(
+    pub(crate) async fn purge(
         &self,
         older_than: jiff::Timestamp,
         states: &[State],
@@ -351,17 +354,17 @@ impl Store {
 
 impl Current {
     /// The bound on every operation.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.0.timeout()
     }
 
     /// The batch with this id.
-    pub async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
+    pub(crate) async fn get(&self, batch_id: &BatchId) -> Result<Batch, StoreError> {
         self.0.get(batch_id).await
     }
 
     /// The batches with these ids that exist, in no particular order.
-    pub async fn get_many(&self, batch_ids: &[&str]) -> Result<Vec<Batch>, StoreError> {
+    pub(crate) async fn get_many(&self, batch_ids: &[&str]) -> Result<Vec<Batch>, StoreError> {
         let get = sql::GetMany { batch_ids };
         self.0
             .primary
@@ -372,7 +375,7 @@ impl Current {
     }
 
     /// One page of batches as the primary has them.
-    pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+    pub(crate) async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         self.0
             .primary
             .run(None, async |client| page(client, query).await)
@@ -381,7 +384,11 @@ impl Current {
 
     /// Takes or extends this replica's watch lease: while any lease is
     /// live, every change to a batch is announced (see migration V2).
-    pub async fn renew_watch_lease(&self, replica: &str, ttl: Duration) -> Result<(), StoreError> {
+    pub(crate) async fn renew_watch_lease(
+        &self,
+        replica: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let renew = sql::RenewWatchLease {
             replica,
             ttl: ttl.as_secs_f64(),
@@ -397,7 +404,7 @@ impl Current {
     /// a snapshot taken afterwards. It watches the writers rather than
     /// queueing for a lock that conflicts with theirs: such a lock would stall
     /// every new write behind a long one, such as an import.
-    pub async fn wait_for_writes_in_progress(&self) -> Result<(), StoreError> {
+    pub(crate) async fn wait_for_writes_in_progress(&self) -> Result<(), StoreError> {
         self.0
             .primary
             .run(None, async |client| {

@@ -9,14 +9,14 @@ use super::DatabaseConfig;
 use super::StoreError;
 
 /// Checks that PostgreSQL answers, reconnecting as needed.
-pub struct Probe {
+pub(crate) struct Probe {
     config: tokio_postgres::Config,
     timeout: Duration,
     client: Option<Client>,
 }
 
 impl Probe {
-    pub fn new(config: &DatabaseConfig) -> Self {
+    pub(crate) fn new(config: &DatabaseConfig) -> Self {
         Self {
             config: config.pg.clone(),
             timeout: config.timeout,
@@ -25,7 +25,7 @@ impl Probe {
     }
 
     /// `Ok` if the database answered a trivial query within the timeout.
-    pub async fn check(&mut self) -> Result<(), StoreError> {
+    pub(crate) async fn check(&mut self) -> Result<(), StoreError> {
         let outcome = tokio::time::timeout(self.timeout, self.query()).await;
         let outcome = outcome.unwrap_or(Err(StoreError::TimedOut(self.timeout)));
         if outcome.is_err() {

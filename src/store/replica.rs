@@ -42,11 +42,11 @@ struct Seen {
 
 /// What the monitor last saw of the replica, for metrics.
 #[derive(Debug, Clone, Copy)]
-pub struct ReplicaStatus {
+pub(crate) struct ReplicaStatus {
     /// Whether reads go to it.
-    pub in_use: bool,
+    pub(crate) in_use: bool,
     /// How far behind it is, if it answered.
-    pub lag: Option<Duration>,
+    pub(crate) lag: Option<Duration>,
 }
 
 impl Replica {
@@ -106,7 +106,7 @@ impl Replica {
 }
 
 /// Watches the replica's lag until shutdown (at once without a replica).
-pub async fn monitor(store: Store, shutdown: Shutdown) {
+pub(crate) async fn monitor(store: Store, shutdown: Shutdown) {
     let Some(replica) = store.reads.replica().cloned() else {
         return;
     };

@@ -36,8 +36,8 @@ pub struct DatabaseConfig {
 )]
 pub struct InvalidUrl {
     /// The variable (or flag) that held it.
-    pub name: &'static str,
-    pub reason: String,
+    pub(crate) name: &'static str,
+    pub(crate) reason: String,
 }
 
 /// The connection settings of `url`, the value of `name`: plain unless the
@@ -85,24 +85,24 @@ impl DatabaseConfig {
 
     /// Defaults of `DB_READ_MAX_LAG_MS`, `DB_POOL_MAX_SIZE` and
     /// `DB_STARTUP_TIMEOUT_MS`.
-    pub const DEFAULT_READ_MAX_LAG: Duration = Duration::from_secs(5);
-    pub const DEFAULT_POOL_MAX_SIZE: usize = 16;
-    pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const DEFAULT_READ_MAX_LAG: Duration = Duration::from_secs(5);
+    pub(crate) const DEFAULT_POOL_MAX_SIZE: usize = 16;
+    pub(crate) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// How work that needs a session of its own (a `LISTEN`, a session
     /// advisory lock, a transaction spanning several round trips) connects:
     /// `DATABASE_DIRECT_URL` when set, else `DATABASE_URL`.
-    pub fn session(&self) -> &tokio_postgres::Config {
+    pub(crate) fn session(&self) -> &tokio_postgres::Config {
         self.direct.as_ref().unwrap_or(&self.pg)
     }
 
     /// Where the database is, for logs: never the password.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         describe(&self.pg)
     }
 
     /// Where the direct connection goes, if one is set, for logs.
-    pub fn describe_direct(&self) -> Option<String> {
+    pub(crate) fn describe_direct(&self) -> Option<String> {
         self.direct.as_ref().map(describe)
     }
 }

@@ -57,7 +57,7 @@ macro_rules! column_positions {
         /// position spares a search by name for each of 19 columns, in
         /// each of a page's 51 rows.
         #[allow(non_upper_case_globals)]
-        pub mod column {
+        pub(crate) mod column {
             #[allow(non_camel_case_types)]
             enum Position {
                 $($name),*
@@ -98,14 +98,14 @@ macro_rules! columns {
 
 /// The import's bulk load into its staging table: every column, in the
 /// order `BulkLoad::write` writes them.
-pub const COPY_TO_STAGE: &str = concat!(
+pub(crate) const COPY_TO_STAGE: &str = concat!(
     "COPY import_batches (",
     columns!(),
     ") FROM STDIN (FORMAT binary)"
 );
 
 /// The type of each of [`columns!`], in its order.
-pub const COLUMN_TYPES: &[Type] = &with_batch_columns!(column_types);
+pub(crate) const COLUMN_TYPES: &[Type] = &with_batch_columns!(column_types);
 
 /// JSON of the batch's metadata object.
 type Metadata<'a> = Json<&'a Map<String, Value>>;
@@ -349,7 +349,7 @@ statement! {
     /// or not, like [`RecordProgress`]. `errors` and `model_switches` are the
     /// lists as kept; no start time means now, and no end time means now
     /// (used only when `state` is not RUNNING).
-    pub(crate) struct Save<'a> {
+    pub struct Save<'a> {
         batch_id: &'a str,
         state: &'a str,
         provider: &'a str,
@@ -420,7 +420,7 @@ statement! {
     /// Moves a running batch to final state `state`, like [`RecordProgress`],
     /// appending `errors` (keeping the newest `keep_errors` within
     /// `keep_error_bytes`). No end time means now.
-    pub(crate) struct Finish<'a> {
+    pub struct Finish<'a> {
         batch_id: &'a str,
         state: &'a str,
         end_time: Option<Timestamp>,
@@ -457,7 +457,7 @@ statement! {
 /// A keyset-paginated listing: the statement text depends on which filters
 /// are set, so there are at most a few hundred shapes, each prepared once
 /// per connection.
-pub struct Listing<'q> {
+pub(crate) struct Listing<'q> {
     sql: String,
     params: Vec<Param<'q>>,
     types: Vec<Type>,
@@ -472,7 +472,7 @@ enum Param<'q> {
 }
 
 impl<'q> Listing<'q> {
-    pub fn new(query: &'q ListQuery) -> Self {
+    pub(crate) fn new(query: &'q ListQuery) -> Self {
         let select = match query.detail {
             Detail::Full => concat!("SELECT ", columns!(), " FROM batches WHERE true"),
             Detail::Basic => concat!(
@@ -504,7 +504,7 @@ impl<'q> Listing<'q> {
 
     /// Totals per (state, provider, model) of the batches `filter` keeps,
     /// in one scan; the caller sums them up per state and per model.
-    pub fn stats(filter: &'q BatchFilter) -> Self {
+    pub(crate) fn stats(filter: &'q BatchFilter) -> Self {
         let mut listing = Listing::filtered(
             // The sums saturate, as the per-state and per-model totals do:
             // no caller should see an error for an overflowing total.

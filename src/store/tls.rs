@@ -18,7 +18,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::StoreError;
 
 /// The connector every database connection is made with.
-pub fn connector() -> Result<MakeRustlsConnect, StoreError> {
+pub(crate) fn connector() -> Result<MakeRustlsConnect, StoreError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let algorithms = provider.signature_verification_algorithms;
     let config = ClientConfig::builder_with_provider(provider)

@@ -1,7 +1,7 @@
 //! Structured logs on standard error, and spans over OTLP when asked for.
 
 pub mod otlp;
-pub mod trace_context;
+pub(crate) mod trace_context;
 
 use tracing_subscriber::{
     EnvFilter, Layer, filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt,

@@ -28,9 +28,9 @@ use tracing_subscriber::{Layer, layer::Context, registry::LookupSpan};
 use super::trace_context::RemoteParent;
 
 /// The call span ([`SERVER_SPAN`]) and the store's child spans.
-pub const EXPORTED: [&str; 3] = [SERVER_SPAN, "db.pool_wait", "db.statement"];
+pub(crate) const EXPORTED: [&str; 3] = [SERVER_SPAN, "db.pool_wait", "db.statement"];
 /// Name of the span every unary call runs in (see `grpc::service`).
-pub const SERVER_SPAN: &str = "rpc";
+pub(crate) const SERVER_SPAN: &str = "rpc";
 const SERVICE: &str = "batchhistory.v1.BatchHistory";
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Spans waiting for the exporter; past this, new ones are dropped.
@@ -43,14 +43,14 @@ const BATCH_DELAY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpConfig {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`,
     /// else `batch-history`.
-    pub service_name: String,
+    pub(crate) service_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES`, `key=value` pairs.
-    pub resource: Vec<(String, String)>,
+    pub(crate) resource: Vec<(String, String)>,
     /// `OTEL_EXPORTER_OTLP_HEADERS`, sent as gRPC metadata.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// Why the `OTEL_*` variables cannot be used.
@@ -169,7 +169,7 @@ static EXPORTER: OnceLock<mpsc::Sender<Message>> = OnceLock::new();
 
 /// Starts the exporter (on the current Tokio runtime) and returns the layer
 /// that feeds it.
-pub fn layer<S>(config: OtlpConfig) -> impl Layer<S>
+pub(crate) fn layer<S>(config: OtlpConfig) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -499,97 +499,97 @@ impl IdSource {
 /// `opentelemetry-proto` (`collector/trace/v1`, `trace/v1`, `common/v1`,
 /// `resource/v1`).
 mod proto {
-    pub const SPAN_KIND_INTERNAL: i32 = 1;
-    pub const SPAN_KIND_SERVER: i32 = 2;
-    pub const STATUS_CODE_ERROR: i32 = 2;
+    pub(crate) const SPAN_KIND_INTERNAL: i32 = 1;
+    pub(crate) const SPAN_KIND_SERVER: i32 = 2;
+    pub(crate) const STATUS_CODE_ERROR: i32 = 2;
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceRequest {
+    pub(crate) struct ExportTraceServiceRequest {
         #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
+        pub(crate) resource_spans: Vec<ResourceSpans>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceResponse {}
+    pub(crate) struct ExportTraceServiceResponse {}
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
+    pub(crate) struct ResourceSpans {
         #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
+        pub(crate) resource: Option<Resource>,
         #[prost(message, repeated, tag = "2")]
-        pub scope_spans: Vec<ScopeSpans>,
+        pub(crate) scope_spans: Vec<ScopeSpans>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
+    pub(crate) struct Resource {
         #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
+        pub(crate) attributes: Vec<KeyValue>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
+    pub(crate) struct ScopeSpans {
         #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
+        pub(crate) scope: Option<InstrumentationScope>,
         #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
+        pub(crate) spans: Vec<Span>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InstrumentationScope {
+    pub(crate) struct InstrumentationScope {
         #[prost(string, tag = "1")]
-        pub name: String,
+        pub(crate) name: String,
         #[prost(string, tag = "2")]
-        pub version: String,
+        pub(crate) version: String,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
+    pub(crate) struct Span {
         #[prost(bytes = "vec", tag = "1")]
-        pub trace_id: Vec<u8>,
+        pub(crate) trace_id: Vec<u8>,
         #[prost(bytes = "vec", tag = "2")]
-        pub span_id: Vec<u8>,
+        pub(crate) span_id: Vec<u8>,
         #[prost(string, tag = "3")]
-        pub trace_state: String,
+        pub(crate) trace_state: String,
         #[prost(bytes = "vec", tag = "4")]
-        pub parent_span_id: Vec<u8>,
+        pub(crate) parent_span_id: Vec<u8>,
         #[prost(string, tag = "5")]
-        pub name: String,
+        pub(crate) name: String,
         #[prost(int32, tag = "6")]
-        pub kind: i32,
+        pub(crate) kind: i32,
         #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
+        pub(crate) start_time_unix_nano: u64,
         #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
+        pub(crate) end_time_unix_nano: u64,
         #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
+        pub(crate) attributes: Vec<KeyValue>,
         #[prost(message, optional, tag = "15")]
-        pub status: Option<Status>,
+        pub(crate) status: Option<Status>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
+    pub(crate) struct Status {
         #[prost(string, tag = "2")]
-        pub message: String,
+        pub(crate) message: String,
         #[prost(int32, tag = "3")]
-        pub code: i32,
+        pub(crate) code: i32,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
+    pub(crate) struct KeyValue {
         #[prost(string, tag = "1")]
-        pub key: String,
+        pub(crate) key: String,
         #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
+        pub(crate) value: Option<AnyValue>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
+    pub(crate) struct AnyValue {
         #[prost(oneof = "Value", tags = "1, 3")]
-        pub value: Option<Value>,
+        pub(crate) value: Option<Value>,
     }
 
     #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Value {
+    pub(crate) enum Value {
         #[prost(string, tag = "1")]
         String(String),
         #[prost(int64, tag = "3")]
@@ -597,7 +597,7 @@ mod proto {
     }
 
     impl KeyValue {
-        pub fn string(key: impl Into<String>, value: impl Into<String>) -> Self {
+        pub(crate) fn string(key: impl Into<String>, value: impl Into<String>) -> Self {
             Self {
                 key: key.into(),
                 value: Some(AnyValue {
@@ -606,7 +606,7 @@ mod proto {
             }
         }
 
-        pub fn int(key: impl Into<String>, value: i64) -> Self {
+        pub(crate) fn int(key: impl Into<String>, value: i64) -> Self {
             Self {
                 key: key.into(),
                 value: Some(AnyValue {

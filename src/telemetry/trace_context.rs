@@ -3,16 +3,16 @@
 
 /// The caller's span, as its `traceparent` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteParent {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub sampled: bool,
+pub(crate) struct RemoteParent {
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+    pub(crate) sampled: bool,
 }
 
 impl RemoteParent {
     /// `version-traceid-parentid-flags` in lowercase hex; `None` for anything
     /// the specification says to ignore (a new trace then starts).
-    pub fn parse(header: &str) -> Option<Self> {
+    pub(crate) fn parse(header: &str) -> Option<Self> {
         let mut parts = header.trim().split('-');
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);

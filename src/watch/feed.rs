@@ -21,7 +21,12 @@ const MAX_BURST: usize = 1_000;
 const REPEAT_WARNING: Duration = Duration::from_secs(60);
 
 /// Listens for changes until shutdown, reconnecting after failures.
-pub async fn feed(database: DatabaseConfig, store: Current, hub: Hub, mut shutdown: Shutdown) {
+pub(crate) async fn feed(
+    database: DatabaseConfig,
+    store: Current,
+    hub: Hub,
+    mut shutdown: Shutdown,
+) {
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let listened = listen(&database, &store, &hub, &shutdown).await;

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use crate::domain::{Batch, Facets, labels_of};
 use crate::store::{Current, DeletedBatch, StoreError};
 
-pub use feed::feed;
-pub use streams::{Event, EventStream, Snapshot, StreamEnd, watch_batch, watch_batches};
+pub(crate) use feed::feed;
+pub(crate) use streams::{Event, Snapshot, StreamEnd, watch_batch, watch_batches};
 
 /// Changes buffered for all watchers of a process; a watcher further behind
 /// than this is cut off.
@@ -40,7 +40,7 @@ const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// One change to one batch, as the feed saw it.
 #[derive(Debug)]
-pub enum Change {
+pub(crate) enum Change {
     Created(Batch),
     Updated(Batch),
     Deleted(DeletedBatch),
@@ -52,7 +52,7 @@ pub enum Change {
 
 impl DeletedBatch {
     /// What filters look at.
-    pub fn facets(&self) -> Facets<'_> {
+    pub(crate) fn facets(&self) -> Facets<'_> {
         Facets {
             state: self.state,
             labels: labels_of!(self),
@@ -63,7 +63,7 @@ impl DeletedBatch {
 
 /// The in-memory fan-out of changes, and this process's watch lease.
 #[derive(Clone)]
-pub struct Hub {
+pub(crate) struct Hub {
     sender: broadcast::Sender<Arc<Change>>,
     /// This process's name in `batch_watch_leases`.
     replica: Arc<str>,

@@ -23,7 +23,7 @@ const WATCHER_BUFFER: usize = 256;
 
 /// What a watcher sends its client.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     Snapshot(Batch),
     Created(Batch),
     Updated(Batch),
@@ -32,7 +32,7 @@ pub enum Event {
 
 /// Why the server ended a watch stream early: the client should watch again.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     #[error("this watcher fell behind the changes; watch again for a fresh snapshot")]
     FellBehind,
     #[error("the change feed was interrupted; watch again for a fresh snapshot")]
@@ -46,7 +46,7 @@ pub enum StreamEnd {
 
 /// The stream a watch RPC returns: events, then possibly why the server
 /// ended it.
-pub struct EventStream {
+pub(crate) struct EventStream {
     events: mpsc::Receiver<Event>,
     end: Option<oneshot::Receiver<StreamEnd>>,
 }
@@ -156,7 +156,7 @@ async fn forward(
 
 /// Watches one batch: its snapshot, then its changes until it leaves RUNNING
 /// or is deleted.
-pub async fn watch_batch(
+pub(crate) async fn watch_batch(
     store: &Current,
     hub: &Hub,
     batch_id: BatchId,
@@ -194,7 +194,7 @@ pub async fn watch_batch(
 
 /// What a batch watcher starts from.
 #[derive(Debug, Clone)]
-pub enum Snapshot {
+pub(crate) enum Snapshot {
     /// Every running batch the filter keeps: a watcher that tracks them all.
     Running,
     /// These batches as they are now (those that exist), whatever their
@@ -204,7 +204,7 @@ pub enum Snapshot {
 
 /// Watches the batches `filter` keeps: `snapshot`, then every change that
 /// [`follows`] them, until the client goes away.
-pub async fn watch_batches(
+pub(crate) async fn watch_batches(
     store: &Current,
     hub: &Hub,
     filter: BatchFilter,

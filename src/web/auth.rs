@@ -19,16 +19,16 @@ const COOKIE_NAME: &str = "bh_session";
 const LABEL: &[u8] = b"batch-history web session v1";
 
 /// Who may see the page.
-pub struct Sessions {
+pub(crate) struct Sessions {
     key: hmac::Key,
     tag: hmac::Tag,
     /// Over TLS the cookie is `Secure`: never sent over plain HTTP.
     secure: bool,
-    pub throttle: Throttle,
+    pub(crate) throttle: Throttle,
 }
 
 impl Sessions {
-    pub fn new(token: &str, secure: bool) -> Self {
+    pub(crate) fn new(token: &str, secure: bool) -> Self {
         let key = hmac::Key::new(hmac::HMAC_SHA256, token.as_bytes());
         let tag = hmac::sign(&key, LABEL);
         Self {
@@ -40,13 +40,13 @@ impl Sessions {
     }
 
     /// Whether `presented` is the token, compared in constant time.
-    pub fn token_matches(&self, presented: &str) -> bool {
+    pub(crate) fn token_matches(&self, presented: &str) -> bool {
         let key = hmac::Key::new(hmac::HMAC_SHA256, presented.as_bytes());
         hmac::verify(&key, LABEL, self.tag.as_ref()).is_ok()
     }
 
     /// Whether the request carries a session cookie this token signed.
-    pub fn admits(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn admits(&self, headers: &HeaderMap) -> bool {
         cookies(headers)
             .filter(|(name, _)| *name == COOKIE_NAME)
             .filter_map(|(_, value)| URL_SAFE_NO_PAD.decode(value).ok())
@@ -55,7 +55,7 @@ impl Sessions {
 
     /// The `Set-Cookie` value that signs a browser in. `HttpOnly` keeps it
     /// from scripts; `SameSite=Strict` from other sites' forms and links.
-    pub fn sign_in_cookie(&self) -> String {
+    pub(crate) fn sign_in_cookie(&self) -> String {
         format!(
             "{COOKIE_NAME}={}; Path=/; HttpOnly; SameSite=Strict{}",
             URL_SAFE_NO_PAD.encode(self.tag.as_ref()),
@@ -65,7 +65,7 @@ impl Sessions {
 }
 
 /// The `Set-Cookie` value that signs a browser out.
-pub fn sign_out_cookie(secure: bool) -> String {
+pub(crate) fn sign_out_cookie(secure: bool) -> String {
     format!(
         "{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
         secure_attribute(secure)
@@ -93,7 +93,7 @@ const MAX_ADDRESSES: usize = 10_000;
 /// right token clears the address. Behind a reverse proxy every client
 /// shares the proxy's address.
 #[derive(Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     addresses: Mutex<HashMap<IpAddr, Attempts>>,
 }
 
@@ -107,7 +107,7 @@ impl Throttle {
     /// How long an attempt from `address` waits before its token is
     /// checked, reserving its turn; `None` if that would be past
     /// [`MAX_WAIT`] (the attempt is refused and reserves nothing).
-    pub fn turn(&self, address: IpAddr) -> Option<Duration> {
+    pub(crate) fn turn(&self, address: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         let mut addresses = self
             .addresses
@@ -132,7 +132,7 @@ impl Throttle {
     }
 
     /// Records the outcome of an attempt from `address`.
-    pub fn checked(&self, address: IpAddr, right: bool) {
+    pub(crate) fn checked(&self, address: IpAddr, right: bool) {
         let mut addresses = self
             .addresses
             .lock()

@@ -25,7 +25,11 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The event stream `query` asks for. It ends with an `end` event when there
 /// is nothing more to follow (the batch finished); otherwise it ends only
 /// when the server asks watchers to start over, and the browser reconnects.
-pub async fn events(store: &Current, hub: &Hub, query: LiveQuery) -> Result<Body, StoreError> {
+pub(crate) async fn events(
+    store: &Current,
+    hub: &Hub,
+    query: LiveQuery,
+) -> Result<Body, StoreError> {
     let (mut stream, mut page) = match query {
         LiveQuery::History { filter, shown } => {
             let snapshot = Snapshot::Of(shown.clone());

@@ -43,7 +43,7 @@ const SCRIPT: &str = include_str!("assets/app.js");
 const MAX_FORM_BYTES: usize = 4_096;
 
 /// What the page reads from, and who may see it.
-pub struct WebPage {
+pub(crate) struct WebPage {
     store: Store,
     hub: Hub,
     /// `None` when the service has no `AUTH_TOKEN`.
@@ -53,7 +53,7 @@ pub struct WebPage {
 
 impl WebPage {
     /// The page; over TLS (its cookie `Secure`) when `tls` is given.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         hub: Hub,
         auth_token: Option<&str>,
@@ -71,7 +71,7 @@ impl WebPage {
     }
 
     /// Serves the page on `listener` until shutdown.
-    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) {
+    pub(crate) async fn serve(self, listener: TcpListener, shutdown: Shutdown) {
         let tls = self.tls.clone();
         let page = Arc::new(self);
         let handle = move |request| {

@@ -17,7 +17,7 @@ const STATES: [State; 4] = [
 ];
 
 /// Text made safe for HTML element content and quoted attribute values.
-pub struct Escaped<'a>(pub &'a str);
+pub(crate) struct Escaped<'a>(pub &'a str);
 
 impl Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,7 +39,7 @@ impl Display for Escaped<'_> {
 
 /// Which of the navigation's pages is showing.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(crate) enum Section {
     History,
     Stats,
     /// Neither of those: a batch, an error.
@@ -50,7 +50,7 @@ pub enum Section {
 
 /// A whole page around `main`. `live` is the event stream address that
 /// keeps it current, if any.
-pub fn layout(
+pub(crate) fn layout(
     title: &str,
     section: Section,
     live: Option<&str>,
@@ -113,7 +113,7 @@ pub fn layout(
 }
 
 /// The filter form, filled in with `filter`.
-pub fn filter_form(action: &str, filter: &BatchFilter) -> String {
+pub(crate) fn filter_form(action: &str, filter: &BatchFilter) -> String {
     let states: String = STATES
         .iter()
         .map(|state| {
@@ -165,13 +165,18 @@ pub fn filter_form(action: &str, filter: &BatchFilter) -> String {
 }
 
 /// Links to the neighbouring pages of a history listing: page tokens.
-pub struct Paging {
-    pub newer: Option<String>,
-    pub older: Option<String>,
+pub(crate) struct Paging {
+    pub(crate) newer: Option<String>,
+    pub(crate) older: Option<String>,
 }
 
 /// The history page's content.
-pub fn history(filter: &BatchFilter, batches: &[Batch], paging: &Paging, now: Timestamp) -> String {
+pub(crate) fn history(
+    filter: &BatchFilter,
+    batches: &[Batch],
+    paging: &Paging,
+    now: Timestamp,
+) -> String {
     let rows: String = batches.iter().map(|batch| row(batch, now)).collect();
     let empty = if batches.is_empty() {
         r#"<p class="empty">No batches match.</p>"#
@@ -217,7 +222,7 @@ pub fn history(filter: &BatchFilter, batches: &[Batch], paging: &Paging, now: Ti
 }
 
 /// One batch as a history row; its id is `row_id`.
-pub fn row(batch: &Batch, now: Timestamp) -> String {
+pub(crate) fn row(batch: &Batch, now: Timestamp) -> String {
     let id = batch.batch_id.as_str();
     format!(
         r#"<tr id="{row_id}" data-state="{state}">
@@ -250,15 +255,15 @@ pub fn row(batch: &Batch, now: Timestamp) -> String {
 }
 
 /// The element id of a batch's history row.
-pub fn row_id(batch_id: &BatchId) -> String {
+pub(crate) fn row_id(batch_id: &BatchId) -> String {
     format!("batch-{}", batch_id.as_str())
 }
 
 /// The element id of the detail page's live part.
-pub const DETAIL_ID: &str = "batch-detail";
+pub(crate) const DETAIL_ID: &str = "batch-detail";
 
 /// The detail page's content.
-pub fn detail(batch: &Batch, now: Timestamp) -> String {
+pub(crate) fn detail(batch: &Batch, now: Timestamp) -> String {
     let field = |name: &str, value: String| format!("<dt>{name}</dt><dd>{value}</dd>");
     let text = |value: &str| {
         if value.is_empty() {
@@ -367,7 +372,7 @@ pub fn detail(batch: &Batch, now: Timestamp) -> String {
 }
 
 /// The stats page's content: counts per state and tokens per model, as bars.
-pub fn stats(filter: &BatchFilter, stats: &BatchStats) -> String {
+pub(crate) fn stats(filter: &BatchFilter, stats: &BatchStats) -> String {
     let states: Vec<(String, i64)> = STATES
         .iter()
         .map(|state| {
@@ -440,7 +445,7 @@ fn bar_chart(labelled_by: &str, bars: &[(String, i64)]) -> String {
 }
 
 /// The sign-in form; `failed` after a wrong token.
-pub fn login(failed: bool) -> String {
+pub(crate) fn login(failed: bool) -> String {
     let error = if failed {
         r#"<p class="error" role="alert">That token is not the one this service was given.</p>"#
     } else {
@@ -458,7 +463,7 @@ pub fn login(failed: bool) -> String {
 }
 
 /// A request the page cannot show, and why.
-pub fn invalid(violation: &FieldViolation) -> String {
+pub(crate) fn invalid(violation: &FieldViolation) -> String {
     format!(
         r#"<h1>Cannot show that</h1><p class="error" role="alert"><code>{}</code>: {}</p><p><a href="/">Back to the history</a></p>"#,
         Escaped(&violation.field),
@@ -467,7 +472,7 @@ pub fn invalid(violation: &FieldViolation) -> String {
 }
 
 /// A message page: not found, or the database cannot answer.
-pub fn message(heading: &str, text: &str) -> String {
+pub(crate) fn message(heading: &str, text: &str) -> String {
     format!(
         r#"<h1>{}</h1><p class="error" role="alert">{}</p><p><a href="/">Back to the history</a></p>"#,
         Escaped(heading),

@@ -10,7 +10,7 @@ use crate::domain::{
 
 /// Which part of a listing a history page shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Position {
+pub(crate) enum Position {
     /// The newest batches.
     Newest,
     /// The batches just older than the cursor, newest first.
@@ -21,14 +21,14 @@ pub enum Position {
 
 /// A history page: its filter and where it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryQuery {
-    pub filter: BatchFilter,
-    pub position: Position,
+pub(crate) struct HistoryQuery {
+    pub(crate) filter: BatchFilter,
+    pub(crate) position: Position,
 }
 
 /// What the live event stream follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LiveQuery {
+pub(crate) enum LiveQuery {
     /// A history page: the batches it shows, and new ones its filter keeps.
     History {
         filter: BatchFilter,
@@ -39,14 +39,14 @@ pub enum LiveQuery {
 }
 
 /// The name and value pairs of a query string, decoded.
-pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn pairs(query: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .into_owned()
         .collect()
 }
 
 impl HistoryQuery {
-    pub fn parse(pairs: &[(String, String)]) -> Result<Self, FieldViolation> {
+    pub(crate) fn parse(pairs: &[(String, String)]) -> Result<Self, FieldViolation> {
         let filter = filter(pairs)?;
         let token = |name: &str, order: Order| {
             value(pairs, name)
@@ -69,7 +69,7 @@ impl HistoryQuery {
 }
 
 impl LiveQuery {
-    pub fn parse(pairs: &[(String, String)]) -> Result<Self, FieldViolation> {
+    pub(crate) fn parse(pairs: &[(String, String)]) -> Result<Self, FieldViolation> {
         match value(pairs, "batch_id") {
             Some(id) => Ok(Self::Batch(
                 BatchId::parse(id.to_owned()).map_err(|e| e.at("batch_id"))?,
@@ -89,7 +89,7 @@ impl LiveQuery {
 }
 
 /// The filter form's fields; empty ones match everything.
-pub fn filter(pairs: &[(String, String)]) -> Result<BatchFilter, FieldViolation> {
+pub(crate) fn filter(pairs: &[(String, String)]) -> Result<BatchFilter, FieldViolation> {
     let label = |name: &str| {
         value(pairs, name)
             .map(|text| Label::parse(text.to_owned()).map_err(|e| e.at(name)))
@@ -121,7 +121,7 @@ pub fn filter(pairs: &[(String, String)]) -> Result<BatchFilter, FieldViolation>
 
 /// The query string that gives `filter` back to [`filter`], without a
 /// leading `?`; empty for the filter that keeps everything.
-pub fn filter_query(filter: &BatchFilter) -> String {
+pub(crate) fn filter_query(filter: &BatchFilter) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for state in &filter.states {
         query.append_pair("states", state.as_str());
@@ -143,7 +143,7 @@ pub fn filter_query(filter: &BatchFilter) -> String {
 }
 
 /// A time as a `datetime-local` input shows it, in UTC.
-pub fn form_time(time: Timestamp) -> String {
+pub(crate) fn form_time(time: Timestamp) -> String {
     time.to_zoned(TimeZone::UTC)
         .datetime()
         .strftime("%Y-%m-%dT%H:%M:%S")
@@ -192,8 +192,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(filter.states, [State::Running, State::Failed].into());
-        assert_eq!(filter.model.as_ref().map(Label::as_str), Some("llama 3"));
-        assert_eq!(filter.difficulty_filter, None);
+        assert_eq!(
+            filter.labels.model.as_ref().map(Label::as_str),
+            Some("llama 3")
+        );
+        assert_eq!(filter.labels.difficulty_filter, None);
         assert_eq!(
             filter.started_after,
             Some("2026-11-01T08:30:00Z".parse().unwrap())

@@ -460,7 +460,12 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
         .into_inner()
         .batches;
     assert_eq!(everything.len(), 240);
-    let states = [State::Running, State::Completed, State::Failed, State::Stopped];
+    let states = [
+        State::Running,
+        State::Completed,
+        State::Failed,
+        State::Stopped,
+    ];
     for round in 0..150 {
         let wanted = |random: &mut XorShift, values: &[&str]| {
             if random.below(2) == 0 {
@@ -523,7 +528,10 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
             .batches;
         let mut in_sql: Vec<&str> = listed.iter().map(|b| b.batch_id.as_str()).collect();
         in_sql.sort_unstable();
-        assert_eq!(in_sql, in_memory, "round {round}, FILTER_SEED={seed}: {request:?}");
+        assert_eq!(
+            in_sql, in_memory,
+            "round {round}, FILTER_SEED={seed}: {request:?}"
+        );
         let stats = client
             .get_batch_stats(proto::GetBatchStatsRequest {
                 states: request.states.clone(),

@@ -6,4 +6,4 @@ mod json;
 mod requests;
 mod responses;
 
-pub use requests::{parse_batch_id, stale_after};
+pub(crate) use requests::{parse_batch_id, stale_after};

@@ -10,10 +10,10 @@ use prost_types::Struct;
 use super::json::struct_to_json;
 use crate::domain::{
     BatchError, BatchFilter, BatchId, Cursor, Detail, FieldViolation, Finish, Idempotency,
-    InvalidValue, JsonObject, Label, LabelFilters, ListQuery, MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES,
-    MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative,
-    Order, PageSize, Progress, Prose, Purge, RequestId, Save, StaleThreshold, State, TerminalState,
-    keep_newest, with_label_filters,
+    InvalidValue, JsonObject, Label, LabelFilters, ListQuery, MAX_ENTRIES_PER_REPORT,
+    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch,
+    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, Save,
+    StaleThreshold, State, TerminalState, keep_newest, with_label_filters,
 };
 use crate::proto;
 
@@ -292,7 +292,7 @@ impl TryFrom<proto::PurgeBatchesRequest> for Purge {
 }
 
 /// The stale threshold a sweep request asks for, else `default`.
-pub fn stale_after(
+pub(crate) fn stale_after(
     request: &proto::SweepStaleBatchesRequest,
     default: Option<StaleThreshold>,
 ) -> Result<StaleThreshold, FieldViolation> {
@@ -331,7 +331,7 @@ fn filter(
 }
 
 /// The batch id of a request that names one.
-pub fn parse_batch_id(value: String, field: &str) -> Result<BatchId, FieldViolation> {
+pub(crate) fn parse_batch_id(value: String, field: &str) -> Result<BatchId, FieldViolation> {
     BatchId::parse(value).map_err(|e| e.at(field))
 }
 
