@@ -14,12 +14,17 @@ use crate::tls::TlsFiles;
 /// Settings of the `serve` command.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// The gRPC port (`LISTEN_ADDR`).
     pub listen_addr: SocketAddr,
+    /// Where Prometheus metrics are served (`METRICS_ADDR`); not served when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the web page is served (`UI_ADDR`); not served when `None`.
     pub ui_addr: Option<SocketAddr>,
+    /// The bearer token every call and the web page's sign-in must present; open when `None`.
     pub auth_token: Option<Secret>,
     /// TLS on the gRPC port; plain HTTP/2 when `None`.
     pub tls: Option<TlsFiles>,
+    /// The stale-batch sweep and retention the server runs in the background.
     pub upkeep: Upkeep,
     pub database: DatabaseConfig,
 }
@@ -49,5 +54,6 @@ impl std::fmt::Debug for Secret {
 pub struct ImportConfig {
     pub options: ImportOptions,
     pub database: DatabaseConfig,
+    /// Print the report as JSON instead of text.
     pub json: bool,
 }

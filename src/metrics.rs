@@ -22,11 +22,17 @@ pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    /// The pool's connections: open, idle, and callers waiting for one.
     pool: IntGaugeVec,
+    /// Connections that concurrent GetBatch calls share.
     shared_reads: IntGauge,
+    /// Stored batches per state, counted at each scrape.
     batches: IntGaugeVec,
+    /// 1 while listings and stats read the replica.
     replica_reads: IntGauge,
+    /// Seconds the replica is behind the primary, as last seen.
     replica_lag: Gauge,
+    /// Failed statements, by SQLSTATE class.
     database_errors: IntCounterVec,
 }
 

@@ -58,13 +58,18 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A migrated database and a bound listener, ready to serve.
 pub struct App {
     listener: TcpListener,
+    /// Bound when metrics are served.
     metrics_listener: Option<TcpListener>,
+    /// Bound when the web page is served.
     ui_listener: Option<TcpListener>,
     /// The shared secret of gRPC calls and the web page's sign-in, if set.
     auth_token: Option<Secret>,
     store: Store,
+    /// The health service's check of the database, on a connection of its own.
     probe: Probe,
+    /// TLS on the gRPC port and the web page, reloaded when its files change.
     tls: Option<ReloadingTls>,
+    /// For the change feed, which listens on a connection of its own.
     database: DatabaseConfig,
     upkeep: Upkeep,
 }

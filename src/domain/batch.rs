@@ -147,6 +147,7 @@ pub struct ModelSwitch {
     #[serde(default)]
     pub(crate) reason: Prose,
     #[serde(default)]
+    /// The batch's samples_generated when the switch happened.
     pub(crate) at_sample: NonNegative<i64>,
     /// `None` where the reporter knew no time (legacy history, saves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,15 +169,19 @@ pub struct Batch {
     pub(crate) topic_filter: String,
     pub(crate) difficulty_filter: String,
     pub(crate) reasoning_instruction: String,
+    /// Samples the batch set out to generate.
     pub(crate) target_count: i32,
     pub(crate) samples_generated: i64,
     pub(crate) total_tokens: i64,
     pub(crate) errors: Vec<BatchError>,
+    /// Errors ever reported: `errors` keeps only the newest.
     pub(crate) error_count: i64,
     pub(crate) model_switches: Vec<ModelSwitch>,
     pub(crate) metadata: Map<String, Value>,
     pub(crate) start_time: Timestamp,
+    /// Set when the batch leaves RUNNING.
     pub(crate) end_time: Option<Timestamp>,
+    /// When the batch last changed; the stale-batch sweep reads it.
     pub(crate) update_time: Timestamp,
     /// Bumped by every modification.
     pub(crate) version: i64,
@@ -229,7 +234,9 @@ impl NewBatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     pub(crate) batch_id: BatchId,
+    /// Added to the batch's samples_generated.
     pub(crate) samples_delta: NonNegative<i64>,
+    /// Added to the batch's total_tokens.
     pub(crate) tokens_delta: NonNegative<i64>,
     pub(crate) errors: Vec<BatchError>,
     pub(crate) model_switches: Vec<ModelSwitch>,
@@ -248,6 +255,7 @@ pub struct Save {
     pub(crate) created: NewBatch,
     /// RUNNING, or the state to finish in.
     pub(crate) state: State,
+    /// The model generating now (after any switches).
     pub(crate) current_model: Label,
     pub(crate) samples_generated: NonNegative<i64>,
     pub(crate) total_tokens: NonNegative<i64>,
@@ -270,6 +278,7 @@ pub struct Finish {
     pub(crate) state: TerminalState,
     /// `None` means now, by the database's clock.
     pub(crate) end_time: Option<Timestamp>,
+    /// Appended to the batch's errors, if given.
     pub(crate) error: Option<BatchError>,
 }
 

@@ -280,6 +280,7 @@ pub struct ListQuery {
     pub(crate) page_size: PageSize,
     /// `None` for the first page.
     pub(crate) after: Option<Cursor>,
+    /// How much of each batch to read.
     pub(crate) detail: Detail,
 }
 

@@ -10,6 +10,7 @@ pub(crate) struct BatchStats {
     pub(crate) batch_count: i64,
     pub(crate) samples_generated: i64,
     pub(crate) total_tokens: i64,
+    /// Batches per state, for the states that have any.
     pub(crate) by_state: BTreeMap<State, i64>,
     /// Most batches first.
     pub(crate) by_model: Vec<ModelStats>,

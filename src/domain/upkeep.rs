@@ -36,6 +36,7 @@ pub struct Purge {
     pub(crate) older_than: jiff::Timestamp,
     /// Final states only; never empty.
     pub(crate) states: Vec<State>,
+    /// Count what would be deleted, and delete nothing.
     pub(crate) dry_run: bool,
 }
 

@@ -24,6 +24,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Sends cancel requests the way the path to PostgreSQL needs.
 #[derive(Clone)]
 pub(crate) struct Canceller {
+    /// For the cancel requests, each sent on a connection of its own.
     tls: MakeRustlsConnect,
     /// Where the transaction pooler listens, when there is one.
     pooler: Option<Arc<[(Host, u16)]>>,

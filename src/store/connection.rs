@@ -30,6 +30,7 @@ pub enum Pooling {
 /// A pooled connection as a store operation uses it.
 pub(crate) struct Connection<'c> {
     client: &'c Client,
+    /// Whether statements are prepared, or sent with their types each time.
     pooling: Pooling,
 }
 

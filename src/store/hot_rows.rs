@@ -26,6 +26,7 @@ pub(crate) struct HotRows {
 pub(crate) struct WritePermit {
     batch_id: String,
     semaphore: Arc<Semaphore>,
+    /// `None` only while waiting for it.
     permit: Option<OwnedSemaphorePermit>,
     batches: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }

@@ -156,6 +156,7 @@ pub struct BulkLoad {
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     writer: Pin<Box<BinaryCopyInWriter>>,
+    /// Batches written to the staging table so far.
     staged: u64,
 }
 

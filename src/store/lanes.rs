@@ -79,6 +79,7 @@ impl Lane {
 /// What every operation shares, whichever lane it runs on.
 #[derive(Clone)]
 struct Bounds {
+    /// The bound on every operation, from the moment of the call.
     timeout: Duration,
     /// Connections lent out, or closing once their abandoned statement ends.
     lent: Lent,

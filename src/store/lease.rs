@@ -94,6 +94,7 @@ pub(crate) struct Lease<'s> {
     /// Held as long as the connection is, so that an abandoned statement
     /// still counts against its batch until it has ended.
     permit: Option<WritePermit>,
+    /// Counts the connection as lent until it is back, or closed.
     held: Option<Held>,
 }
 

@@ -12,6 +12,7 @@ use super::StoreError;
 pub(crate) struct Probe {
     config: tokio_postgres::Config,
     timeout: Duration,
+    /// Opened on first use, and again after a failure.
     client: Option<Client>,
 }
 

@@ -21,6 +21,7 @@ pub struct DatabaseConfig {
     /// What `pg` reaches, if configured (`DB_POOLER`); `None`: found out at
     /// start.
     pub pooling: Option<Pooling>,
+    /// Connections the pool may open (`DB_POOL_MAX_SIZE`); the replica's pool has as many.
     pub pool_max_size: usize,
     /// Bound on waiting for a connection or a statement.
     pub timeout: Duration,

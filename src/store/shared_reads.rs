@@ -56,6 +56,7 @@ struct Lane {
 /// A connection with GetBatch's statement prepared on it.
 struct Session {
     client: tokio_postgres::Client,
+    /// GetBatch's statement, prepared on this connection.
     get: tokio_postgres::Statement,
 }
 

@@ -48,6 +48,7 @@ pub(crate) enum StreamEnd {
 /// ended it.
 pub(crate) struct EventStream {
     events: mpsc::Receiver<Event>,
+    /// Why the stream ended, when it did not end with its last event.
     end: Option<oneshot::Receiver<StreamEnd>>,
 }
 

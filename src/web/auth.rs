@@ -20,7 +20,9 @@ const LABEL: &[u8] = b"batch-history web session v1";
 
 /// Who may see the page.
 pub(crate) struct Sessions {
+    /// Derived from the token: signs the session cookie.
     key: hmac::Key,
+    /// The session cookie's value: the key's signature of [`LABEL`].
     tag: hmac::Tag,
     /// Over TLS the cookie is `Secure`: never sent over plain HTTP.
     secure: bool,
