@@ -23,7 +23,7 @@ pub(crate) struct Statement<'s> {
 /// Every column of `batches`, in order, with its type: the one list that the
 /// statements below (through [`columns!`]), the import's COPY, its
 /// [`COLUMN_TYPES`] and the [`column`] positions that
-/// [`super::batch_from_row`] reads come from. Every statement that returns
+/// `rows::batch` reads come from. Every statement that returns
 /// whole batches starts its rows with [`columns!`].
 /// Calls `$then!` with `name: TYPE` pairs.
 macro_rules! with_batch_columns {
