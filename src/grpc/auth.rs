@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Status, service::Interceptor};
 
+use super::status::{Reason, failed};
+
 /// Admits a call only if it carries `authorization: Bearer <token>`, when a
 /// token is configured; admits everything otherwise. Health and reflection
 /// are not behind it, so probes and grpcurl listings keep working.
@@ -37,8 +39,10 @@ impl Interceptor for BearerAuth {
         if constant_time_eq(presented.as_bytes(), expected) {
             Ok(request)
         } else {
-            Err(Status::unauthenticated(
-                "missing or wrong bearer token in the authorization metadata",
+            Err(failed(
+                Reason::Unauthenticated,
+                "missing or wrong bearer token in the authorization metadata".into(),
+                &[],
             ))
         }
     }

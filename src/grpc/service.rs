@@ -21,7 +21,7 @@ use tracing::{Instrument, Span, field};
 use super::convert::{parse_batch_id, stale_after};
 use super::deadline::deadline;
 use super::limits::fit_batches;
-use super::status::{Retry, ending_at, write};
+use super::status::{Reason, Retry, ending_at, failed, write};
 use crate::domain::{
     BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, Save, StaleThreshold,
 };
@@ -105,7 +105,13 @@ impl BatchHistoryService {
         let result = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, handled)
                 .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("the caller's deadline passed"))),
+                .unwrap_or_else(|_| {
+                    Err(failed(
+                        Reason::DeadlineExceeded,
+                        "the caller's deadline passed".into(),
+                        &[],
+                    ))
+                }),
             None => handled.await,
         };
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
@@ -273,11 +279,11 @@ impl BatchHistory for BatchHistoryService {
         &self,
         request: Request<DeleteBatchRequest>,
     ) -> Result<Response<()>, Status> {
-        self.call("DeleteBatch", request, |request| async {
+        self.call("DeleteBatch", request, |request| async move {
             record_batch_id(&request.batch_id);
             let batch_id = parse_batch_id(request.batch_id, "batch_id")?;
             self.store
-                .delete(&batch_id)
+                .delete(&batch_id, request.force)
                 .await
                 .map_err(write(Retry::Harmless))?;
             Ok(())

@@ -1,8 +1,12 @@
 //! The one place where errors become gRPC statuses.
 //!
-//! Callers get a code they can act on and a message without SQL, connection
-//! details or secrets; anything unexpected is logged here, once, with its
-//! cause chain.
+//! Callers get a code they can act on, a `google.rpc.ErrorInfo` whose
+//! `reason` a program can branch on ([`Reason`]), and a message without SQL,
+//! connection details or secrets; anything unexpected is logged here, once,
+//! with its cause chain. Every status the service makes is made by
+//! [`failed`] (a test checks that no other code builds one).
+
+use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -12,12 +16,122 @@ use crate::store::{Counter, StoreError};
 use crate::telemetry::cause_chain;
 use crate::watch::StreamEnd;
 
+/// The `domain` of every `ErrorInfo` the service attaches.
+pub const ERROR_DOMAIN: &str = "batch-history";
+
+/// Why a call failed: `ErrorInfo.reason`, stable across releases, each with
+/// the one code it comes with. The proto's comments and the README list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A request field is invalid (`BadRequest` names it; metadata `field`).
+    FieldInvalid,
+    /// No batch has this id (metadata `batch_id`).
+    BatchNotFound,
+    /// A different batch already has this id (metadata `batch_id`).
+    BatchIdTaken,
+    /// The request id was used for a different request (metadata `request_id`).
+    RequestIdReused,
+    /// The batch has finished, so it cannot change (metadata `batch_id`, `state`).
+    BatchAlreadyFinished,
+    /// The batch is RUNNING, and the call needs it finished (metadata
+    /// `batch_id`, `state`).
+    BatchRunning,
+    /// Concurrent writers kept winning the race for the batch (metadata `batch_id`).
+    BatchContended,
+    /// The database did not answer within `DB_TIMEOUT_MS`; nothing was applied.
+    DatabaseTimeout,
+    /// The database cannot be reached.
+    DatabaseUnavailable,
+    /// The database did not confirm in time whether the call was applied.
+    OutcomeUnknown,
+    /// The database server ran out of a resource (metadata `resource`, `sqlstate`).
+    DatabaseResourceExhausted,
+    /// A watcher fell behind the changes.
+    WatcherFellBehind,
+    /// The change feed lost its connection: changes may have been missed.
+    ChangeFeedLost,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The bearer token is missing or wrong.
+    Unauthenticated,
+    /// The caller's deadline passed.
+    DeadlineExceeded,
+    /// A defect of the service, logged.
+    Internal,
+}
+
+impl Reason {
+    /// The reason as `ErrorInfo.reason` spells it.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::FieldInvalid => "FIELD_INVALID",
+            Self::BatchNotFound => "BATCH_NOT_FOUND",
+            Self::BatchIdTaken => "BATCH_ID_TAKEN",
+            Self::RequestIdReused => "REQUEST_ID_REUSED",
+            Self::BatchAlreadyFinished => "BATCH_ALREADY_FINISHED",
+            Self::BatchRunning => "BATCH_RUNNING",
+            Self::BatchContended => "BATCH_CONTENDED",
+            Self::DatabaseTimeout => "DATABASE_TIMEOUT",
+            Self::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            Self::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            Self::DatabaseResourceExhausted => "DATABASE_RESOURCE_EXHAUSTED",
+            Self::WatcherFellBehind => "WATCHER_FELL_BEHIND",
+            Self::ChangeFeedLost => "CHANGE_FEED_LOST",
+            Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    pub(crate) const fn code(self) -> Code {
+        match self {
+            Self::FieldInvalid => Code::InvalidArgument,
+            Self::BatchNotFound => Code::NotFound,
+            Self::BatchIdTaken | Self::RequestIdReused => Code::AlreadyExists,
+            Self::BatchAlreadyFinished | Self::BatchRunning => Code::FailedPrecondition,
+            Self::BatchContended | Self::WatcherFellBehind | Self::ChangeFeedLost => Code::Aborted,
+            Self::DatabaseTimeout
+            | Self::DatabaseUnavailable
+            | Self::OutcomeUnknown
+            | Self::ShuttingDown => Code::Unavailable,
+            Self::DatabaseResourceExhausted => Code::ResourceExhausted,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Internal => Code::Internal,
+        }
+    }
+}
+
+/// A status for `reason`, with `message` for people and `metadata` (the
+/// batch id, the state found, …) in its `ErrorInfo`.
+pub(crate) fn failed(reason: Reason, message: String, metadata: &[(&str, String)]) -> Status {
+    with_details(reason, message, metadata, ErrorDetails::new())
+}
+
+fn with_details(
+    reason: Reason,
+    message: String,
+    metadata: &[(&str, String)],
+    mut details: ErrorDetails,
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect();
+    details.set_error_info(reason.name(), ERROR_DOMAIN, metadata);
+    Status::with_error_details(reason.code(), message, details)
+}
+
 impl From<FieldViolation> for Status {
     fn from(violation: FieldViolation) -> Self {
-        Status::with_error_details(
-            Code::InvalidArgument,
+        let mut details = ErrorDetails::new();
+        details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+        with_details(
+            Reason::FieldInvalid,
             violation.to_string(),
-            ErrorDetails::with_bad_request_violation(violation.field, violation.description),
+            &[("field", violation.field)],
+            details,
         )
     }
 }
@@ -71,16 +185,43 @@ pub(crate) fn write(retry: Retry) -> impl Fn(StoreError) -> Status {
 }
 
 fn status(error: StoreError, retry: Retry) -> Status {
-    match error {
-        StoreError::NotFound(_) => Status::not_found(error.to_string()),
-        StoreError::AlreadyExists(_) | StoreError::RequestIdReused(_) => {
-            Status::already_exists(error.to_string())
-        }
-        StoreError::NotRunning { .. } => Status::failed_precondition(error.to_string()),
+    let message = error.to_string();
+    match &error {
+        StoreError::NotFound(batch_id) => failed(
+            Reason::BatchNotFound,
+            message,
+            &[("batch_id", batch_id.as_str().to_owned())],
+        ),
+        StoreError::AlreadyExists(batch_id) => failed(
+            Reason::BatchIdTaken,
+            message,
+            &[("batch_id", batch_id.as_str().to_owned())],
+        ),
+        StoreError::RequestIdReused(request_id) => failed(
+            Reason::RequestIdReused,
+            message,
+            &[("request_id", request_id.as_str().to_owned())],
+        ),
+        StoreError::NotRunning { batch_id, state } => failed(
+            Reason::BatchAlreadyFinished,
+            message,
+            &[
+                ("batch_id", batch_id.as_str().to_owned()),
+                ("state", state.as_str().to_owned()),
+            ],
+        ),
+        StoreError::Running(batch_id) => failed(
+            Reason::BatchRunning,
+            message,
+            &[
+                ("batch_id", batch_id.as_str().to_owned()),
+                ("state", "RUNNING".to_owned()),
+            ],
+        ),
         // A request field names it where the call knows which: see `ending_at`.
-        StoreError::EndBeforeStart => Status::invalid_argument(error.to_string()),
+        StoreError::EndBeforeStart => failed(Reason::FieldInvalid, message, &[]),
         StoreError::CounterOverflow(counter) => FieldViolation {
-            field: match counter {
+            field: match *counter {
                 Counter::SamplesGenerated => "samples_delta",
                 Counter::TotalTokens => "tokens_delta",
             }
@@ -88,45 +229,68 @@ fn status(error: StoreError, retry: Retry) -> Status {
             description: "would take the batch's counter past its 64-bit maximum".into(),
         }
         .into(),
-        StoreError::Contended => Status::aborted(error.to_string()),
-        StoreError::TimedOut(_) => {
+        StoreError::Contended => failed(Reason::BatchContended, message, &[]),
+        StoreError::TimedOut(timeout) => {
             episodes::report("timed out", &error);
-            Status::unavailable(match retry {
-                // A GetBatch past its budget is left to finish: nothing to undo.
-                Retry::Read => format!("{error}; retry later"),
-                _ => format!(
-                    "{error}; the call was cancelled there, nothing was applied; retry later"
-                ),
-            })
+            failed(
+                Reason::DatabaseTimeout,
+                match retry {
+                    // A GetBatch past its budget is left to finish: nothing to undo.
+                    Retry::Read => format!("{message}; retry later"),
+                    _ => format!(
+                        "{message}; the call was cancelled there, nothing was applied; retry later"
+                    ),
+                },
+                &[("timeout_ms", timeout.as_millis().to_string())],
+            )
         }
         StoreError::Unavailable(_) => {
             episodes::report("unavailable", &error);
-            Status::unavailable(format!(
-                "the database is unavailable; retry{}",
-                retry.advice()
-            ))
+            failed(
+                Reason::DatabaseUnavailable,
+                format!("the database is unavailable; retry{}", retry.advice()),
+                &[],
+            )
         }
-        StoreError::Exhausted { resource, .. } => {
+        StoreError::Exhausted {
+            resource, sqlstate, ..
+        } => {
             episodes::report(resource, &error);
-            Status::resource_exhausted(format!(
-                "{error}: nothing was applied, and writes fail until an operator frees it; \
-                 retry later"
-            ))
+            failed(
+                Reason::DatabaseResourceExhausted,
+                format!(
+                    "{message}: nothing was applied, and writes fail until an operator frees \
+                     it; retry later"
+                ),
+                &[
+                    ("resource", (*resource).to_owned()),
+                    ("sqlstate", sqlstate.clone()),
+                ],
+            )
         }
         StoreError::OutcomeUnknown(_) => {
             episodes::report("outcome unknown", &error);
-            Status::unavailable(if retry == Retry::Read {
-                "the database did not answer in time; retry later".to_owned()
-            } else {
-                format!(
-                    "the database did not confirm in time whether this call was applied; retry{}",
-                    retry.advice()
-                )
-            })
+            failed(
+                Reason::OutcomeUnknown,
+                if retry == Retry::Read {
+                    "the database did not answer in time; retry later".to_owned()
+                } else {
+                    format!(
+                        "the database did not confirm in time whether this call was applied; \
+                         retry{}",
+                        retry.advice()
+                    )
+                },
+                &[],
+            )
         }
         StoreError::Internal { .. } => {
             tracing::error!(error = %cause_chain(&error), "internal error");
-            Status::internal("internal error; it has been logged")
+            failed(
+                Reason::Internal,
+                "internal error; it has been logged".into(),
+                &[],
+            )
         }
     }
 }
@@ -193,10 +357,84 @@ pub(crate) fn ending_at(end_time_field: &'static str) -> impl Fn(StoreError) -> 
 
 impl From<StreamEnd> for Status {
     fn from(end: StreamEnd) -> Self {
+        let message = end.to_string();
         match end {
-            StreamEnd::FellBehind | StreamEnd::FeedInterrupted => Status::aborted(end.to_string()),
-            StreamEnd::ShuttingDown => Status::unavailable(end.to_string()),
+            StreamEnd::FellBehind => failed(Reason::WatcherFellBehind, message, &[]),
+            StreamEnd::FeedInterrupted => failed(Reason::ChangeFeedLost, message, &[]),
+            StreamEnd::ShuttingDown => failed(Reason::ShuttingDown, message, &[]),
             StreamEnd::Snapshot(error) => error.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// Every status the service returns carries an `ErrorInfo`: no code
+    /// outside [`failed`] builds a status.
+    #[test]
+    fn no_status_is_built_without_a_reason() {
+        let constructors = [
+            "Status::new(",
+            "Status::with_",
+            "Status::invalid_argument(",
+            "Status::not_found(",
+            "Status::already_exists(",
+            "Status::failed_precondition(",
+            "Status::aborted(",
+            "Status::unavailable(",
+            "Status::resource_exhausted(",
+            "Status::internal(",
+            "Status::unauthenticated(",
+            "Status::deadline_exceeded(",
+            "Status::permission_denied(",
+            "Status::cancelled(",
+            "Status::unknown(",
+            "Status::out_of_range(",
+            "Status::unimplemented(",
+            "Status::data_loss(",
+            "Status::from_error(",
+        ];
+        let mut found = Vec::new();
+        let mut files = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for constructor in constructors {
+                for (line, _) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains(constructor))
+                {
+                    found.push(format!("{}:{}", path.display(), line + 1));
+                }
+            }
+        }
+        assert_eq!(
+            found.len(),
+            1,
+            "statuses built outside `failed`: {found:#?}"
+        );
+        assert!(found[0].contains("grpc/status.rs"), "{found:?}");
+    }
+
+    #[test]
+    fn each_reason_comes_with_its_code_and_domain() {
+        let status = failed(
+            Reason::BatchAlreadyFinished,
+            "done".into(),
+            &[("batch_id", "b".into()), ("state", "COMPLETED".into())],
+        );
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "BATCH_ALREADY_FINISHED");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["state"], "COMPLETED");
     }
 }

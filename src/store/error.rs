@@ -36,6 +36,9 @@ pub enum StoreError {
     RequestIdReused(RequestId),
     #[error("batch {batch_id} is {state}, not RUNNING")]
     NotRunning { batch_id: BatchId, state: State },
+    /// The call needs the batch finished, and it is RUNNING.
+    #[error("batch {0} is RUNNING; finish it first, or delete it with force")]
+    Running(BatchId),
     /// The end time given is before the batch's start time.
     #[error("the end time is before the batch's start_time")]
     EndBeforeStart,

@@ -245,16 +245,21 @@ impl Store {
             .await
     }
 
-    /// Deletes a batch in any state.
-    pub(crate) async fn delete(&self, batch_id: &BatchId) -> Result<(), StoreError> {
+    /// Deletes a batch; a RUNNING one only with `force`.
+    pub(crate) async fn delete(&self, batch_id: &BatchId, force: bool) -> Result<(), StoreError> {
         let delete = sql::Delete {
             batch_id: batch_id.as_str(),
+            force,
         };
         self.primary
             .run(Some(batch_id), async |client| {
-                match client.execute(&delete).await? {
-                    0 => Err(StoreError::NotFound(batch_id.clone())),
-                    _ => Ok(()),
+                let row = client.query_one(&delete).await?;
+                // The state is read from the statement's snapshot, before the
+                // delete; a batch another call deleted meanwhile is gone.
+                match (row.try_get(0)?, row.try_get(1)?) {
+                    (true, _) => Ok(()),
+                    (false, Some("RUNNING")) => Err(StoreError::Running(batch_id.clone())),
+                    (false, _) => Err(StoreError::NotFound(batch_id.clone())),
                 }
             })
             .await

@@ -30,6 +30,7 @@ macro_rules! params {
 
 params! {
     &str => TEXT,
+    bool => BOOL,
     i32 => INT4,
     i64 => INT8,
     f64 => FLOAT8,

@@ -258,9 +258,16 @@ statement! {
 }
 
 statement! {
-    /// Deletes one batch.
-    pub(crate) struct Delete<'a> { batch_id: &'a str }
-        = "DELETE FROM batches WHERE batch_id = :batch_id";
+    /// Deletes one batch unless it is RUNNING and `force` is false; says
+    /// whether it did, and the state the batch was in (NULL: there was none).
+    pub(crate) struct Delete<'a> { batch_id: &'a str, force: bool }
+        = "WITH deleted AS (
+        DELETE FROM batches
+        WHERE batch_id = :batch_id AND (:force OR state <> 'RUNNING')
+        RETURNING batch_id
+    )
+    SELECT EXISTS (SELECT FROM deleted),
+        (SELECT state FROM batches WHERE batch_id = :batch_id)";
 }
 
 statement! {

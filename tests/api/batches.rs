@@ -4,7 +4,7 @@ use batch_history::proto::{self, CreateBatchRequest, DeleteBatchRequest, GetBatc
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Code;
 
-use crate::support::{TestApp, assert_invalid, timestamp};
+use crate::support::{TestApp, assert_invalid, error_info, timestamp};
 
 fn metadata(pairs: &[(&str, Kind)]) -> Struct {
     Struct {
@@ -162,6 +162,9 @@ async fn create_is_idempotent_on_the_same_body_and_refuses_a_different_one() {
     let status = client.create_batch(different).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
     assert!(status.message().contains("b-1"));
+    let info = error_info(&status);
+    assert_eq!(info.reason, "BATCH_ID_TAKEN");
+    assert_eq!(info.metadata["batch_id"], "b-1");
 
     let count: i64 = app.db.count_rows("batches").await;
     assert_eq!(count, 1);
@@ -281,14 +284,33 @@ async fn create_rejects_invalid_fields_and_stores_nothing() {
 }
 
 #[tokio::test]
-async fn get_and_delete_report_missing_batches() {
+async fn delete_refuses_a_running_batch_unless_forced_and_reports_missing_ones() {
     let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     app.create("doomed", "groq").await;
 
+    let status = client
+        .delete_batch(DeleteBatchRequest {
+            batch_id: "doomed".into(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let info = error_info(&status);
+    assert_eq!(info.reason, "BATCH_RUNNING");
+    assert_eq!(info.metadata["batch_id"], "doomed");
+    assert_eq!(info.metadata["state"], "RUNNING");
+    assert_eq!(
+        app.db.count_rows("batches").await,
+        1,
+        "a refused delete deletes nothing"
+    );
+
     client
         .delete_batch(DeleteBatchRequest {
             batch_id: "doomed".into(),
+            force: true,
         })
         .await
         .unwrap();
@@ -298,10 +320,14 @@ async fn get_and_delete_report_missing_batches() {
     let status = client
         .delete_batch(DeleteBatchRequest {
             batch_id: "doomed".into(),
+            force: true,
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+    let info = error_info(&status);
+    assert_eq!(info.reason, "BATCH_NOT_FOUND");
+    assert_eq!(info.metadata["batch_id"], "doomed");
     let status = client
         .get_batch(GetBatchRequest {
             batch_id: "doomed".into(),
@@ -324,6 +350,7 @@ async fn get_and_delete_report_missing_batches() {
         client
             .delete_batch(DeleteBatchRequest {
                 batch_id: "é".into(),
+                force: false,
             })
             .await
             .unwrap_err(),
@@ -350,6 +377,10 @@ async fn a_lost_database_is_unavailable_not_internal() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        ["DATABASE_UNAVAILABLE", "DATABASE_TIMEOUT"].contains(&&*error_info(&status).reason),
+        "{status:?}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert!(!status.message().contains("bh_test_"), "{status:?}");
 }

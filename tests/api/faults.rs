@@ -13,7 +13,7 @@ use prost::Message;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::support::{TestApp, TestDb, assert_invalid, health_client, rand_u64};
+use crate::support::{TestApp, TestDb, assert_invalid, error_info, health_client, rand_u64};
 
 fn progress(batch_id: &str, samples: i64) -> RecordProgressRequest {
     RecordProgressRequest {
@@ -380,6 +380,9 @@ async fn a_request_id_is_a_uuid_and_names_one_report() {
         let status = client.record_progress(other).await.unwrap_err();
         assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
         assert!(status.message().contains("request_id"), "{status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.reason, "REQUEST_ID_REUSED");
+        assert_eq!(info.metadata["request_id"], request_id);
     }
     // Case does not make another id.
     client

@@ -622,6 +622,7 @@ async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
     client
         .delete_batch(batch_history::proto::DeleteBatchRequest {
             batch_id: deleted.clone(),
+            force: true,
         })
         .await
         .unwrap();

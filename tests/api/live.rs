@@ -13,7 +13,7 @@ use batch_history::proto::{
 };
 use tonic::{Code, Streaming, transport::Channel};
 
-use crate::support::{Server, TestApp, TestDb, serve_config, timestamp};
+use crate::support::{Server, TestApp, TestDb, error_info, serve_config, timestamp};
 
 const SOON: Duration = Duration::from_secs(1);
 
@@ -150,6 +150,7 @@ async fn a_change_through_one_replica_reaches_a_watcher_on_another() {
         .clone()
         .delete_batch(DeleteBatchRequest {
             batch_id: "fresh".into(),
+            force: true,
         })
         .await
         .unwrap();
@@ -246,6 +247,7 @@ async fn state_filtered_watchers_see_finishes_and_their_deletions() {
         client
             .delete_batch(DeleteBatchRequest {
                 batch_id: batch_id.into(),
+                force: true,
             })
             .await
             .unwrap();
@@ -446,6 +448,7 @@ async fn a_slow_watcher_is_cut_off_without_holding_back_others() {
     let status = ended.expect_err("the slow watcher's stream ends with a status");
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     assert!(status.message().contains("fresh snapshot"));
+    assert_eq!(error_info(&status).reason, "WATCHER_FELL_BEHIND");
     assert!(events < 1_001, "it was cut off, after {events} events");
     eprintln!("the slow watcher was cut off after {events} events");
 }
@@ -711,7 +714,17 @@ async fn purge_deletes_old_finished_batches_or_counts_them() {
             .await
             .unwrap();
     }
-    app.create("running", "groq").await;
+    // As old as the others: only being RUNNING keeps it from every purge.
+    client
+        .create_batch(CreateBatchRequest {
+            batch_id: "old-running".into(),
+            batch: Some(proto::Batch {
+                start_time: Some(timestamp(1_600_000_000)),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
     let request = |states: Vec<i32>, dry_run| PurgeBatchesRequest {
         older_than: Some(timestamp(1_700_000_000)),
         states,
@@ -738,6 +751,14 @@ async fn purge_deletes_old_finished_batches_or_counts_them() {
     assert_eq!(rest.purged_count, 1);
     let left: i64 = app.db.count_rows("batches").await;
     assert_eq!(left, 1, "the running batch stays");
+    let kept = client
+        .get_batch(proto::GetBatchRequest {
+            batch_id: "old-running".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.state(), State::Running);
 
     let status = client
         .purge_batches(request(vec![State::Running as i32], false))

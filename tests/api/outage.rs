@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::cluster::TempCluster;
-use crate::support::{Server, database_config, health_client, serve_config};
+use crate::support::{Server, database_config, error_info, health_client, serve_config};
 
 const TIMEOUT: Duration = Duration::from_millis(1_000);
 
@@ -426,6 +426,7 @@ async fn every_write_says_how_to_retry_it_during_an_outage() {
             client
                 .delete_batch(proto::DeleteBatchRequest {
                     batch_id: "save-me".into(),
+                    force: true,
                 })
                 .await
                 .map(drop),
@@ -446,6 +447,7 @@ async fn every_write_says_how_to_retry_it_during_an_outage() {
         let status = outcome.expect_err(call);
         eprintln!("{call}: {:?} {}", status.code(), status.message());
         assert_eq!(status.code(), Code::Unavailable, "{call}");
+        assert_eq!(error_info(&status).reason, "DATABASE_UNAVAILABLE", "{call}");
         assert!(
             status.message().contains(advice),
             "{call} should advise {advice:?}: {}",
@@ -526,6 +528,9 @@ async fn a_full_disk_is_resource_exhausted_and_says_so() {
         full.message()
     );
     assert_eq!(full.code(), Code::ResourceExhausted);
+    let info = error_info(&full);
+    assert_eq!(info.reason, "DATABASE_RESOURCE_EXHAUSTED");
+    assert_eq!(info.metadata["sqlstate"], "53100");
     assert!(
         full.message().contains("out of disk space"),
         "{}",

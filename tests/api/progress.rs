@@ -6,7 +6,7 @@ use batch_history::proto::{
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Code;
 
-use crate::support::{TestApp, assert_invalid, timestamp};
+use crate::support::{TestApp, assert_invalid, error_info, timestamp};
 
 fn progress(batch_id: &str, samples: i64, tokens: i64) -> RecordProgressRequest {
     RecordProgressRequest {
@@ -281,6 +281,12 @@ async fn finish_follows_the_state_machine() {
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("FAILED"), "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "BATCH_ALREADY_FINISHED");
+    assert_eq!(
+        (&*info.metadata["batch_id"], &*info.metadata["state"]),
+        ("b", "FAILED")
+    );
     let status = client
         .record_progress(progress("b", 1, 1))
         .await

@@ -19,7 +19,7 @@ use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::process::ServerProcess;
-use crate::support::{TestApp, TestDb, health_client, refused_by_goaway, serve_config};
+use crate::support::{TestApp, TestDb, error_info, health_client, refused_by_goaway, serve_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_racing_on_an_empty_database_all_serve_and_migrate_once() {
@@ -511,6 +511,7 @@ async fn with_a_token_calls_need_it_but_probes_do_not() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(error_info(&status).reason, "UNAUTHENTICATED");
     for wrong in [
         "Bearer t0ken-for-test",
         "Bearer t0ken-for-tests2",

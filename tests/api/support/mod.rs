@@ -418,6 +418,18 @@ pub fn assert_invalid(status: Status, field: &str) {
         .get_details_bad_request()
         .expect("no BadRequest detail");
     assert_eq!(bad_request.field_violations[0].field, field);
+    let info = error_info(&status);
+    assert_eq!(info.reason, "FIELD_INVALID");
+    assert_eq!(info.metadata["field"], field);
+}
+
+/// The `ErrorInfo` every failed call carries, checked for the service's domain.
+pub fn error_info(status: &Status) -> tonic_types::ErrorInfo {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "batch-history", "{status:?}");
+    info
 }
 
 /// Whether `status` is how tonic's client reports a stream that a server
