@@ -29,7 +29,9 @@ NULL where the legacy table had NULL, and entry timestamps only where one
 was recorded. Other calls have a deadline and are retried, with backoff,
 after UNAVAILABLE or DEADLINE_EXCEEDED; each is safe to repeat. Errors
 other than those the legacy functions answered with `{'success': False}`
-raise `grpc.RpcError`, as a failing database query raised before. With
+raise one of `batch_history_client.errors` (`BatchNotFound`,
+`BatchAlreadyFinished`, …), chosen by the reason the service attaches; each
+is a `grpc.RpcError`, as a failing database query raised before. With
 OpenTelemetry installed, calls carry the current trace context.
 """
 from __future__ import annotations
@@ -53,14 +55,17 @@ from batchhistory.v1 import batch_history_pb2 as pb
 from batchhistory.v1 import batch_history_pb2_grpc as pb_grpc
 
 from ._outbox import Outbox, SaveStats, log
+from .errors import (BatchAlreadyFinished, BatchHistoryError, BatchNotFound, Retryable,
+                     from_rpc_error)
 
 try:  # OpenTelemetry is optional: `pip install batch-history-client[otel]`.
     from opentelemetry.propagate import inject as _inject
 except ImportError:
     _inject = None
 
-__all__ = ["Batch", "BatchHistory", "LegacyRow", "SaveStats", "__version__"]
-__version__ = "1.1.0"
+__all__ = ["Batch", "BatchHistory", "BatchHistoryError", "LegacyRow", "SaveStats",
+           "__version__"]
+__version__ = "1.2.0"
 
 Batch = pb.Batch
 LegacyRow = dict  # a dict shaped like the legacy BatchHistory.to_dict()
@@ -74,10 +79,6 @@ _STATUS = {
     Batch.FAILED: "failed",
 }
 _STATE = {name: state for state, name in _STATUS.items()}
-
-# Codes after which a call may not have reached the database, or its answer
-# was lost: every call below is safe to send again.
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 # The legacy worker's one error that ends a batch for good without a crash.
 _EXHAUSTED = "All providers and models exhausted"
@@ -159,15 +160,17 @@ class BatchHistory:
     def _call(self, method: Callable[..., _Reply], request: Message,
               metadata: Optional[list] = None, attempts: Optional[int] = None) -> _Reply:
         """Sends `request`, the same message every time, until an answer that
-        is not worth retrying or the last attempt."""
+        is not worth retrying or the last attempt. Every call below is safe to
+        send again, so a `Retryable` failure is retried."""
         metadata = metadata if metadata is not None else self._metadata()
         attempts = attempts or self._attempts
         for attempt in range(attempts):
             try:
                 return method(request, timeout=self._timeout, metadata=metadata)
             except grpc.RpcError as error:
-                if error.code() not in _RETRYABLE or attempt + 1 == attempts:
-                    raise
+                typed = from_rpc_error(error)
+                if not isinstance(typed, Retryable) or attempt + 1 == attempts:
+                    raise typed from error
             time.sleep(self._backoff * 2 ** attempt * random.uniform(0.5, 1.5))
         raise AssertionError("attempts must be at least 1")
 
@@ -327,10 +330,8 @@ class BatchHistory:
         """One batch as a legacy row, or None if there is no such batch."""
         try:
             return self._row(self._call(self._stub.GetBatch, pb.GetBatchRequest(batch_id=batch_id)))
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
+        except BatchNotFound:
+            return None
 
     # Finer-grained calls, for callers that report as they go.
 
@@ -393,10 +394,8 @@ class BatchHistory:
                 return False
             self._call(self._stub.FinishBatch,
                        pb.FinishBatchRequest(batch_id=batch_id, state=Batch.STOPPED))
-        except grpc.RpcError as error:
-            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                return False
-            raise
+        except (BatchNotFound, BatchAlreadyFinished):
+            return False
         return True
 
     # Mapping between the dashboard's states and rows and the service's batches.
@@ -450,8 +449,8 @@ class BatchHistory:
             try:
                 page = ahead.result()
             except grpc.RpcError as error:
-                if error.code() not in _RETRYABLE:
-                    raise
+                if not isinstance(from_rpc_error(error), Retryable):
+                    raise from_rpc_error(error) from error
                 page = self._call(self._stub.ListBatches, page_after(token), metadata)
 
     def _row(self, batch: pb.Batch) -> dict:

@@ -22,12 +22,9 @@ import grpc
 
 from batchhistory.v1 import batch_history_pb2 as pb
 
-log = logging.getLogger("batch_history_client")
+from .errors import Retryable, from_rpc_error
 
-# Codes after which the service may have missed the save, or its answer was
-# lost; sending the same absolute save again is always safe.
-_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+log = logging.getLogger("batch_history_client")
 
 
 # How long an exiting process waits for saves still on their way.
@@ -150,12 +147,16 @@ class Outbox:
                     pending.request, pending.metadata, pending.live, pending.version)
             try:
                 answer = self._send(request, metadata)
-            except grpc.RpcError as error:
-                if error.code() in _TRANSIENT and self._closed:
+            except grpc.RpcError as rpc_error:
+                # A Retryable save may have been missed, or its answer lost;
+                # sending the same absolute save again is always safe.
+                error = from_rpc_error(rpc_error)
+                transient = isinstance(error, Retryable)
+                if transient and self._closed:
                     # close() gave up on what still waits, and said so.
                     self._finished_attempt(batch_id, version, delivered=False)
                     return
-                if error.code() in _TRANSIENT:
+                if transient:
                     if outage_since is None:
                         outage_since = time.monotonic()
                         self.stats.outages += 1
@@ -169,9 +170,9 @@ class Outbox:
                     time.sleep(backoff * random.uniform(0.5, 1.0))
                     continue
                 self.stats.rejected += 1
-                self.stats.last_error = f"{error.code().name}: {error.details()}"
-                log.error("batch %s: the service refused its save (%s: %s); not retried",
-                          batch_id, error.code().name, error.details())
+                self.stats.last_error = f"{error.code().name} {error.reason}: {error.details()}"
+                log.error("batch %s: the service refused its save (%s); not retried",
+                          batch_id, error)
                 self._finished_attempt(batch_id, version, delivered=True)
                 continue
             except Exception:  # noqa: BLE001 - the thread must outlive any surprise

@@ -189,10 +189,12 @@ class FinishBatchRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., state: _Optional[_Union[Batch.State, str]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[BatchError, _Mapping]] = ...) -> None: ...
 
 class DeleteBatchRequest(_message.Message):
-    __slots__ = ("batch_id",)
+    __slots__ = ("batch_id", "force")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
-    def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, batch_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class SaveBatchRequest(_message.Message):
     __slots__ = ("batch",)

@@ -29,6 +29,21 @@ if _version_not_supported:
 class BatchHistoryStub:
     """Records generation batches: created when a batch starts, advanced as samples
     are produced, finished once, listed for history.
+
+    Every failed call carries a google.rpc.ErrorInfo (domain "batch-history")
+    whose reason, stable across releases, is one of:
+    FIELD_INVALID (INVALID_ARGUMENT; with a google.rpc.BadRequest; metadata
+    field), BATCH_NOT_FOUND (NOT_FOUND; batch_id), BATCH_ID_TAKEN
+    (ALREADY_EXISTS: a different batch has the id; batch_id),
+    REQUEST_ID_REUSED (ALREADY_EXISTS; request_id), BATCH_ALREADY_FINISHED
+    (FAILED_PRECONDITION; batch_id, state), BATCH_RUNNING
+    (FAILED_PRECONDITION: DeleteBatch without force; batch_id, state),
+    BATCH_CONTENDED (ABORTED: retry), WATCHER_FELL_BEHIND and
+    CHANGE_FEED_LOST (ABORTED: watch again), DATABASE_UNAVAILABLE,
+    DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
+    (applied or not: retry as the message says) and SHUTTING_DOWN
+    (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
+    resource, sqlstate), UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
     """
 
     def __init__(self, channel):
@@ -102,6 +117,21 @@ class BatchHistoryStub:
 class BatchHistoryServicer:
     """Records generation batches: created when a batch starts, advanced as samples
     are produced, finished once, listed for history.
+
+    Every failed call carries a google.rpc.ErrorInfo (domain "batch-history")
+    whose reason, stable across releases, is one of:
+    FIELD_INVALID (INVALID_ARGUMENT; with a google.rpc.BadRequest; metadata
+    field), BATCH_NOT_FOUND (NOT_FOUND; batch_id), BATCH_ID_TAKEN
+    (ALREADY_EXISTS: a different batch has the id; batch_id),
+    REQUEST_ID_REUSED (ALREADY_EXISTS; request_id), BATCH_ALREADY_FINISHED
+    (FAILED_PRECONDITION; batch_id, state), BATCH_RUNNING
+    (FAILED_PRECONDITION: DeleteBatch without force; batch_id, state),
+    BATCH_CONTENDED (ABORTED: retry), WATCHER_FELL_BEHIND and
+    CHANGE_FEED_LOST (ABORTED: watch again), DATABASE_UNAVAILABLE,
+    DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
+    (applied or not: retry as the message says) and SHUTTING_DOWN
+    (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
+    resource, sqlstate), UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
     """
 
     def CreateBatch(self, request, context):
@@ -150,7 +180,8 @@ class BatchHistoryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteBatch(self, request, context):
-        """Deletes a batch in any state, or NOT_FOUND.
+        """Deletes a finished batch, or a RUNNING one with force; NOT_FOUND if there
+        is none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -299,6 +330,21 @@ def add_BatchHistoryServicer_to_server(servicer, server):
 class BatchHistory:
     """Records generation batches: created when a batch starts, advanced as samples
     are produced, finished once, listed for history.
+
+    Every failed call carries a google.rpc.ErrorInfo (domain "batch-history")
+    whose reason, stable across releases, is one of:
+    FIELD_INVALID (INVALID_ARGUMENT; with a google.rpc.BadRequest; metadata
+    field), BATCH_NOT_FOUND (NOT_FOUND; batch_id), BATCH_ID_TAKEN
+    (ALREADY_EXISTS: a different batch has the id; batch_id),
+    REQUEST_ID_REUSED (ALREADY_EXISTS; request_id), BATCH_ALREADY_FINISHED
+    (FAILED_PRECONDITION; batch_id, state), BATCH_RUNNING
+    (FAILED_PRECONDITION: DeleteBatch without force; batch_id, state),
+    BATCH_CONTENDED (ABORTED: retry), WATCHER_FELL_BEHIND and
+    CHANGE_FEED_LOST (ABORTED: watch again), DATABASE_UNAVAILABLE,
+    DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
+    (applied or not: retry as the message says) and SHUTTING_DOWN
+    (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
+    resource, sqlstate), UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
     """
 
     @staticmethod
