@@ -284,6 +284,19 @@ pub struct ListQuery {
     pub(crate) detail: Detail,
 }
 
+/// A lookup of many batches by id, answered in the order asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BatchGet {
+    /// 1 to [`BatchGet::MAX_IDS`]; repeats allowed.
+    pub(crate) batch_ids: Vec<BatchId>,
+    pub(crate) detail: Detail,
+}
+
+impl BatchGet {
+    /// The most ids one lookup takes (AIP-231's usual bound).
+    pub(crate) const MAX_IDS: usize = 1_000;
+}
+
 /// How much of each batch a listing reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detail {

@@ -20,7 +20,7 @@ pub(crate) use json::JsonObject;
 pub use list::{
     BatchFilter, Cursor, Detail, Facets, LabelFilters, Labels, ListQuery, Order, Page, PageSize,
 };
-pub(crate) use list::{labels_of, with_label_filters};
+pub(crate) use list::{BatchGet, labels_of, with_label_filters};
 pub(crate) use request_id::{Idempotency, RequestId};
 pub(crate) use stats::{BatchStats, StatsGroup};
 pub(crate) use text::{Label, Prose};

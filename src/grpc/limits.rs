@@ -4,7 +4,12 @@
 use http::{HeaderValue, Response};
 use prost::Message;
 
-use crate::domain::{Batch, Cursor};
+use std::collections::HashMap;
+
+use tonic::Status;
+
+use super::status::{Reason, failed};
+use crate::domain::{Batch, BatchId, Cursor};
 use crate::proto;
 
 /// Largest request message accepted: room for a progress report with
@@ -38,6 +43,46 @@ pub(crate) fn fit_batches(batches: Vec<Batch>) -> (Vec<proto::Batch>, Option<Cur
     (fitted, None)
 }
 
+/// The answer to a lookup of `asked` ids that found `found`: the batches in
+/// the order asked (repeats included), and the ids not found; or
+/// RESPONSE_TOO_LARGE if they do not fit in one response.
+pub(crate) fn fit_lookup(
+    asked: Vec<BatchId>,
+    found: Vec<Batch>,
+) -> Result<proto::BatchGetBatchesResponse, Status> {
+    let mut found: HashMap<BatchId, proto::Batch> = found
+        .into_iter()
+        .map(|batch| (batch.batch_id.clone(), proto::Batch::from(batch)))
+        .collect();
+    let mut answer = proto::BatchGetBatchesResponse::default();
+    let mut bytes = 0;
+    for (place, batch_id) in asked.iter().enumerate() {
+        let Some(batch) = found.get(batch_id) else {
+            answer.missing_batch_ids.push(batch_id.as_str().to_owned());
+            continue;
+        };
+        bytes += batch.encoded_len() + 6;
+        if bytes > MAX_RESPONSE_BYTES {
+            return Err(failed(
+                Reason::ResponseTooLarge,
+                format!(
+                    "the batches asked for do not fit in one {MAX_RESPONSE_BYTES}-byte response \
+                     (the first {place} do); ask for fewer, or for BATCH_VIEW_BASIC"
+                ),
+                &[("fitting", place.to_string())],
+            ));
+        }
+        // The last time an id is asked for, its batch moves into the answer.
+        let repeated = asked[place + 1..].contains(batch_id);
+        answer.batches.push(if repeated {
+            batch.clone()
+        } else {
+            found.remove(batch_id).expect("looked up above")
+        });
+    }
+    Ok(answer)
+}
+
 /// tonic answers a request it cannot decode with codes that blame the
 /// server: OUT_OF_RANGE for a message over the size limit, INTERNAL for
 /// bytes that are not the expected protobuf (invalid UTF-8, nesting past
@@ -57,10 +102,23 @@ pub(crate) fn remap_decoding_errors(
         .map(|message| message.replace("%20", " "))
         .unwrap_or_default();
     let remapped = match headers.get("grpc-status").map(HeaderValue::as_bytes) {
-        Some(b"11") if message.contains("message length too large") => "8",
-        Some(b"13") if message.starts_with("failed to decode Protobuf message") => "3",
+        Some(b"11") if message.contains("message length too large") => {
+            failed(Reason::RequestTooLarge, message, &[])
+        }
+        Some(b"13") if message.starts_with("failed to decode Protobuf message") => {
+            failed(Reason::RequestMalformed, message, &[])
+        }
         _ => return response,
     };
-    headers.insert("grpc-status", HeaderValue::from_static(remapped));
+    // Replaces grpc-status and grpc-message, and adds the ErrorInfo.
+    if remapped.add_header(headers).is_err() {
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from_static(match remapped.code() {
+                tonic::Code::ResourceExhausted => "8",
+                _ => "3",
+            }),
+        );
+    }
     response
 }

@@ -20,18 +20,19 @@ use tracing::{Instrument, Span, field};
 
 use super::convert::{parse_batch_id, stale_after};
 use super::deadline::deadline;
-use super::limits::fit_batches;
+use super::limits::{fit_batches, fit_lookup};
 use super::status::{Reason, Retry, ending_at, failed, write};
 use crate::domain::{
-    BatchFilter, Finish, ListQuery, NewBatch, Progress, Purge, Save, StaleThreshold,
+    BatchFilter, BatchGet, BatchId, Finish, ListQuery, NewBatch, Progress, Purge, Save,
+    StaleThreshold,
 };
 use crate::metrics::Metrics;
 use crate::proto::{
-    self, CreateBatchRequest, DeleteBatchRequest, FinishBatchRequest, GetBatchRequest,
-    GetBatchStatsRequest, ListBatchesRequest, ListBatchesResponse, PurgeBatchesRequest,
-    PurgeBatchesResponse, RecordProgressRequest, SaveBatchRequest, SweepStaleBatchesRequest,
-    SweepStaleBatchesResponse, WatchBatchRequest, WatchBatchesRequest,
-    batch_history_server::BatchHistory,
+    self, BatchGetBatchesRequest, BatchGetBatchesResponse, CreateBatchRequest, DeleteBatchRequest,
+    FinishBatchRequest, GetBatchRequest, GetBatchStatsRequest, ListBatchesRequest,
+    ListBatchesResponse, PurgeBatchesRequest, PurgeBatchesResponse, RecordProgressRequest,
+    SaveBatchRequest, SweepStaleBatchesRequest, SweepStaleBatchesResponse, WatchBatchRequest,
+    WatchBatchesRequest, batch_history_server::BatchHistory,
 };
 use crate::store::Store;
 use crate::watch::{self, Hub};
@@ -328,6 +329,19 @@ impl BatchHistory for BatchHistoryService {
                 Box::pin(events.map(|event| event.map(Into::into).map_err(Into::into)))
                     as BatchEventStream,
             )
+        })
+        .await
+    }
+
+    async fn batch_get_batches(
+        &self,
+        request: Request<BatchGetBatchesRequest>,
+    ) -> Result<Response<BatchGetBatchesResponse>, Status> {
+        self.call("BatchGetBatches", request, |request| async {
+            let lookup = BatchGet::try_from(request)?;
+            let batch_ids: Vec<&str> = lookup.batch_ids.iter().map(BatchId::as_str).collect();
+            let found = self.store.get_many(&batch_ids, lookup.detail).await?;
+            fit_lookup(lookup.batch_ids, found)
         })
         .await
     }

@@ -25,6 +25,13 @@ pub const ERROR_DOMAIN: &str = "batch-history";
 pub(crate) enum Reason {
     /// A request field is invalid (`BadRequest` names it; metadata `field`).
     FieldInvalid,
+    /// The request is larger than the service accepts.
+    RequestTooLarge,
+    /// The request's bytes are not the message the method takes.
+    RequestMalformed,
+    /// The answer would not fit in one response (metadata `fitting`: how
+    /// many of the items asked for do).
+    ResponseTooLarge,
     /// No batch has this id (metadata `batch_id`).
     BatchNotFound,
     /// A different batch already has this id (metadata `batch_id`).
@@ -65,6 +72,9 @@ impl Reason {
     pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::FieldInvalid => "FIELD_INVALID",
+            Self::RequestTooLarge => "REQUEST_TOO_LARGE",
+            Self::RequestMalformed => "REQUEST_MALFORMED",
+            Self::ResponseTooLarge => "RESPONSE_TOO_LARGE",
             Self::BatchNotFound => "BATCH_NOT_FOUND",
             Self::BatchIdTaken => "BATCH_ID_TAKEN",
             Self::RequestIdReused => "REQUEST_ID_REUSED",
@@ -86,7 +96,7 @@ impl Reason {
 
     pub(crate) const fn code(self) -> Code {
         match self {
-            Self::FieldInvalid => Code::InvalidArgument,
+            Self::FieldInvalid | Self::RequestMalformed => Code::InvalidArgument,
             Self::BatchNotFound => Code::NotFound,
             Self::BatchIdTaken | Self::RequestIdReused => Code::AlreadyExists,
             Self::BatchAlreadyFinished | Self::BatchRunning => Code::FailedPrecondition,
@@ -95,7 +105,9 @@ impl Reason {
             | Self::DatabaseUnavailable
             | Self::OutcomeUnknown
             | Self::ShuttingDown => Code::Unavailable,
-            Self::DatabaseResourceExhausted => Code::ResourceExhausted,
+            Self::DatabaseResourceExhausted | Self::RequestTooLarge | Self::ResponseTooLarge => {
+                Code::ResourceExhausted
+            }
             Self::Unauthenticated => Code::Unauthenticated,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Internal => Code::Internal,

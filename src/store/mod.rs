@@ -38,7 +38,7 @@ mod tls;
 use std::{sync::Arc, time::Duration};
 
 use crate::domain::{
-    Batch, BatchFilter, BatchId, BatchStats, Finish, ListQuery, MAX_KEPT_ERROR_BYTES,
+    Batch, BatchFilter, BatchId, BatchStats, Detail, Finish, ListQuery, MAX_KEPT_ERROR_BYTES,
     MAX_KEPT_ERRORS, NewBatch, Page, Progress, Save, StaleThreshold, State,
 };
 
@@ -209,6 +209,24 @@ impl Store {
         }
     }
 
+    /// The batches with these ids that exist, in no particular order, as
+    /// the primary has them.
+    pub(crate) async fn get_many(
+        &self,
+        batch_ids: &[&str],
+        detail: Detail,
+    ) -> Result<Vec<Batch>, StoreError> {
+        self.primary
+            .run(None, async |client| {
+                let rows = match detail {
+                    Detail::Full => client.query(&sql::GetMany { batch_ids }).await?,
+                    Detail::Basic => client.query(&sql::GetManyBasic { batch_ids }).await?,
+                };
+                rows.iter().map(rows::batch).collect()
+            })
+            .await
+    }
+
     /// One page of batches.
     pub(crate) async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         self.reads
@@ -370,13 +388,7 @@ impl Current {
 
     /// The batches with these ids that exist, in no particular order.
     pub(crate) async fn get_many(&self, batch_ids: &[&str]) -> Result<Vec<Batch>, StoreError> {
-        let get = sql::GetMany { batch_ids };
-        self.0
-            .primary
-            .run(None, async |client| {
-                client.query(&get).await?.iter().map(rows::batch).collect()
-            })
-            .await
+        self.0.get_many(batch_ids, Detail::Full).await
     }
 
     /// One page of batches as the primary has them.

@@ -258,6 +258,16 @@ statement! {
 }
 
 statement! {
+    /// The batches with these ids, as [`Detail::Basic`] reads them.
+    pub(crate) struct GetManyBasic<'a> { batch_ids: &'a [&'a str] }
+        = concat!(
+            "SELECT ",
+            with_batch_columns!(basic_column_names),
+            " FROM batches WHERE batch_id = ANY(:batch_ids)"
+        );
+}
+
+statement! {
     /// Deletes one batch unless it is RUNNING and `force` is false; says
     /// whether it did, and the state the batch was in (NULL: there was none).
     pub(crate) struct Delete<'a> { batch_id: &'a str, force: bool }

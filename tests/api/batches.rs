@@ -384,3 +384,93 @@ async fn a_lost_database_is_unavailable_not_internal() {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert!(!status.message().contains("bh_test_"), "{status:?}");
 }
+
+#[tokio::test]
+async fn batch_get_answers_in_the_order_asked_and_lists_the_missing() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    app.create("a", "groq").await;
+    app.create("b", "cerebras").await;
+    // Errors up to 60 kB each: large enough that 80 copies pass 4 MiB.
+    client
+        .record_progress(proto::RecordProgressRequest {
+            batch_id: "b".into(),
+            errors: (0..1)
+                .map(|_| proto::BatchError {
+                    message: "e".repeat(60_000),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let lookup = |ids: &[&str], view: proto::BatchView| proto::BatchGetBatchesRequest {
+        batch_ids: ids.iter().map(|id| id.to_string()).collect(),
+        view: view as i32,
+    };
+
+    let answer = client
+        .batch_get_batches(lookup(&["b", "gone", "a", "b"], proto::BatchView::Unspecified))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = answer.batches.iter().map(|b| b.batch_id.as_str()).collect();
+    assert_eq!(ids, ["b", "a", "b"]);
+    assert_eq!(answer.missing_batch_ids, ["gone"]);
+    assert_eq!(answer.batches[0].errors.len(), 1, "FULL unless asked otherwise");
+    assert_eq!(answer.batches[0].provider, "cerebras");
+
+    let basic = client
+        .batch_get_batches(lookup(&["b"], proto::BatchView::Basic))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(basic.batches[0].errors.is_empty());
+    assert_eq!(basic.batches[0].error_count, 1);
+
+    let status = client
+        .batch_get_batches(lookup(&["b"; 80], proto::BatchView::Full))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(error_info(&status).reason, "RESPONSE_TOO_LARGE");
+    let fits = client
+        .batch_get_batches(lookup(&["b"; 80], proto::BatchView::Basic))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fits.batches.len(), 80);
+
+    assert_invalid(
+        client
+            .batch_get_batches(lookup(&[], proto::BatchView::Full))
+            .await
+            .unwrap_err(),
+        "batch_ids",
+    );
+    let too_many: Vec<String> = (0..1_001).map(|i| format!("b-{i}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    assert_invalid(
+        client
+            .batch_get_batches(lookup(&too_many, proto::BatchView::Full))
+            .await
+            .unwrap_err(),
+        "batch_ids",
+    );
+    let thousand: Vec<String> = (0..1_000).map(|i| format!("b-{i}")).collect();
+    let thousand: Vec<&str> = thousand.iter().map(String::as_str).collect();
+    let none = client
+        .batch_get_batches(lookup(&thousand, proto::BatchView::Full))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(none.missing_batch_ids.len(), 1_000);
+    assert_invalid(
+        client
+            .batch_get_batches(lookup(&["a", "b", "é"], proto::BatchView::Full))
+            .await
+            .unwrap_err(),
+        "batch_ids[2]",
+    );
+}

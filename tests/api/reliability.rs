@@ -239,6 +239,7 @@ async fn oversized_and_undecodable_requests_are_the_callers_fault() {
     };
     let status = client.record_progress(huge).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(error_info(&status).reason, "REQUEST_TOO_LARGE");
 
     // Deeper than prost's recursion limit: not even decodable.
     let deep = CreateBatchRequest {
@@ -250,6 +251,7 @@ async fn oversized_and_undecodable_requests_are_the_callers_fault() {
     };
     let status = client.create_batch(deep).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_info(&status).reason, "REQUEST_MALFORMED");
 
     // Decodable but deeper than the contract's 32 levels.
     let deep = CreateBatchRequest {

@@ -9,8 +9,8 @@ use prost_types::Struct;
 
 use super::json::struct_to_json;
 use crate::domain::{
-    BatchError, BatchFilter, BatchId, Cursor, Detail, FieldViolation, Finish, Idempotency,
-    InvalidValue, JsonObject, Label, LabelFilters, ListQuery, MAX_ENTRIES_PER_REPORT,
+    BatchError, BatchFilter, BatchGet, BatchId, Cursor, Detail, FieldViolation, Finish,
+    Idempotency, InvalidValue, JsonObject, Label, LabelFilters, ListQuery, MAX_ENTRIES_PER_REPORT,
     MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch,
     NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, Save,
     StaleThreshold, State, TerminalState, keep_newest, with_label_filters,
@@ -238,6 +238,30 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
             filter,
             order,
             after,
+            detail: detail(request.view)?,
+        })
+    }
+}
+
+impl TryFrom<proto::BatchGetBatchesRequest> for BatchGet {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::BatchGetBatchesRequest) -> Result<Self, Self::Error> {
+        let count = request.batch_ids.len();
+        if !(1..=BatchGet::MAX_IDS).contains(&count) {
+            return Err(InvalidValue(format!(
+                "holds {count} ids; ask for 1 to {}",
+                BatchGet::MAX_IDS
+            ))
+            .at("batch_ids"));
+        }
+        Ok(Self {
+            batch_ids: request
+                .batch_ids
+                .into_iter()
+                .enumerate()
+                .map(|(i, id)| parse_batch_id(id, &format!("batch_ids[{i}]")))
+                .collect::<Result<_, _>>()?,
             detail: detail(request.view)?,
         })
     }

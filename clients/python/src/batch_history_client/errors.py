@@ -117,6 +117,7 @@ _BY_REASON = {
     "DATABASE_UNAVAILABLE": DatabaseUnavailable,
     "DATABASE_TIMEOUT": DatabaseUnavailable,
     "OUTCOME_UNKNOWN": OutcomeUnknown,
+    "REQUEST_MALFORMED": InvalidArgument,
     "WATCHER_FELL_BEHIND": WatchEnded,
     "CHANGE_FEED_LOST": WatchEnded,
     "UNAUTHENTICATED": Unauthenticated,

@@ -329,3 +329,19 @@ class PurgeBatchesResponse(_message.Message):
     PURGED_COUNT_FIELD_NUMBER: _ClassVar[int]
     purged_count: int
     def __init__(self, purged_count: _Optional[int] = ...) -> None: ...
+
+class BatchGetBatchesRequest(_message.Message):
+    __slots__ = ("batch_ids", "view")
+    BATCH_IDS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    batch_ids: _containers.RepeatedScalarFieldContainer[str]
+    view: BatchView
+    def __init__(self, batch_ids: _Optional[_Iterable[str]] = ..., view: _Optional[_Union[BatchView, str]] = ...) -> None: ...
+
+class BatchGetBatchesResponse(_message.Message):
+    __slots__ = ("batches", "missing_batch_ids")
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_BATCH_IDS_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[Batch]
+    missing_batch_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batches: _Optional[_Iterable[_Union[Batch, _Mapping]]] = ..., missing_batch_ids: _Optional[_Iterable[str]] = ...) -> None: ...

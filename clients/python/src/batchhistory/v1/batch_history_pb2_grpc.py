@@ -43,7 +43,10 @@ class BatchHistoryStub:
     DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
     (applied or not: retry as the message says) and SHUTTING_DOWN
     (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
-    resource, sqlstate), UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
+    resource, sqlstate), REQUEST_TOO_LARGE and RESPONSE_TOO_LARGE
+    (RESOURCE_EXHAUSTED; fitting: how many of the items asked for fit),
+    REQUEST_MALFORMED (INVALID_ARGUMENT: not the method's message),
+    UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
     """
 
     def __init__(self, channel):
@@ -112,6 +115,11 @@ class BatchHistoryStub:
                 request_serializer=batchhistory_dot_v1_dot_batch__history__pb2.PurgeBatchesRequest.SerializeToString,
                 response_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.PurgeBatchesResponse.FromString,
                 _registered_method=True)
+        self.BatchGetBatches = channel.unary_unary(
+                '/batchhistory.v1.BatchHistory/BatchGetBatches',
+                request_serializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesRequest.SerializeToString,
+                response_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesResponse.FromString,
+                _registered_method=True)
 
 
 class BatchHistoryServicer:
@@ -131,7 +139,10 @@ class BatchHistoryServicer:
     DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
     (applied or not: retry as the message says) and SHUTTING_DOWN
     (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
-    resource, sqlstate), UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
+    resource, sqlstate), REQUEST_TOO_LARGE and RESPONSE_TOO_LARGE
+    (RESOURCE_EXHAUSTED; fitting: how many of the items asked for fit),
+    REQUEST_MALFORMED (INVALID_ARGUMENT: not the method's message),
+    UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
     """
 
     def CreateBatch(self, request, context):
@@ -256,6 +267,16 @@ class BatchHistoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetBatches(self, request, context):
+        """Returns up to 1,000 batches by id in one call (AIP-231), in the order
+        asked. Ids with no batch are listed in missing_batch_ids: they do not fail
+        the call. RESOURCE_EXHAUSTED (RESPONSE_TOO_LARGE) if the batches would not
+        fit in a 4 MiB response: ask for fewer, or for BATCH_VIEW_BASIC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchHistoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +340,11 @@ def add_BatchHistoryServicer_to_server(servicer, server):
                     request_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.PurgeBatchesRequest.FromString,
                     response_serializer=batchhistory_dot_v1_dot_batch__history__pb2.PurgeBatchesResponse.SerializeToString,
             ),
+            'BatchGetBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetBatches,
+                    request_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesRequest.FromString,
+                    response_serializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'batchhistory.v1.BatchHistory', rpc_method_handlers)
@@ -344,7 +370,10 @@ class BatchHistory:
     DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
     (applied or not: retry as the message says) and SHUTTING_DOWN
     (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
-    resource, sqlstate), UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
+    resource, sqlstate), REQUEST_TOO_LARGE and RESPONSE_TOO_LARGE
+    (RESOURCE_EXHAUSTED; fitting: how many of the items asked for fit),
+    REQUEST_MALFORMED (INVALID_ARGUMENT: not the method's message),
+    UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
     """
 
     @staticmethod
@@ -661,6 +690,33 @@ class BatchHistory:
             '/batchhistory.v1.BatchHistory/PurgeBatches',
             batchhistory_dot_v1_dot_batch__history__pb2.PurgeBatchesRequest.SerializeToString,
             batchhistory_dot_v1_dot_batch__history__pb2.PurgeBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchhistory.v1.BatchHistory/BatchGetBatches',
+            batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesRequest.SerializeToString,
+            batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,
