@@ -62,6 +62,8 @@ def test_a_callers_trace_continues_into_the_service(tmp_path):
                                  "started_at": "2025-10-18T14:03:22", "current_model": "m",
                                  "samples_generated": 3, "tokens_used": 10,
                                  "errors": [], "model_switches": []})
+                # Delivered by the outbox's thread, with the caller's context.
+                assert client.flush(10)
                 client.get("batch_1760796202_7aced000")  # outside any span: a trace of its own
                 # A caller that does not sample its trace gets no spans from the service.
                 stub = pb_grpc.BatchHistoryStub(grpc.insecure_channel(server.addr))
