@@ -271,6 +271,55 @@ pub struct Save {
     pub(crate) end_time: Option<Timestamp>,
 }
 
+/// Corrections to a batch's descriptive fields; `None` leaves a field as
+/// it is. Counters, state and times are not among them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Correction {
+    pub(crate) batch_id: BatchId,
+    pub(crate) topic_filter: Option<Label>,
+    pub(crate) difficulty_filter: Option<Label>,
+    pub(crate) reasoning_instruction: Option<Prose>,
+    pub(crate) target_count: Option<NonNegative<i32>>,
+    pub(crate) metadata: Option<JsonObject>,
+    /// Apply only to the batch as this etag saw it.
+    pub(crate) expected: Option<Etag>,
+}
+
+impl Correction {
+    /// The fields a correction may change, by their names in the proto.
+    pub(crate) const FIELDS: [&'static str; 5] = [
+        "topic_filter",
+        "difficulty_filter",
+        "reasoning_instruction",
+        "target_count",
+        "metadata",
+    ];
+}
+
+/// A batch's [`Batch::etag`], read back: the version and update time it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Etag {
+    pub(crate) version: i64,
+    pub(crate) update_time: Timestamp,
+}
+
+impl Etag {
+    pub(crate) fn parse(text: &str) -> Result<Self, InvalidValue> {
+        let invalid = || InvalidValue(format!("{text:?} is not an etag this service issued"));
+        let (version, micros) = text
+            .strip_prefix('v')
+            .and_then(|rest| rest.split_once('-'))
+            .ok_or_else(invalid)?;
+        let version = version.parse().map_err(|_| invalid())?;
+        let micros = i64::from_str_radix(micros, 16).map_err(|_| invalid())?;
+        let update_time = Timestamp::from_microsecond(micros).map_err(|_| invalid())?;
+        Ok(Self {
+            version,
+            update_time,
+        })
+    }
+}
+
 /// The end of a running batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
@@ -375,6 +424,19 @@ mod tests {
             assert_eq!(State::from_name(state.as_str()), Some(state));
         }
         assert_eq!(State::from_name("running"), None);
+    }
+
+    #[test]
+    fn an_etag_reads_back_as_what_it_names() {
+        let batch = stored();
+        let etag = Etag::parse(&batch.etag()).unwrap();
+        assert_eq!(
+            (etag.version, etag.update_time),
+            (batch.version, batch.update_time)
+        );
+        for wrong in ["", "v", "v1", "1-2", "vx-1", "v1-xyz", "v1-"] {
+            assert!(Etag::parse(wrong).is_err(), "{wrong:?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub use batch::{
     MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Progress, Save,
     State, TerminalState, keep_newest,
 };
+pub(crate) use batch::{Correction, Etag};
 pub(crate) use batch_id::BatchId;
 pub(crate) use json::JsonObject;
 pub use list::{

@@ -23,7 +23,7 @@ use super::deadline::deadline;
 use super::limits::{fit_batches, fit_lookup};
 use super::status::{Reason, Retry, ending_at, failed, write};
 use crate::domain::{
-    BatchFilter, BatchGet, BatchId, Finish, ListQuery, NewBatch, Progress, Purge, Save,
+    BatchFilter, BatchGet, BatchId, Correction, Finish, ListQuery, NewBatch, Progress, Purge, Save,
     StaleThreshold,
 };
 use crate::metrics::Metrics;
@@ -31,8 +31,8 @@ use crate::proto::{
     self, BatchGetBatchesRequest, BatchGetBatchesResponse, CreateBatchRequest, DeleteBatchRequest,
     FinishBatchRequest, GetBatchRequest, GetBatchStatsRequest, ListBatchesRequest,
     ListBatchesResponse, PurgeBatchesRequest, PurgeBatchesResponse, RecordProgressRequest,
-    SaveBatchRequest, SweepStaleBatchesRequest, SweepStaleBatchesResponse, WatchBatchRequest,
-    WatchBatchesRequest, batch_history_server::BatchHistory,
+    SaveBatchRequest, SweepStaleBatchesRequest, SweepStaleBatchesResponse, UpdateBatchRequest,
+    WatchBatchRequest, WatchBatchesRequest, batch_history_server::BatchHistory,
 };
 use crate::store::Store;
 use crate::watch::{self, Hub};
@@ -329,6 +329,21 @@ impl BatchHistory for BatchHistoryService {
                 Box::pin(events.map(|event| event.map(Into::into).map_err(Into::into)))
                     as BatchEventStream,
             )
+        })
+        .await
+    }
+
+    async fn update_batch(
+        &self,
+        request: Request<UpdateBatchRequest>,
+    ) -> Result<Response<proto::Batch>, Status> {
+        self.call("UpdateBatch", request, |request| async {
+            if let Some(batch) = &request.batch {
+                record_batch_id(&batch.batch_id);
+            }
+            let correction = Correction::try_from(request)?;
+            let updated = self.store.update(&correction).await;
+            Ok(updated.map_err(write(Retry::Harmless))?.into())
         })
         .await
     }

@@ -43,6 +43,9 @@ pub(crate) enum Reason {
     /// The batch is RUNNING, and the call needs it finished (metadata
     /// `batch_id`, `state`).
     BatchRunning,
+    /// The batch changed since the etag was read (metadata `batch_id`, and
+    /// `etag`: the current one).
+    EtagMismatch,
     /// Concurrent writers kept winning the race for the batch (metadata `batch_id`).
     BatchContended,
     /// The database did not answer within `DB_TIMEOUT_MS`; nothing was applied.
@@ -80,6 +83,7 @@ impl Reason {
             Self::RequestIdReused => "REQUEST_ID_REUSED",
             Self::BatchAlreadyFinished => "BATCH_ALREADY_FINISHED",
             Self::BatchRunning => "BATCH_RUNNING",
+            Self::EtagMismatch => "ETAG_MISMATCH",
             Self::BatchContended => "BATCH_CONTENDED",
             Self::DatabaseTimeout => "DATABASE_TIMEOUT",
             Self::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
@@ -100,7 +104,10 @@ impl Reason {
             Self::BatchNotFound => Code::NotFound,
             Self::BatchIdTaken | Self::RequestIdReused => Code::AlreadyExists,
             Self::BatchAlreadyFinished | Self::BatchRunning => Code::FailedPrecondition,
-            Self::BatchContended | Self::WatcherFellBehind | Self::ChangeFeedLost => Code::Aborted,
+            Self::BatchContended
+            | Self::EtagMismatch
+            | Self::WatcherFellBehind
+            | Self::ChangeFeedLost => Code::Aborted,
             Self::DatabaseTimeout
             | Self::DatabaseUnavailable
             | Self::OutcomeUnknown
@@ -220,6 +227,14 @@ fn status(error: StoreError, retry: Retry) -> Status {
             &[
                 ("batch_id", batch_id.as_str().to_owned()),
                 ("state", state.as_str().to_owned()),
+            ],
+        ),
+        StoreError::EtagMismatch { batch_id, current } => failed(
+            Reason::EtagMismatch,
+            message,
+            &[
+                ("batch_id", batch_id.as_str().to_owned()),
+                ("etag", current.clone()),
             ],
         ),
         StoreError::Running(batch_id) => failed(

@@ -36,6 +36,9 @@ pub enum StoreError {
     RequestIdReused(RequestId),
     #[error("batch {batch_id} is {state}, not RUNNING")]
     NotRunning { batch_id: BatchId, state: State },
+    /// The batch changed since the etag a correction named was read.
+    #[error("batch {batch_id} changed since that etag was read; its etag is now {current}")]
+    EtagMismatch { batch_id: BatchId, current: String },
     /// The call needs the batch finished, and it is RUNNING.
     #[error("batch {0} is RUNNING; finish it first, or delete it with force")]
     Running(BatchId),

@@ -38,8 +38,8 @@ mod tls;
 use std::{sync::Arc, time::Duration};
 
 use crate::domain::{
-    Batch, BatchFilter, BatchId, BatchStats, Detail, Finish, ListQuery, MAX_KEPT_ERROR_BYTES,
-    MAX_KEPT_ERRORS, NewBatch, Page, Progress, Save, StaleThreshold, State,
+    Batch, BatchFilter, BatchId, BatchStats, Correction, Detail, Finish, ListQuery,
+    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, NewBatch, Page, Progress, Save, StaleThreshold, State,
 };
 
 pub use changes::{ChangeListener, DeletedBatch, Notice};
@@ -259,6 +259,15 @@ impl Store {
         self.primary
             .run(Some(&finish.batch_id), async |client| {
                 retry::finish(client, finish).await
+            })
+            .await
+    }
+
+    /// Corrects a batch's descriptive fields; returns it as stored.
+    pub(crate) async fn update(&self, correction: &Correction) -> Result<Batch, StoreError> {
+        self.primary
+            .run(Some(&correction.batch_id), async |client| {
+                retry::update(client, correction).await
             })
             .await
     }

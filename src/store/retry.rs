@@ -6,8 +6,8 @@ use tokio_postgres::{error::SqlState, types::Json};
 
 use super::{Counter, StoreError, connection::Connection, rows, rows::Outcome, sql};
 use crate::domain::{
-    Batch, BatchError, BatchId, Finish, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
-    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, NewBatch, Progress, Save, State,
+    Batch, BatchError, BatchId, Correction, Finish, Label, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
+    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, NewBatch, NonNegative, Progress, Prose, Save, State,
 };
 
 /// How often a write that lost a race with a concurrent writer is retried
@@ -207,6 +207,45 @@ async fn finish_once(
             batch_id: batch.batch_id,
             state: batch.state,
         }),
+    }
+}
+
+/// Applies `correction` to a batch, unless it changed since the etag the
+/// correction names.
+pub(super) async fn update(
+    client: &Connection<'_>,
+    correction: &Correction,
+) -> Result<Batch, StoreError> {
+    fn text(value: &Option<Label>) -> &str {
+        value.as_ref().map_or("", Label::as_str)
+    }
+    let row = client
+        .query_opt(&sql::Update {
+            batch_id: correction.batch_id.as_str(),
+            set_topic_filter: correction.topic_filter.is_some(),
+            topic_filter: text(&correction.topic_filter),
+            set_difficulty_filter: correction.difficulty_filter.is_some(),
+            difficulty_filter: text(&correction.difficulty_filter),
+            set_reasoning_instruction: correction.reasoning_instruction.is_some(),
+            reasoning_instruction: correction
+                .reasoning_instruction
+                .as_ref()
+                .map_or("", Prose::as_str),
+            set_target_count: correction.target_count.is_some(),
+            target_count: correction.target_count.map_or(0, NonNegative::get),
+            set_metadata: correction.metadata.is_some(),
+            metadata: correction.metadata.as_ref().map(|m| Json(m.as_map())),
+            expected_version: correction.expected.map(|etag| etag.version),
+            expected_update_time: correction.expected.map(|etag| etag.update_time),
+        })
+        .await?;
+    match Outcome::of(row)? {
+        Outcome::Applied(batch) => Ok(batch),
+        Outcome::Unchanged(batch) => Err(StoreError::EtagMismatch {
+            batch_id: batch.batch_id.clone(),
+            current: batch.etag(),
+        }),
+        Outcome::Missing => Err(StoreError::NotFound(correction.batch_id.clone())),
     }
 }
 

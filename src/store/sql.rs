@@ -351,6 +351,57 @@ statement! {
 }
 
 statement! {
+    /// Corrects the descriptive fields whose `set_*` is true, unless the
+    /// batch is no longer at `expected_version` and `expected_update_time`
+    /// (both NULL: whatever it is at); counters, state and times stay.
+    /// Returns the row, changed or not, like [`RecordProgress`].
+    pub(crate) struct Update<'a> {
+        batch_id: &'a str,
+        set_topic_filter: bool,
+        topic_filter: &'a str,
+        set_difficulty_filter: bool,
+        difficulty_filter: &'a str,
+        set_reasoning_instruction: bool,
+        reasoning_instruction: &'a str,
+        set_target_count: bool,
+        target_count: i32,
+        set_metadata: bool,
+        metadata: Option<Metadata<'a>>,
+        expected_version: Option<i64>,
+        expected_update_time: Option<Timestamp>,
+    } = concat!(
+        "WITH updated AS (
+        UPDATE batches SET
+            topic_filter = CASE WHEN :set_topic_filter THEN :topic_filter
+                ELSE topic_filter END,
+            difficulty_filter = CASE WHEN :set_difficulty_filter THEN :difficulty_filter
+                ELSE difficulty_filter END,
+            reasoning_instruction = CASE WHEN :set_reasoning_instruction
+                THEN :reasoning_instruction ELSE reasoning_instruction END,
+            target_count = CASE WHEN :set_target_count THEN :target_count
+                ELSE target_count END,
+            metadata = CASE WHEN :set_metadata THEN :metadata::jsonb ELSE metadata END,
+            version = version + 1
+        WHERE batch_id = :batch_id
+          AND (:expected_version::bigint IS NULL OR version = :expected_version)
+          AND (:expected_update_time::timestamptz IS NULL
+               OR update_time = :expected_update_time)
+        RETURNING ",
+        columns!(),
+        "
+    )
+    SELECT ",
+        columns!(),
+        ", true AS applied FROM updated
+    UNION ALL
+    SELECT ",
+        columns!(),
+        ", false AS applied FROM batches
+    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM updated)"
+    );
+}
+
+statement! {
     /// Forgets up to `limit` request ids recorded more than `age` seconds ago.
     pub(crate) struct ForgetRequests { age: f64, limit: i64 }
         = "DELETE FROM batch_requests WHERE request_id IN (

@@ -411,14 +411,21 @@ async fn batch_get_answers_in_the_order_asked_and_lists_the_missing() {
     };
 
     let answer = client
-        .batch_get_batches(lookup(&["b", "gone", "a", "b"], proto::BatchView::Unspecified))
+        .batch_get_batches(lookup(
+            &["b", "gone", "a", "b"],
+            proto::BatchView::Unspecified,
+        ))
         .await
         .unwrap()
         .into_inner();
     let ids: Vec<&str> = answer.batches.iter().map(|b| b.batch_id.as_str()).collect();
     assert_eq!(ids, ["b", "a", "b"]);
     assert_eq!(answer.missing_batch_ids, ["gone"]);
-    assert_eq!(answer.batches[0].errors.len(), 1, "FULL unless asked otherwise");
+    assert_eq!(
+        answer.batches[0].errors.len(),
+        1,
+        "FULL unless asked otherwise"
+    );
     assert_eq!(answer.batches[0].provider, "cerebras");
 
     let basic = client
@@ -473,4 +480,178 @@ async fn batch_get_answers_in_the_order_asked_and_lists_the_missing() {
             .unwrap_err(),
         "batch_ids[2]",
     );
+}
+
+#[tokio::test]
+async fn update_corrects_only_what_the_mask_names_and_honours_the_etag() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let created = client
+        .create_batch(full_request("fix-me"))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .record_progress(proto::RecordProgressRequest {
+            batch_id: "fix-me".into(),
+            samples_delta: 4,
+            tokens_delta: 40,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let before = client
+        .get_batch(GetBatchRequest {
+            batch_id: "fix-me".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let update = |batch: proto::Batch, paths: Option<&[&str]>| proto::UpdateBatchRequest {
+        batch: Some(batch),
+        update_mask: paths.map(|paths| prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    };
+
+    let corrected = client
+        .update_batch(update(
+            proto::Batch {
+                batch_id: "fix-me".into(),
+                topic_filter: "Contract Law - Remedies".into(),
+                target_count: 999,
+                // Output-only and immutable fields are not corrected.
+                state: proto::batch::State::Failed as i32,
+                samples_generated: 1,
+                provider: "other".into(),
+                etag: before.etag.clone(),
+                ..Default::default()
+            },
+            Some(&["topic_filter"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(corrected.topic_filter, "Contract Law - Remedies");
+    assert_eq!(corrected.target_count, created.target_count, "not in the mask");
+    assert_eq!(
+        (corrected.state(), corrected.samples_generated, &*corrected.provider),
+        (proto::batch::State::Running, 4, "groq")
+    );
+    assert_eq!(corrected.update_time, before.update_time, "times stay");
+    assert_eq!(corrected.start_time, before.start_time);
+    assert_ne!(corrected.etag, before.etag, "the etag changes");
+
+    // The etag read before that correction is stale now: nothing applies.
+    let status = client
+        .update_batch(update(
+            proto::Batch {
+                batch_id: "fix-me".into(),
+                difficulty_filter: "basic".into(),
+                etag: before.etag.clone(),
+                ..Default::default()
+            },
+            Some(&["difficulty_filter"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "ETAG_MISMATCH");
+    assert_eq!(info.metadata["etag"], corrected.etag);
+    let unchanged: String = app
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT difficulty_filter FROM batches WHERE batch_id = 'fix-me'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unchanged, "advanced");
+
+    // Without a mask, the correctable fields the batch sets; "*" clears.
+    let by_content = client
+        .update_batch(update(
+            proto::Batch {
+                batch_id: "fix-me".into(),
+                reasoning_instruction: "Cite the statute.".into(),
+                etag: corrected.etag.clone(),
+                ..Default::default()
+            },
+            None,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_content.reasoning_instruction, "Cite the statute.");
+    assert_eq!(by_content.topic_filter, "Contract Law - Remedies");
+    let cleared = client
+        .update_batch(update(
+            proto::Batch {
+                batch_id: "fix-me".into(),
+                ..Default::default()
+            },
+            Some(&["*"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            &*cleared.topic_filter,
+            &*cleared.reasoning_instruction,
+            cleared.target_count
+        ),
+        ("", "", 0)
+    );
+    assert_eq!(cleared.samples_generated, 4);
+
+    for (paths, field) in [
+        (&["state"][..], "update_mask.paths[0]"),
+        (&["topic_filter", "provider"][..], "update_mask.paths[1]"),
+        (&["nonsense"][..], "update_mask.paths[0]"),
+    ] {
+        assert_invalid(
+            client
+                .update_batch(update(
+                    proto::Batch {
+                        batch_id: "fix-me".into(),
+                        ..Default::default()
+                    },
+                    Some(paths),
+                ))
+                .await
+                .unwrap_err(),
+            field,
+        );
+    }
+    assert_invalid(
+        client
+            .update_batch(update(
+                proto::Batch {
+                    batch_id: "fix-me".into(),
+                    etag: "W/\"1\"".into(),
+                    ..Default::default()
+                },
+                Some(&["topic_filter"]),
+            ))
+            .await
+            .unwrap_err(),
+        "batch.etag",
+    );
+    let status = client
+        .update_batch(update(
+            proto::Batch {
+                batch_id: "never-made".into(),
+                topic_filter: "x".into(),
+                ..Default::default()
+            },
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).reason, "BATCH_NOT_FOUND");
 }

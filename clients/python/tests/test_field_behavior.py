@@ -57,10 +57,11 @@ def valid_requests(stub):
         "GetBatch": pb.GetBatchRequest(batch_id=finished),
         "RecordProgress": pb.RecordProgressRequest(batch_id=running(stub), samples_delta=1),
         "FinishBatch": pb.FinishBatchRequest(batch_id=running(stub), state=Batch.STOPPED),
-        "DeleteBatch": pb.DeleteBatchRequest(batch_id=finished),
+        "DeleteBatch": pb.DeleteBatchRequest(batch_id=running(stub), force=True),
         "SaveBatch": pb.SaveBatchRequest(batch=Batch(batch_id=fresh_id(), state=Batch.RUNNING)),
         "PurgeBatches": pb.PurgeBatchesRequest(older_than=long_ago, dry_run=True),
         "BatchGetBatches": pb.BatchGetBatchesRequest(batch_ids=[finished]),
+        "UpdateBatch": pb.UpdateBatchRequest(batch=Batch(batch_id=finished, topic_filter="t")),
     }
 
 
@@ -86,7 +87,8 @@ def test_a_required_field_left_out_is_invalid_and_named(stub):
     assert sorted(checked) == [
         "BatchGetBatches.batch_ids", "CreateBatch.batch", "DeleteBatch.batch_id",
         "FinishBatch.batch_id", "FinishBatch.state", "GetBatch.batch_id",
-        "PurgeBatches.older_than", "RecordProgress.batch_id", "SaveBatch.batch"]
+        "PurgeBatches.older_than", "RecordProgress.batch_id", "SaveBatch.batch",
+        "UpdateBatch.batch"]
 
 
 def test_a_batch_error_without_its_required_message_is_named(stub):

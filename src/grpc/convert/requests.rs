@@ -9,11 +9,11 @@ use prost_types::Struct;
 
 use super::json::struct_to_json;
 use crate::domain::{
-    BatchError, BatchFilter, BatchGet, BatchId, Cursor, Detail, FieldViolation, Finish,
-    Idempotency, InvalidValue, JsonObject, Label, LabelFilters, ListQuery, MAX_ENTRIES_PER_REPORT,
-    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch,
-    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, Save,
-    StaleThreshold, State, TerminalState, keep_newest, with_label_filters,
+    BatchError, BatchFilter, BatchGet, BatchId, Correction, Cursor, Detail, Etag, FieldViolation,
+    Finish, Idempotency, InvalidValue, JsonObject, Label, LabelFilters, ListQuery,
+    MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES,
+    MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge,
+    RequestId, Save, StaleThreshold, State, TerminalState, keep_newest, with_label_filters,
 };
 use crate::proto;
 
@@ -241,6 +241,90 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
             detail: detail(request.view)?,
         })
     }
+}
+
+impl TryFrom<proto::UpdateBatchRequest> for Correction {
+    type Error = FieldViolation;
+
+    fn try_from(request: proto::UpdateBatchRequest) -> Result<Self, Self::Error> {
+        let batch = required(request.batch, "batch")?;
+        if batch.batch_id.is_empty() {
+            return Err(
+                InvalidValue("is required: an update names its batch".into()).at("batch.batch_id"),
+            );
+        }
+        let fields: Vec<&str> = match &request.update_mask {
+            None => Correction::FIELDS
+                .into_iter()
+                .filter(|field| match *field {
+                    "topic_filter" => !batch.topic_filter.is_empty(),
+                    "difficulty_filter" => !batch.difficulty_filter.is_empty(),
+                    "reasoning_instruction" => !batch.reasoning_instruction.is_empty(),
+                    "target_count" => batch.target_count != 0,
+                    _ => batch.metadata.is_some(),
+                })
+                .collect(),
+            Some(mask) if mask.paths.iter().any(|path| path == "*") => Correction::FIELDS.into(),
+            Some(mask) => mask
+                .paths
+                .iter()
+                .enumerate()
+                .map(|(i, path)| {
+                    correctable(path).map_err(|e| e.at(format!("update_mask.paths[{i}]")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if fields.is_empty() {
+            return Err(InvalidValue(format!(
+                "names no field to correct; name some of {}",
+                Correction::FIELDS.join(", ")
+            ))
+            .at("update_mask"));
+        }
+        let wanted = |field: &str| fields.contains(&field);
+        Ok(Self {
+            batch_id: parse_batch_id(batch.batch_id, "batch.batch_id")?,
+            topic_filter: wanted("topic_filter")
+                .then(|| label(batch.topic_filter, "batch.topic_filter"))
+                .transpose()?,
+            difficulty_filter: wanted("difficulty_filter")
+                .then(|| label(batch.difficulty_filter, "batch.difficulty_filter"))
+                .transpose()?,
+            reasoning_instruction: wanted("reasoning_instruction")
+                .then(|| prose(batch.reasoning_instruction, "batch.reasoning_instruction"))
+                .transpose()?,
+            target_count: wanted("target_count")
+                .then(|| non_negative(batch.target_count, "batch.target_count"))
+                .transpose()?,
+            metadata: wanted("metadata")
+                .then(|| json_object(batch.metadata, "batch.metadata"))
+                .transpose()?,
+            expected: (!batch.etag.is_empty())
+                .then(|| Etag::parse(&batch.etag).map_err(|e| e.at("batch.etag")))
+                .transpose()?,
+        })
+    }
+}
+
+/// The field a mask path names, if a correction may change it.
+fn correctable(path: &str) -> Result<&'static str, InvalidValue> {
+    if let Some(field) = Correction::FIELDS.into_iter().find(|field| *field == path) {
+        return Ok(field);
+    }
+    Err(InvalidValue(match path {
+        "batch_id" | "provider" | "model" | "start_time" => {
+            format!(
+                "{path} is immutable; correctable: {}",
+                Correction::FIELDS.join(", ")
+            )
+        }
+        "state" | "samples_generated" | "total_tokens" | "errors" | "error_count"
+        | "model_switches" | "end_time" | "update_time" | "etag" | "current_model" => format!(
+            "{path} changes only through progress and finishing; correctable: {}",
+            Correction::FIELDS.join(", ")
+        ),
+        _ => format!("{path:?} is not a field of Batch"),
+    }))
 }
 
 impl TryFrom<proto::BatchGetBatchesRequest> for BatchGet {

@@ -3,6 +3,7 @@ import datetime
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -330,6 +331,14 @@ class PurgeBatchesResponse(_message.Message):
     PURGED_COUNT_FIELD_NUMBER: _ClassVar[int]
     purged_count: int
     def __init__(self, purged_count: _Optional[int] = ...) -> None: ...
+
+class UpdateBatchRequest(_message.Message):
+    __slots__ = ("batch", "update_mask")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    batch: Batch
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, batch: _Optional[_Union[Batch, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class BatchGetBatchesRequest(_message.Message):
     __slots__ = ("batch_ids", "view")

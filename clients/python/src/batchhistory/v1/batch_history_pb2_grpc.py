@@ -43,7 +43,9 @@ class BatchHistoryStub:
     DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
     (applied or not: retry as the message says) and SHUTTING_DOWN
     (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
-    resource, sqlstate), REQUEST_TOO_LARGE and RESPONSE_TOO_LARGE
+    resource, sqlstate), ETAG_MISMATCH (ABORTED: the batch changed since the
+    etag was read; batch_id, etag: the current one), REQUEST_TOO_LARGE and
+    RESPONSE_TOO_LARGE
     (RESOURCE_EXHAUSTED; fitting: how many of the items asked for fit),
     REQUEST_MALFORMED (INVALID_ARGUMENT: not the method's message),
     UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
@@ -120,6 +122,11 @@ class BatchHistoryStub:
                 request_serializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesRequest.SerializeToString,
                 response_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesResponse.FromString,
                 _registered_method=True)
+        self.UpdateBatch = channel.unary_unary(
+                '/batchhistory.v1.BatchHistory/UpdateBatch',
+                request_serializer=batchhistory_dot_v1_dot_batch__history__pb2.UpdateBatchRequest.SerializeToString,
+                response_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.Batch.FromString,
+                _registered_method=True)
 
 
 class BatchHistoryServicer:
@@ -139,7 +146,9 @@ class BatchHistoryServicer:
     DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
     (applied or not: retry as the message says) and SHUTTING_DOWN
     (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
-    resource, sqlstate), REQUEST_TOO_LARGE and RESPONSE_TOO_LARGE
+    resource, sqlstate), ETAG_MISMATCH (ABORTED: the batch changed since the
+    etag was read; batch_id, etag: the current one), REQUEST_TOO_LARGE and
+    RESPONSE_TOO_LARGE
     (RESOURCE_EXHAUSTED; fitting: how many of the items asked for fit),
     REQUEST_MALFORMED (INVALID_ARGUMENT: not the method's message),
     UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
@@ -277,6 +286,18 @@ class BatchHistoryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateBatch(self, request, context):
+        """Corrects a batch's descriptive fields (AIP-134): those update_mask names,
+        among topic_filter, difficulty_filter, reasoning_instruction, target_count
+        and metadata, in any state. Counters, state and times never change; etag
+        and version do. With batch.etag set, the correction applies only to the
+        batch as that etag saw it: otherwise ABORTED (ETAG_MISMATCH; read it
+        again). A mask naming another field is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchHistoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +366,11 @@ def add_BatchHistoryServicer_to_server(servicer, server):
                     request_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesRequest.FromString,
                     response_serializer=batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesResponse.SerializeToString,
             ),
+            'UpdateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBatch,
+                    request_deserializer=batchhistory_dot_v1_dot_batch__history__pb2.UpdateBatchRequest.FromString,
+                    response_serializer=batchhistory_dot_v1_dot_batch__history__pb2.Batch.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'batchhistory.v1.BatchHistory', rpc_method_handlers)
@@ -370,7 +396,9 @@ class BatchHistory:
     DATABASE_TIMEOUT (nothing was applied; timeout_ms), OUTCOME_UNKNOWN
     (applied or not: retry as the message says) and SHUTTING_DOWN
     (UNAVAILABLE), DATABASE_RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED;
-    resource, sqlstate), REQUEST_TOO_LARGE and RESPONSE_TOO_LARGE
+    resource, sqlstate), ETAG_MISMATCH (ABORTED: the batch changed since the
+    etag was read; batch_id, etag: the current one), REQUEST_TOO_LARGE and
+    RESPONSE_TOO_LARGE
     (RESOURCE_EXHAUSTED; fitting: how many of the items asked for fit),
     REQUEST_MALFORMED (INVALID_ARGUMENT: not the method's message),
     UNAUTHENTICATED, DEADLINE_EXCEEDED, INTERNAL.
@@ -717,6 +745,33 @@ class BatchHistory:
             '/batchhistory.v1.BatchHistory/BatchGetBatches',
             batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesRequest.SerializeToString,
             batchhistory_dot_v1_dot_batch__history__pb2.BatchGetBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/batchhistory.v1.BatchHistory/UpdateBatch',
+            batchhistory_dot_v1_dot_batch__history__pb2.UpdateBatchRequest.SerializeToString,
+            batchhistory_dot_v1_dot_batch__history__pb2.Batch.FromString,
             options,
             channel_credentials,
             insecure,
