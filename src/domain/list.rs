@@ -12,11 +12,11 @@ use super::{Batch, BatchId, InvalidValue, Label, State};
 /// the wanted text exactly. Each name is at once the proto requests' field,
 /// the web page's query parameter, the `batches` column and the field of
 /// [`Batch`] and of a deletion notice; the title is the web form's. This is
-/// the one list that [`LabelFilters`], [`Labels`], the SQL, the page token's
+/// the one list that [`TextFilters`], [`Texts`], the SQL, the page token's
 /// fingerprint, the requests' parsing and the web form come from: calls
 /// `$then!` with any tokens given after its name, a `;`, and `name: "Title"`
 /// pairs.
-macro_rules! with_label_filters {
+macro_rules! with_text_filters {
     ($then:ident $($args:tt)*) => {
         $then! {
             $($args)*;
@@ -27,23 +27,23 @@ macro_rules! with_label_filters {
         }
     };
 }
-pub(crate) use with_label_filters;
+pub(crate) use with_text_filters;
 
-macro_rules! label_filter_types {
+macro_rules! text_filter_types {
     (; $($name:ident: $title:literal),*) => {
         /// The wanted text of each text filter; `None` keeps every batch.
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
-        pub struct LabelFilters {
+        pub struct TextFilters {
             $(pub $name: Option<Label>,)*
         }
 
         /// A batch's text in each field a text filter looks at.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub struct Labels<'a> {
+        pub struct Texts<'a> {
             $(pub $name: &'a str,)*
         }
 
-        impl LabelFilters {
+        impl TextFilters {
             /// Each filter's name, title and wanted text, in the list's order.
             pub(crate) fn each(&self) -> impl Iterator<Item = (&'static str, &'static str, Option<&Label>)> {
                 [$((stringify!($name), $title, self.$name.as_ref())),*].into_iter()
@@ -56,23 +56,23 @@ macro_rules! label_filter_types {
                 Ok(Self { $($name: wanted(stringify!($name))?,)* })
             }
 
-            /// Whether every filter keeps a batch with these `labels`.
-            pub(crate) fn keep(&self, labels: Labels<'_>) -> bool {
-                $(self.$name.as_ref().is_none_or(|wanted| wanted.as_str() == labels.$name))&&*
+            /// Whether every filter keeps a batch with these `texts`.
+            pub(crate) fn keep(&self, texts: Texts<'_>) -> bool {
+                $(self.$name.as_ref().is_none_or(|wanted| wanted.as_str() == texts.$name))&&*
             }
         }
 
-        /// The [`Labels`] of a value with a text field of each filter's name.
-        macro_rules! labels_of {
+        /// The [`Texts`] of a value with a text field of each filter's name.
+        macro_rules! texts_of {
             ($of:expr) => {
-                $crate::domain::Labels { $($name: &$of.$name,)* }
+                $crate::domain::Texts { $($name: &$of.$name,)* }
             };
         }
-        pub(crate) use labels_of;
+        pub(crate) use texts_of;
     };
 }
 
-with_label_filters!(label_filter_types);
+with_text_filters!(text_filter_types);
 
 /// Which batches a listing includes. Every `None` or empty field matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub struct BatchFilter {
     /// Any of these; a set, so that the same states in any order or
     /// repeated make the same listing.
     pub(crate) states: BTreeSet<State>,
-    pub(crate) labels: LabelFilters,
+    pub(crate) texts: TextFilters,
     /// Inclusive.
     pub(crate) started_after: Option<Timestamp>,
     /// Exclusive.
@@ -92,7 +92,7 @@ pub struct BatchFilter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facets<'a> {
     pub state: State,
-    pub labels: Labels<'a>,
+    pub texts: Texts<'a>,
     pub start_time: Timestamp,
 }
 
@@ -101,7 +101,7 @@ impl Batch {
     pub(crate) fn facets(&self) -> Facets<'_> {
         Facets {
             state: self.state,
-            labels: labels_of!(self),
+            texts: texts_of!(self),
             start_time: self.start_time,
         }
     }
@@ -120,7 +120,7 @@ impl BatchFilter {
 
     /// Whether this filter keeps a batch in some state.
     pub(crate) fn matches_all_but_state(&self, batch: Facets<'_>) -> bool {
-        self.labels.keep(batch.labels)
+        self.texts.keep(batch.texts)
             && self
                 .started_after
                 .is_none_or(|after| batch.start_time >= after)
@@ -136,7 +136,7 @@ impl BatchFilter {
             hash.write(state.as_str().as_bytes());
             hash.write(&[0]);
         }
-        for (_, _, label) in self.labels.each() {
+        for (_, _, label) in self.texts.each() {
             match label {
                 Some(label) => {
                     hash.write(&[1]);
@@ -361,9 +361,9 @@ mod tests {
 
     fn groq_running() -> BatchFilter {
         BatchFilter {
-            labels: LabelFilters {
+            texts: TextFilters {
                 provider: Some(Label::parse("groq".into()).unwrap()),
-                ..LabelFilters::default()
+                ..TextFilters::default()
             },
             states: BTreeSet::from([State::Running]),
             ..BatchFilter::default()
@@ -388,7 +388,7 @@ mod tests {
         let label = |text: &str| Some(Label::parse(text.into()).unwrap());
         let filter = BatchFilter {
             states: BTreeSet::from([State::Failed, State::Running]),
-            labels: LabelFilters {
+            texts: TextFilters {
                 provider: label("groq"),
                 model: label("llama-3.3-70b"),
                 topic_filter: label("contracts"),
@@ -430,9 +430,9 @@ mod tests {
         assert!(Cursor::from_token(&token, &filter, Order::OldestFirst).is_err());
         assert!(Cursor::from_token(&token, &BatchFilter::default(), Order::NewestFirst).is_err());
         let other_provider = BatchFilter {
-            labels: LabelFilters {
+            texts: TextFilters {
                 provider: Some(Label::parse("cerebras".into()).unwrap()),
-                ..LabelFilters::default()
+                ..TextFilters::default()
             },
             ..filter.clone()
         };

@@ -19,9 +19,9 @@ pub(crate) use batch::{Correction, Etag};
 pub(crate) use batch_id::BatchId;
 pub(crate) use json::JsonObject;
 pub use list::{
-    BatchFilter, Cursor, Detail, Facets, LabelFilters, Labels, ListQuery, Order, Page, PageSize,
+    BatchFilter, Cursor, Detail, Facets, ListQuery, Order, Page, PageSize, TextFilters, Texts,
 };
-pub(crate) use list::{BatchGet, labels_of, with_label_filters};
+pub(crate) use list::{BatchGet, texts_of, with_text_filters};
 pub(crate) use request_id::{Idempotency, RequestId};
 pub(crate) use stats::{BatchStats, StatsGroup};
 pub(crate) use text::{Label, Prose};

@@ -593,7 +593,7 @@ impl<'q> Listing<'q> {
             params: Vec::new(),
             types: Vec::new(),
         };
-        for (column, _, wanted) in filter.labels.each() {
+        for (column, _, wanted) in filter.texts.each() {
             if let Some(label) = wanted {
                 listing.condition(column, "=", Param::Text(label.as_str()));
             }

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::domain::{Batch, Facets, labels_of};
+use crate::domain::{Batch, Facets, texts_of};
 use crate::store::{Current, DeletedBatch, StoreError};
 
 pub(crate) use feed::feed;
@@ -55,7 +55,7 @@ impl DeletedBatch {
     pub(crate) fn facets(&self) -> Facets<'_> {
         Facets {
             state: self.state,
-            labels: labels_of!(self),
+            texts: texts_of!(self),
             start_time: self.start_time,
         }
     }

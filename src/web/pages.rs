@@ -146,12 +146,12 @@ pub(crate) fn filter_form(action: &str, filter: &BatchFilter) -> String {
         r#"<details class="filter-box"{open}><summary>Filters</summary>
 <form class="filters" method="get" action="{action}" aria-label="Filters">
 <fieldset><legend>State</legend>{states}</fieldset>
-{labels}{after}{before}
+{texts}{after}{before}
 <div class="buttons"><button type="submit">Apply filters</button> <a href="{action}">Clear</a></div>
 </form>
 </details>"#,
-        labels = filter
-            .labels
+        texts = filter
+            .texts
             .each()
             .map(|(name, title, wanted)| text(name, title, wanted.map(Label::as_str)))
             .collect::<String>(),

@@ -4,8 +4,8 @@
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 
 use crate::domain::{
-    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, LabelFilters, Order,
-    PageSize, State,
+    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, Order, PageSize, State,
+    TextFilters,
 };
 
 /// Which part of a listing a history page shows.
@@ -113,7 +113,7 @@ pub(crate) fn filter(pairs: &[(String, String)]) -> Result<BatchFilter, FieldVio
                 })
             })
             .collect::<Result<_, _>>()?,
-        labels: LabelFilters::try_from_names(label)?,
+        texts: TextFilters::try_from_names(label)?,
         started_after: time("started_after")?,
         started_before: time("started_before")?,
     })
@@ -126,7 +126,7 @@ pub(crate) fn filter_query(filter: &BatchFilter) -> String {
     for state in &filter.states {
         query.append_pair("states", state.as_str());
     }
-    for (name, _, label) in filter.labels.each() {
+    for (name, _, label) in filter.texts.each() {
         if let Some(label) = label {
             query.append_pair(name, label.as_str());
         }
@@ -193,10 +193,10 @@ mod tests {
         .unwrap();
         assert_eq!(filter.states, [State::Running, State::Failed].into());
         assert_eq!(
-            filter.labels.model.as_ref().map(Label::as_str),
+            filter.texts.model.as_ref().map(Label::as_str),
             Some("llama 3")
         );
-        assert_eq!(filter.labels.difficulty_filter, None);
+        assert_eq!(filter.texts.difficulty_filter, None);
         assert_eq!(
             filter.started_after,
             Some("2026-11-01T08:30:00Z".parse().unwrap())

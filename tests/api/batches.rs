@@ -533,9 +533,16 @@ async fn update_corrects_only_what_the_mask_names_and_honours_the_etag() {
         .unwrap()
         .into_inner();
     assert_eq!(corrected.topic_filter, "Contract Law - Remedies");
-    assert_eq!(corrected.target_count, created.target_count, "not in the mask");
     assert_eq!(
-        (corrected.state(), corrected.samples_generated, &*corrected.provider),
+        corrected.target_count, created.target_count,
+        "not in the mask"
+    );
+    assert_eq!(
+        (
+            corrected.state(),
+            corrected.samples_generated,
+            &*corrected.provider
+        ),
         (proto::batch::State::Running, 4, "groq")
     );
     assert_eq!(corrected.update_time, before.update_time, "times stay");

@@ -398,7 +398,7 @@ async fn list_rejects_invalid_filters() {
 /// printed; `FILTER_SEED=<seed>` repeats a run.
 #[tokio::test]
 async fn sql_and_in_memory_filters_select_the_same_batches() {
-    use batch_history::domain::{BatchFilter, Facets, Labels};
+    use batch_history::domain::{BatchFilter, Facets, Texts};
 
     let seed = std::env::var("FILTER_SEED")
         .ok()
@@ -497,7 +497,7 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
                 filter.matches(Facets {
                     state: batch_history::domain::State::from_name(batch.state().as_str_name())
                         .unwrap(),
-                    labels: Labels {
+                    texts: Texts {
                         provider: &batch.provider,
                         model: &batch.model,
                         topic_filter: &batch.topic_filter,

@@ -10,10 +10,10 @@ use prost_types::Struct;
 use super::json::struct_to_json;
 use crate::domain::{
     BatchError, BatchFilter, BatchGet, BatchId, Correction, Cursor, Detail, Etag, FieldViolation,
-    Finish, Idempotency, InvalidValue, JsonObject, Label, LabelFilters, ListQuery,
-    MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES,
-    MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge,
-    RequestId, Save, StaleThreshold, State, TerminalState, keep_newest, with_label_filters,
+    Finish, Idempotency, InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT,
+    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch,
+    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, Save,
+    StaleThreshold, State, TerminalState, TextFilters, keep_newest, with_text_filters,
 };
 use crate::proto;
 
@@ -195,9 +195,9 @@ impl TryFrom<proto::FinishBatchRequest> for Finish {
 
 /// The text filters of a request that carries the ListBatches filters, as
 /// their own fields of the same names.
-macro_rules! labels_of_request {
+macro_rules! texts_of_request {
     ($request:ident; $($name:ident: $title:literal),*) => {
-        LabelFilters {
+        TextFilters {
             $($name: optional_label($request.$name, stringify!($name))?,)*
         }
     };
@@ -209,7 +209,7 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
     fn try_from(request: proto::ListBatchesRequest) -> Result<Self, Self::Error> {
         let filter = filter(
             &request.states,
-            with_label_filters!(labels_of_request request),
+            with_text_filters!(texts_of_request request),
             request.started_after,
             request.started_before,
         )?;
@@ -361,7 +361,7 @@ macro_rules! filter_request {
             fn try_from(request: $request) -> Result<Self, Self::Error> {
                 filter(
                     &request.states,
-                    with_label_filters!(labels_of_request request),
+                    with_text_filters!(texts_of_request request),
                     request.started_after,
                     request.started_before,
                 )
@@ -418,7 +418,7 @@ pub(crate) fn stale_after(
 
 fn filter(
     states: &[i32],
-    labels: LabelFilters,
+    texts: TextFilters,
     started_after: Option<prost_types::Timestamp>,
     started_before: Option<prost_types::Timestamp>,
 ) -> Result<BatchFilter, FieldViolation> {
@@ -428,7 +428,7 @@ fn filter(
             .enumerate()
             .map(|(i, &number)| state(number).map_err(|e| e.at(format!("states[{i}]"))))
             .collect::<Result<_, _>>()?,
-        labels,
+        texts,
         started_after: started_after
             .map(|time| timestamp(time, "started_after"))
             .transpose()?,
