@@ -6,7 +6,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{BatchId, Idempotency, InvalidValue, JsonObject, Label, Prose, json::json_len};
+use super::{
+    BatchId, BatchLabels, Idempotency, InvalidValue, JsonObject, Label, Prose, json::json_len,
+};
 
 /// Errors kept per batch; older ones are dropped but still counted.
 pub const MAX_KEPT_ERRORS: usize = 1_000;
@@ -178,6 +180,7 @@ pub struct Batch {
     pub(crate) error_count: i64,
     pub(crate) model_switches: Vec<ModelSwitch>,
     pub(crate) metadata: Map<String, Value>,
+    pub(crate) labels: BatchLabels,
     pub(crate) start_time: Timestamp,
     /// Set when the batch leaves RUNNING.
     pub(crate) end_time: Option<Timestamp>,
@@ -208,6 +211,7 @@ pub struct NewBatch {
     pub(crate) reasoning_instruction: Prose,
     pub(crate) target_count: NonNegative<i32>,
     pub(crate) metadata: JsonObject,
+    pub(crate) labels: BatchLabels,
     /// `None` means now, by the database's clock.
     pub(crate) start_time: Option<Timestamp>,
 }
@@ -224,6 +228,7 @@ impl NewBatch {
             && self.reasoning_instruction.as_str() == stored.reasoning_instruction
             && self.target_count.get() == stored.target_count
             && self.metadata.same_as(&stored.metadata)
+            && self.labels == stored.labels
             && self
                 .start_time
                 .is_none_or(|start| start == stored.start_time)
@@ -281,18 +286,20 @@ pub(crate) struct Correction {
     pub(crate) reasoning_instruction: Option<Prose>,
     pub(crate) target_count: Option<NonNegative<i32>>,
     pub(crate) metadata: Option<JsonObject>,
+    pub(crate) labels: Option<BatchLabels>,
     /// Apply only to the batch as this etag saw it.
     pub(crate) expected: Option<Etag>,
 }
 
 impl Correction {
     /// The fields a correction may change, by their names in the proto.
-    pub(crate) const FIELDS: [&'static str; 5] = [
+    pub(crate) const FIELDS: [&'static str; 6] = [
         "topic_filter",
         "difficulty_filter",
         "reasoning_instruction",
         "target_count",
         "metadata",
+        "labels",
     ];
 }
 
@@ -367,6 +374,7 @@ mod tests {
             error_count: 0,
             model_switches: vec![],
             metadata: json!({"n": 1}).as_object().unwrap().clone(),
+            labels: BatchLabels::default(),
             start_time: start,
             end_time: None,
             update_time: start,
@@ -384,6 +392,7 @@ mod tests {
             reasoning_instruction: Prose::default(),
             target_count: NonNegative::parse(10).unwrap(),
             metadata: JsonObject::parse(json!({"n": 1.0}).as_object().unwrap().clone()).unwrap(),
+            labels: BatchLabels::default(),
             start_time: None,
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jiff::Timestamp;
 
-use super::{Batch, BatchId, InvalidValue, Label, State};
+use super::{Batch, BatchId, BatchLabels, InvalidValue, Label, State};
 
 /// The text filters: each keeps the batches whose field of that name equals
 /// the wanted text exactly. Each name is at once the proto requests' field,
@@ -81,6 +81,8 @@ pub struct BatchFilter {
     /// repeated make the same listing.
     pub(crate) states: BTreeSet<State>,
     pub(crate) texts: TextFilters,
+    /// Labels a batch must all have.
+    pub(crate) labels: BatchLabels,
     /// Inclusive.
     pub(crate) started_after: Option<Timestamp>,
     /// Exclusive.
@@ -93,6 +95,7 @@ pub struct BatchFilter {
 pub struct Facets<'a> {
     pub state: State,
     pub texts: Texts<'a>,
+    pub labels: &'a BatchLabels,
     pub start_time: Timestamp,
 }
 
@@ -102,6 +105,7 @@ impl Batch {
         Facets {
             state: self.state,
             texts: texts_of!(self),
+            labels: &self.labels,
             start_time: self.start_time,
         }
     }
@@ -121,6 +125,7 @@ impl BatchFilter {
     /// Whether this filter keeps a batch in some state.
     pub(crate) fn matches_all_but_state(&self, batch: Facets<'_>) -> bool {
         self.texts.keep(batch.texts)
+            && self.labels.within(batch.labels)
             && self
                 .started_after
                 .is_none_or(|after| batch.start_time >= after)
@@ -153,6 +158,13 @@ impl BatchFilter {
                     hash.write(&time.as_microsecond().to_le_bytes());
                 }
                 None => hash.write(&[0]),
+            }
+        }
+        // Only when set, so that tokens issued before labels existed still read.
+        for (key, value) in self.labels.iter() {
+            for text in [key, value] {
+                hash.write(&(text.len() as u64).to_le_bytes());
+                hash.write(text.as_bytes());
             }
         }
     }
@@ -394,6 +406,7 @@ mod tests {
                 topic_filter: label("contracts"),
                 difficulty_filter: label("advanced"),
             },
+            labels: BatchLabels::default(),
             started_after: Some(Timestamp::from_second(1_750_000_000).unwrap()),
             started_before: Some(Timestamp::from_second(1_770_000_000).unwrap()),
         };

@@ -4,6 +4,7 @@
 mod batch;
 mod batch_id;
 mod json;
+mod labels;
 mod list;
 mod request_id;
 mod stats;
@@ -18,6 +19,7 @@ pub use batch::{
 pub(crate) use batch::{Correction, Etag};
 pub(crate) use batch_id::BatchId;
 pub(crate) use json::JsonObject;
+pub use labels::BatchLabels;
 pub use list::{
     BatchFilter, Cursor, Detail, Facets, ListQuery, Order, Page, PageSize, TextFilters, Texts,
 };

@@ -15,8 +15,9 @@ use serde_json::{Map, Value};
 
 use super::Problem;
 use crate::domain::{
-    Batch, BatchError, BatchId, JsonObject, Label, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS,
-    MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NonNegative, Prose, State, keep_newest,
+    Batch, BatchError, BatchId, BatchLabels, JsonObject, Label, MAX_KEPT_ERROR_BYTES,
+    MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NonNegative, Prose,
+    State, keep_newest,
 };
 
 /// Columns of `batch_history`, in the order the queries below select them.
@@ -444,6 +445,7 @@ impl RowMapper<'_> {
             error_count,
             model_switches,
             metadata: Map::new(),
+            labels: BatchLabels::default(),
             start_time,
             end_time,
             update_time: end_time.unwrap_or(start_time),

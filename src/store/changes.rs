@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::{DatabaseConfig, StoreError, connector};
-use crate::domain::{BatchId, State};
+use crate::domain::{BatchId, BatchLabels, State};
 
 /// A change to a batch, as the trigger announced it.
 #[derive(Debug, PartialEq, Deserialize)]
@@ -29,6 +29,9 @@ pub struct DeletedBatch {
     pub(crate) model: String,
     pub(crate) topic_filter: String,
     pub(crate) difficulty_filter: String,
+    /// Absent from the notices of servers older than labels.
+    #[serde(default)]
+    pub(crate) labels: BatchLabels,
     pub(crate) start_time: Timestamp,
 }
 
@@ -43,6 +46,7 @@ impl DeletedBatch {
             model: String::new(),
             topic_filter: String::new(),
             difficulty_filter: "advanced".into(),
+            labels: BatchLabels::default(),
             start_time: "2025-01-01T00:00:00Z".parse().unwrap(),
         }
     }

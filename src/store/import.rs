@@ -215,6 +215,7 @@ impl BulkLoad {
                 &batch.end_time,
                 &batch.update_time,
                 &batch.version,
+                &Json(&batch.labels),
             ])
             .await?;
         self.staged += 1;

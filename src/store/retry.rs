@@ -57,6 +57,7 @@ async fn create_once(
             reasoning_instruction: batch.reasoning_instruction.as_str(),
             target_count: batch.target_count.get(),
             metadata: Json(batch.metadata.as_map()),
+            labels: Json(&batch.labels),
             start_time: batch.start_time,
         })
         .await?;
@@ -164,6 +165,7 @@ async fn save_once(client: &Connection<'_>, save: &Save) -> Result<Option<Batch>
             model_switches: Json(&save.model_switches),
             switch_count: save.switch_count,
             metadata: Json(created.metadata.as_map()),
+            labels: Json(&created.labels),
             start_time: created.start_time,
             end_time: save.end_time,
         })
@@ -235,6 +237,8 @@ pub(super) async fn update(
             target_count: correction.target_count.map_or(0, NonNegative::get),
             set_metadata: correction.metadata.is_some(),
             metadata: correction.metadata.as_ref().map(|m| Json(m.as_map())),
+            set_labels: correction.labels.is_some(),
+            labels: correction.labels.as_ref().map(Json),
             expected_version: correction.expected.map(|etag| etag.version),
             expected_update_time: correction.expected.map(|etag| etag.update_time),
         })

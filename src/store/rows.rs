@@ -25,6 +25,7 @@ pub(super) fn batch(row: &Row) -> Result<Batch, StoreError> {
         error_count: row.try_get(column::error_count)?,
         model_switches: row.try_get::<_, Json<_>>(column::model_switches)?.0,
         metadata: row.try_get::<_, Json<_>>(column::metadata)?.0,
+        labels: row.try_get::<_, Json<_>>(column::labels)?.0,
         start_time: row.try_get(column::start_time)?,
         end_time: row.try_get(column::end_time)?,
         update_time: row.try_get(column::update_time)?,

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::{Json, ToSql, Type};
 
 use super::params::{Bind, statement};
-use crate::domain::{BatchError, BatchFilter, Detail, ListQuery, ModelSwitch, Order};
+use crate::domain::{BatchError, BatchFilter, BatchLabels, Detail, ListQuery, ModelSwitch, Order};
 
 /// A statement's text and the types of its parameters, which it is
 /// prepared with (or, behind a transaction-mode pooler, sent with on every
@@ -34,7 +34,7 @@ macro_rules! with_batch_columns {
             target_count: INT4, samples_generated: INT8, total_tokens: INT8, errors: JSONB,
             error_count: INT8, model_switches: JSONB, metadata: JSONB,
             start_time: TIMESTAMPTZ, end_time: TIMESTAMPTZ, update_time: TIMESTAMPTZ,
-            version: INT8
+            version: INT8, labels: JSONB
         }
     };
 }
@@ -122,14 +122,15 @@ statement! {
         reasoning_instruction: &'a str,
         target_count: i32,
         metadata: Metadata<'a>,
+        labels: Json<&'a BatchLabels>,
         start_time: Option<Timestamp>,
     } = concat!(
         "WITH inserted AS (
         INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
                              difficulty_filter, reasoning_instruction, target_count, metadata,
-                             start_time, update_time)
+                             labels, start_time, update_time)
         VALUES (:batch_id, 'RUNNING', :provider, :model, :model, :topic_filter,
-                :difficulty_filter, :reasoning_instruction, :target_count, :metadata,
+                :difficulty_filter, :reasoning_instruction, :target_count, :metadata, :labels,
                 COALESCE(:start_time::timestamptz, now()), now())
         ON CONFLICT (batch_id) DO NOTHING
         RETURNING ",
@@ -367,6 +368,8 @@ statement! {
         target_count: i32,
         set_metadata: bool,
         metadata: Option<Metadata<'a>>,
+        set_labels: bool,
+        labels: Option<Json<&'a BatchLabels>>,
         expected_version: Option<i64>,
         expected_update_time: Option<Timestamp>,
     } = concat!(
@@ -381,6 +384,7 @@ statement! {
             target_count = CASE WHEN :set_target_count THEN :target_count
                 ELSE target_count END,
             metadata = CASE WHEN :set_metadata THEN :metadata::jsonb ELSE metadata END,
+            labels = CASE WHEN :set_labels THEN :labels::jsonb ELSE labels END,
             version = version + 1
         WHERE batch_id = :batch_id
           AND (:expected_version::bigint IS NULL OR version = :expected_version)
@@ -434,6 +438,7 @@ statement! {
         model_switches: Json<&'a [ModelSwitch]>,
         switch_count: i64,
         metadata: Metadata<'a>,
+        labels: Json<&'a BatchLabels>,
         start_time: Option<Timestamp>,
         end_time: Option<Timestamp>,
     } = concat!(
@@ -441,10 +446,11 @@ statement! {
         INSERT INTO batches AS b (batch_id, state, provider, model, current_model, topic_filter,
                                   difficulty_filter, reasoning_instruction, target_count,
                                   samples_generated, total_tokens, errors, error_count,
-                                  model_switches, metadata, start_time, end_time, update_time)
+                                  model_switches, metadata, labels, start_time, end_time,
+                                  update_time)
         VALUES (:batch_id, :state, :provider, :model, :current_model, :topic_filter,
                 :difficulty_filter, :reasoning_instruction, :target_count, :samples_generated,
-                :total_tokens, :errors, :error_count, :model_switches, :metadata,
+                :total_tokens, :errors, :error_count, :model_switches, :metadata, :labels,
                 COALESCE(:start_time::timestamptz, now()),
                 CASE WHEN :state <> 'RUNNING' THEN COALESCE(:end_time::timestamptz, now()) END,
                 now())
@@ -536,6 +542,7 @@ enum Param<'q> {
     Text(&'q str),
     Time(&'q Timestamp),
     States(Vec<&'static str>),
+    Labels(Json<&'q BatchLabels>),
     Limit(i64),
 }
 
@@ -608,6 +615,10 @@ impl<'q> Listing<'q> {
         if let Some(before) = &filter.started_before {
             listing.condition("start_time", "<", Param::Time(before));
         }
+        if !filter.labels.is_empty() {
+            // Containment, which the labels' GIN index answers (migration V8).
+            listing.condition("labels", "@>", Param::Labels(Json(&filter.labels)));
+        }
         listing
     }
 
@@ -617,6 +628,7 @@ impl<'q> Listing<'q> {
             Param::Text(_) => Type::TEXT,
             Param::Time(_) => Type::TIMESTAMPTZ,
             Param::States(_) => Type::TEXT_ARRAY,
+            Param::Labels(_) => Type::JSONB,
             Param::Limit(_) => Type::INT8,
         });
         self.params.push(param);
@@ -645,6 +657,7 @@ impl Bind for Listing<'_> {
                     Param::Text(text) => text,
                     Param::Time(time) => *time,
                     Param::States(states) => states,
+                    Param::Labels(labels) => labels,
                     Param::Limit(limit) => limit,
                 }
             })

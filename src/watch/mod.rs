@@ -56,6 +56,7 @@ impl DeletedBatch {
         Facets {
             state: self.state,
             texts: texts_of!(self),
+            labels: &self.labels,
             start_time: self.start_time,
         }
     }

@@ -5,7 +5,7 @@ use std::fmt::{self, Display};
 
 use jiff::{Timestamp, tz::TimeZone};
 
-use super::query::{filter_query, form_time};
+use super::query::{filter_query, form_time, labels_text};
 use crate::domain::{Batch, BatchFilter, BatchId, BatchStats, FieldViolation, Label, State};
 
 /// The states, in the order pages list them.
@@ -146,7 +146,7 @@ pub(crate) fn filter_form(action: &str, filter: &BatchFilter) -> String {
         r#"<details class="filter-box"{open}><summary>Filters</summary>
 <form class="filters" method="get" action="{action}" aria-label="Filters">
 <fieldset><legend>State</legend>{states}</fieldset>
-{texts}{after}{before}
+{texts}{labels}{after}{before}
 <div class="buttons"><button type="submit">Apply filters</button> <a href="{action}">Clear</a></div>
 </form>
 </details>"#,
@@ -155,6 +155,13 @@ pub(crate) fn filter_form(action: &str, filter: &BatchFilter) -> String {
             .each()
             .map(|(name, title, wanted)| text(name, title, wanted.map(Label::as_str)))
             .collect::<String>(),
+        labels = text(
+            "labels",
+            "Labels (key=value, …)",
+            (!filter.labels.is_empty())
+                .then(|| labels_text(&filter.labels))
+                .as_deref()
+        ),
         after = time("started_after", "Started from (UTC)", filter.started_after),
         before = time(
             "started_before",
@@ -279,6 +286,7 @@ pub(crate) fn detail(batch: &Batch, now: Timestamp) -> String {
         field("Model", model(batch)),
         field("Topic", text(&batch.topic_filter)),
         field("Difficulty", text(&batch.difficulty_filter)),
+        field("Labels", text(&labels_text(&batch.labels))),
         field("Tokens", grouped(batch.total_tokens)),
         field("Errors", grouped(batch.error_count)),
         field("Started (UTC)", time(batch.start_time)),

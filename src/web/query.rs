@@ -4,8 +4,8 @@
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 
 use crate::domain::{
-    BatchFilter, BatchId, Cursor, FieldViolation, InvalidValue, Label, Order, PageSize, State,
-    TextFilters,
+    BatchFilter, BatchId, BatchLabels, Cursor, FieldViolation, InvalidValue, Label, Order,
+    PageSize, State, TextFilters,
 };
 
 /// Which part of a listing a history page shows.
@@ -114,6 +114,7 @@ pub(crate) fn filter(pairs: &[(String, String)]) -> Result<BatchFilter, FieldVio
             })
             .collect::<Result<_, _>>()?,
         texts: TextFilters::try_from_names(label)?,
+        labels: labels(value(pairs, "labels").unwrap_or_default())?,
         started_after: time("started_after")?,
         started_before: time("started_before")?,
     })
@@ -131,6 +132,9 @@ pub(crate) fn filter_query(filter: &BatchFilter) -> String {
             query.append_pair(name, label.as_str());
         }
     }
+    if !filter.labels.is_empty() {
+        query.append_pair("labels", &labels_text(&filter.labels));
+    }
     for (name, time) in [
         ("started_after", filter.started_after),
         ("started_before", filter.started_before),
@@ -140,6 +144,29 @@ pub(crate) fn filter_query(filter: &BatchFilter) -> String {
         }
     }
     query.finish()
+}
+
+/// Labels as the form writes them: `env=prod, team=a`.
+pub(crate) fn labels_text(labels: &BatchLabels) -> String {
+    labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The labels of the form's `env=prod, team=a`.
+fn labels(text: &str) -> Result<BatchLabels, FieldViolation> {
+    let pairs = text
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => Ok((key.trim().to_owned(), value.trim().to_owned())),
+            None => Err(InvalidValue(format!("{pair:?} is not key=value")).at("labels")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    BatchLabels::parse(pairs, "labels")
 }
 
 /// A time as a `datetime-local` input shows it, in UTC.

@@ -1,6 +1,8 @@
 //! CreateBatch, GetBatch and DeleteBatch.
 
-use batch_history::proto::{self, CreateBatchRequest, DeleteBatchRequest, GetBatchRequest};
+use batch_history::proto::{
+    self, CreateBatchRequest, DeleteBatchRequest, GetBatchRequest, ListBatchesRequest,
+};
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Code;
 
@@ -661,4 +663,121 @@ async fn update_corrects_only_what_the_mask_names_and_honours_the_etag() {
         .await
         .unwrap_err();
     assert_eq!(error_info(&status).reason, "BATCH_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn labels_are_set_at_create_corrected_and_filtered_on() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let labels = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    for (batch_id, pairs) in [
+        ("prod-a", &[("env", "prod"), ("team", "a")][..]),
+        ("prod-b", &[("env", "prod"), ("team", "b")][..]),
+        ("dev-a", &[("env", "dev"), ("team", "a")][..]),
+        ("none", &[][..]),
+    ] {
+        client
+            .create_batch(CreateBatchRequest {
+                batch_id: batch_id.into(),
+                batch: Some(proto::Batch {
+                    labels: labels(pairs),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let listed = |answer: proto::ListBatchesResponse| {
+        let mut ids: Vec<String> = answer.batches.into_iter().map(|b| b.batch_id).collect();
+        ids.sort();
+        ids
+    };
+    let prod = client
+        .list_batches(ListBatchesRequest {
+            labels: labels(&[("env", "prod")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(prod.batches[0].labels.get("env").map(String::as_str), Some("prod"));
+    assert_eq!(listed(prod), ["prod-a", "prod-b"]);
+    let team_a = client
+        .list_batches(ListBatchesRequest {
+            labels: labels(&[("env", "prod"), ("team", "a")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed(team_a), ["prod-a"]);
+    let stats = client
+        .get_batch_stats(proto::GetBatchStatsRequest {
+            labels: labels(&[("team", "a")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.batch_count, 2);
+
+    // Corrected by UpdateBatch; the listing follows.
+    client
+        .update_batch(proto::UpdateBatchRequest {
+            batch: Some(proto::Batch {
+                batch_id: "dev-a".into(),
+                labels: labels(&[("env", "prod")]),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["labels".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let prod = client
+        .list_batches(ListBatchesRequest {
+            labels: labels(&[("env", "prod")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed(prod), ["dev-a", "prod-a", "prod-b"]);
+
+    for bad in [
+        labels(&[("Env", "prod")]),
+        labels(&[("env", "Prod")]),
+        labels(&[("env", "a b")]),
+        (0..9).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
+    ] {
+        assert_invalid(
+            client
+                .create_batch(CreateBatchRequest {
+                    batch_id: "bad".into(),
+                    batch: Some(proto::Batch {
+                        labels: bad.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap_err(),
+            "batch.labels",
+        );
+        assert_invalid(
+            client
+                .list_batches(ListBatchesRequest {
+                    labels: bad,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+            "labels",
+        );
+    }
 }

@@ -398,7 +398,7 @@ async fn list_rejects_invalid_filters() {
 /// printed; `FILTER_SEED=<seed>` repeats a run.
 #[tokio::test]
 async fn sql_and_in_memory_filters_select_the_same_batches() {
-    use batch_history::domain::{BatchFilter, Facets, Texts};
+    use batch_history::domain::{BatchFilter, BatchLabels, Facets, Texts};
 
     let seed = std::env::var("FILTER_SEED")
         .ok()
@@ -415,6 +415,10 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
     let app = TestApp::spawn().await;
     let (providers, models) = (["groq", "cerebras", ""], ["llama", "qwen"]);
     let (topics, difficulties) = (["", "contracts", "torts"], ["", "basic", "advanced"]);
+    let (envs, teams) = (
+        [None, Some("prod"), Some("dev")],
+        [None, Some("a"), Some("b")],
+    );
     const FIRST_SECOND: i64 = 1_760_000_000;
     let creates = (0..240).map(|i| {
         let mut client = app.client.clone();
@@ -423,6 +427,10 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
             model: random.pick(&models).into(),
             topic_filter: random.pick(&topics).into(),
             difficulty_filter: random.pick(&difficulties).into(),
+            labels: [("env", random.pick(&envs)), ("team", random.pick(&teams))]
+                .into_iter()
+                .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v.to_owned())))
+                .collect(),
             start_time: Some(timestamp(FIRST_SECOND + random.below(1_000) as i64)),
             ..Default::default()
         };
@@ -489,11 +497,23 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
             difficulty_filter: wanted(&mut random, &difficulties[1..]),
             started_after: bound(&mut random),
             started_before: bound(&mut random),
+            labels: [("env", &envs[1..]), ("team", &teams[1..])]
+                .into_iter()
+                .filter_map(|(key, values)| {
+                    let value = random.pick(values).unwrap();
+                    (random.below(3) == 0).then(|| (key.to_owned(), value.to_owned()))
+                })
+                .collect(),
         };
         let filter = BatchFilter::try_from(request.clone()).unwrap();
+        let labels: Vec<BatchLabels> = everything
+            .iter()
+            .map(|batch| BatchLabels::parse(batch.labels.clone(), "labels").unwrap())
+            .collect();
         let mut in_memory: Vec<&str> = everything
             .iter()
-            .filter(|batch| {
+            .zip(&labels)
+            .filter(|(batch, labels)| {
                 filter.matches(Facets {
                     state: batch_history::domain::State::from_name(batch.state().as_str_name())
                         .unwrap(),
@@ -503,11 +523,12 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
                         topic_filter: &batch.topic_filter,
                         difficulty_filter: &batch.difficulty_filter,
                     },
+                    labels,
                     start_time: jiff::Timestamp::from_second(batch.start_time.unwrap().seconds)
                         .unwrap(),
                 })
             })
-            .map(|batch| batch.batch_id.as_str())
+            .map(|(batch, _)| batch.batch_id.as_str())
             .collect();
         in_memory.sort_unstable();
         let listed = client
@@ -519,6 +540,7 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
                 difficulty_filter: request.difficulty_filter.clone(),
                 started_after: request.started_after,
                 started_before: request.started_before,
+                labels: request.labels.clone(),
                 page_size: 1000,
                 ..Default::default()
             })
@@ -541,6 +563,7 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
                 difficulty_filter: request.difficulty_filter.clone(),
                 started_after: request.started_after,
                 started_before: request.started_before,
+                labels: request.labels.clone(),
             })
             .await
             .unwrap()

@@ -1,7 +1,7 @@
 //! Requests to domain types, parsed once at the edge: every violation names
 //! the request field that caused it.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use jiff::Timestamp;
 use prost::Message;
@@ -9,11 +9,12 @@ use prost_types::Struct;
 
 use super::json::struct_to_json;
 use crate::domain::{
-    BatchError, BatchFilter, BatchGet, BatchId, Correction, Cursor, Detail, Etag, FieldViolation,
-    Finish, Idempotency, InvalidValue, JsonObject, Label, ListQuery, MAX_ENTRIES_PER_REPORT,
-    MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch,
-    NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge, RequestId, Save,
-    StaleThreshold, State, TerminalState, TextFilters, keep_newest, with_text_filters,
+    BatchError, BatchFilter, BatchGet, BatchId, BatchLabels, Correction, Cursor, Detail, Etag,
+    FieldViolation, Finish, Idempotency, InvalidValue, JsonObject, Label, ListQuery,
+    MAX_ENTRIES_PER_REPORT, MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES,
+    MAX_KEPT_SWITCHES, ModelSwitch, NewBatch, NonNegative, Order, PageSize, Progress, Prose, Purge,
+    RequestId, Save, StaleThreshold, State, TerminalState, TextFilters, keep_newest,
+    with_text_filters,
 };
 use crate::proto;
 
@@ -55,6 +56,7 @@ fn new_batch(batch_id: Option<BatchId>, batch: proto::Batch) -> Result<NewBatch,
         reasoning_instruction: prose(batch.reasoning_instruction, "batch.reasoning_instruction")?,
         target_count: non_negative(batch.target_count, "batch.target_count")?,
         metadata: json_object(batch.metadata, "batch.metadata")?,
+        labels: BatchLabels::parse(batch.labels, "batch.labels")?,
         start_time: batch
             .start_time
             .map(|time| timestamp(time, "batch.start_time"))
@@ -210,6 +212,7 @@ impl TryFrom<proto::ListBatchesRequest> for ListQuery {
         let filter = filter(
             &request.states,
             with_text_filters!(texts_of_request request),
+            request.labels,
             request.started_after,
             request.started_before,
         )?;
@@ -261,6 +264,7 @@ impl TryFrom<proto::UpdateBatchRequest> for Correction {
                     "difficulty_filter" => !batch.difficulty_filter.is_empty(),
                     "reasoning_instruction" => !batch.reasoning_instruction.is_empty(),
                     "target_count" => batch.target_count != 0,
+                    "labels" => !batch.labels.is_empty(),
                     _ => batch.metadata.is_some(),
                 })
                 .collect(),
@@ -298,6 +302,9 @@ impl TryFrom<proto::UpdateBatchRequest> for Correction {
                 .transpose()?,
             metadata: wanted("metadata")
                 .then(|| json_object(batch.metadata, "batch.metadata"))
+                .transpose()?,
+            labels: wanted("labels")
+                .then(|| BatchLabels::parse(batch.labels, "batch.labels"))
                 .transpose()?,
             expected: (!batch.etag.is_empty())
                 .then(|| Etag::parse(&batch.etag).map_err(|e| e.at("batch.etag")))
@@ -362,6 +369,7 @@ macro_rules! filter_request {
                 filter(
                     &request.states,
                     with_text_filters!(texts_of_request request),
+                    request.labels,
                     request.started_after,
                     request.started_before,
                 )
@@ -419,6 +427,7 @@ pub(crate) fn stale_after(
 fn filter(
     states: &[i32],
     texts: TextFilters,
+    labels: HashMap<String, String>,
     started_after: Option<prost_types::Timestamp>,
     started_before: Option<prost_types::Timestamp>,
 ) -> Result<BatchFilter, FieldViolation> {
@@ -429,6 +438,7 @@ fn filter(
             .map(|(i, &number)| state(number).map_err(|e| e.at(format!("states[{i}]"))))
             .collect::<Result<_, _>>()?,
         texts,
+        labels: BatchLabels::parse(labels, "labels")?,
         started_after: started_after
             .map(|time| timestamp(time, "started_after"))
             .transpose()?,

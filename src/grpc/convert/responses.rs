@@ -78,6 +78,7 @@ impl From<Batch> for proto::Batch {
             error_count: batch.error_count,
             model_switches: batch.model_switches.into_iter().map(Into::into).collect(),
             metadata: Some(json_to_struct(batch.metadata)),
+            labels: batch.labels.into_map(),
             start_time: Some(proto_timestamp(batch.start_time)),
             end_time: batch.end_time.map(proto_timestamp),
             update_time: Some(proto_timestamp(batch.update_time)),

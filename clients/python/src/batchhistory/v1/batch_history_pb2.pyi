@@ -25,7 +25,7 @@ BATCH_VIEW_BASIC: BatchView
 BATCH_VIEW_FULL: BatchView
 
 class Batch(_message.Message):
-    __slots__ = ("batch_id", "state", "provider", "model", "topic_filter", "difficulty_filter", "reasoning_instruction", "target_count", "samples_generated", "total_tokens", "errors", "error_count", "model_switches", "metadata", "start_time", "end_time", "update_time", "etag", "current_model")
+    __slots__ = ("batch_id", "state", "provider", "model", "topic_filter", "difficulty_filter", "reasoning_instruction", "target_count", "samples_generated", "total_tokens", "errors", "error_count", "model_switches", "metadata", "start_time", "end_time", "update_time", "etag", "current_model", "labels")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Batch.State]
@@ -38,6 +38,13 @@ class Batch(_message.Message):
     COMPLETED: Batch.State
     STOPPED: Batch.State
     FAILED: Batch.State
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +64,7 @@ class Batch(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
     CURRENT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     state: Batch.State
     provider: str
@@ -76,7 +84,8 @@ class Batch(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     etag: str
     current_model: str
-    def __init__(self, batch_id: _Optional[str] = ..., state: _Optional[_Union[Batch.State, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ..., reasoning_instruction: _Optional[str] = ..., target_count: _Optional[int] = ..., samples_generated: _Optional[int] = ..., total_tokens: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[BatchError, _Mapping]]] = ..., error_count: _Optional[int] = ..., model_switches: _Optional[_Iterable[_Union[ModelSwitch, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., current_model: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, batch_id: _Optional[str] = ..., state: _Optional[_Union[Batch.State, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ..., reasoning_instruction: _Optional[str] = ..., target_count: _Optional[int] = ..., samples_generated: _Optional[int] = ..., total_tokens: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[BatchError, _Mapping]]] = ..., error_count: _Optional[int] = ..., model_switches: _Optional[_Iterable[_Union[ModelSwitch, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., current_model: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BatchError(_message.Message):
     __slots__ = ("message", "time", "details")
@@ -121,7 +130,7 @@ class GetBatchRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
 class ListBatchesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "order", "states", "provider", "model", "started_after", "started_before", "topic_filter", "difficulty_filter", "view")
+    __slots__ = ("page_size", "page_token", "order", "states", "provider", "model", "started_after", "started_before", "topic_filter", "difficulty_filter", "labels", "view")
     class Order(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ORDER_UNSPECIFIED: _ClassVar[ListBatchesRequest.Order]
@@ -130,6 +139,13 @@ class ListBatchesRequest(_message.Message):
     ORDER_UNSPECIFIED: ListBatchesRequest.Order
     START_TIME_DESC: ListBatchesRequest.Order
     START_TIME_ASC: ListBatchesRequest.Order
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +156,7 @@ class ListBatchesRequest(_message.Message):
     STARTED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FILTER_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FILTER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
@@ -151,8 +168,9 @@ class ListBatchesRequest(_message.Message):
     started_before: _timestamp_pb2.Timestamp
     topic_filter: str
     difficulty_filter: str
+    labels: _containers.ScalarMap[str, str]
     view: BatchView
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[ListBatchesRequest.Order, str]] = ..., states: _Optional[_Iterable[_Union[Batch.State, str]]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ..., view: _Optional[_Union[BatchView, str]] = ...) -> None: ...
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[ListBatchesRequest.Order, str]] = ..., states: _Optional[_Iterable[_Union[Batch.State, str]]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., view: _Optional[_Union[BatchView, str]] = ...) -> None: ...
 
 class ListBatchesResponse(_message.Message):
     __slots__ = ("batches", "next_page_token")
@@ -211,7 +229,14 @@ class WatchBatchRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
 class WatchBatchesRequest(_message.Message):
-    __slots__ = ("states", "provider", "model", "started_after", "started_before", "topic_filter", "difficulty_filter")
+    __slots__ = ("states", "provider", "model", "started_after", "started_before", "topic_filter", "difficulty_filter", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     STATES_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +244,7 @@ class WatchBatchesRequest(_message.Message):
     STARTED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FILTER_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FILTER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[Batch.State]
     provider: str
     model: str
@@ -226,7 +252,8 @@ class WatchBatchesRequest(_message.Message):
     started_before: _timestamp_pb2.Timestamp
     topic_filter: str
     difficulty_filter: str
-    def __init__(self, states: _Optional[_Iterable[_Union[Batch.State, str]]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, states: _Optional[_Iterable[_Union[Batch.State, str]]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BatchEvent(_message.Message):
     __slots__ = ("kind", "batch")
@@ -249,7 +276,14 @@ class BatchEvent(_message.Message):
     def __init__(self, kind: _Optional[_Union[BatchEvent.Kind, str]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
 
 class GetBatchStatsRequest(_message.Message):
-    __slots__ = ("states", "provider", "model", "started_after", "started_before", "topic_filter", "difficulty_filter")
+    __slots__ = ("states", "provider", "model", "started_after", "started_before", "topic_filter", "difficulty_filter", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     STATES_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +291,7 @@ class GetBatchStatsRequest(_message.Message):
     STARTED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FILTER_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FILTER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[Batch.State]
     provider: str
     model: str
@@ -264,7 +299,8 @@ class GetBatchStatsRequest(_message.Message):
     started_before: _timestamp_pb2.Timestamp
     topic_filter: str
     difficulty_filter: str
-    def __init__(self, states: _Optional[_Iterable[_Union[Batch.State, str]]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, states: _Optional[_Iterable[_Union[Batch.State, str]]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic_filter: _Optional[str] = ..., difficulty_filter: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BatchStats(_message.Message):
     __slots__ = ("batch_count", "samples_generated", "total_tokens", "by_state", "by_model")
