@@ -288,8 +288,8 @@ class BatchHistoryServicer:
 
     def UpdateBatch(self, request, context):
         """Corrects a batch's descriptive fields (AIP-134): those update_mask names,
-        among topic_filter, difficulty_filter, reasoning_instruction, target_count
-        and metadata, in any state. Counters, state and times never change; etag
+        among topic_filter, difficulty_filter, reasoning_instruction,
+        target_count, metadata and labels, in any state. Counters, state and times never change; etag
         and version do. With batch.etag set, the correction applies only to the
         batch as that etag saw it: otherwise ABORTED (ETAG_MISMATCH; read it
         again). A mask naming another field is INVALID_ARGUMENT.
