@@ -96,6 +96,26 @@ macro_rules! columns {
     };
 }
 
+/// The end of a conditional write whose CTE `$cte` returns the rows it
+/// changed: the changed row with `applied` true, or, when it changed none,
+/// the stored row as it is with `applied` false (none: there is no batch
+/// `:batch_id`), so that one round trip tells the three apart.
+macro_rules! changed_or_stored {
+    ($cte:literal) => {
+        concat!(
+            " SELECT ",
+            columns!(),
+            ", true AS applied FROM ",
+            $cte,
+            " UNION ALL SELECT ",
+            columns!(),
+            ", false AS applied FROM batches WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM ",
+            $cte,
+            ")"
+        )
+    };
+}
+
 /// The import's bulk load into its staging table: every column, in the
 /// order `BulkLoad::write` writes them.
 pub(crate) const COPY_TO_STAGE: &str = concat!(
@@ -393,15 +413,8 @@ statement! {
         RETURNING ",
         columns!(),
         "
-    )
-    SELECT ",
-        columns!(),
-        ", true AS applied FROM updated
-    UNION ALL
-    SELECT ",
-        columns!(),
-        ", false AS applied FROM batches
-    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM updated)"
+    )",
+        changed_or_stored!("updated")
     );
 }
 
@@ -478,15 +491,8 @@ statement! {
         RETURNING ",
         columns!(),
         "
-    )
-    SELECT ",
-        columns!(),
-        ", true AS applied FROM saved
-    UNION ALL
-    SELECT ",
-        columns!(),
-        ", false AS applied FROM batches
-    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM saved)"
+    )",
+        changed_or_stored!("saved")
     );
 }
 
@@ -516,15 +522,8 @@ statement! {
         RETURNING ",
         columns!(),
         "
-    )
-    SELECT ",
-        columns!(),
-        ", true AS applied FROM updated
-    UNION ALL
-    SELECT ",
-        columns!(),
-        ", false AS applied FROM batches
-    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM updated)"
+    )",
+        changed_or_stored!("updated")
     );
 }
 

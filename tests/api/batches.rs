@@ -705,7 +705,10 @@ async fn labels_are_set_at_create_corrected_and_filtered_on() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(prod.batches[0].labels.get("env").map(String::as_str), Some("prod"));
+    assert_eq!(
+        prod.batches[0].labels.get("env").map(String::as_str),
+        Some("prod")
+    );
     assert_eq!(listed(prod), ["prod-a", "prod-b"]);
     let team_a = client
         .list_batches(ListBatchesRequest {
