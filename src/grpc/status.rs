@@ -98,6 +98,25 @@ impl Reason {
         }
     }
 
+    /// The reason a store error is reported with.
+    pub(crate) fn of(error: &StoreError) -> Self {
+        match error {
+            StoreError::NotFound(_) => Self::BatchNotFound,
+            StoreError::AlreadyExists(_) => Self::BatchIdTaken,
+            StoreError::RequestIdReused(_) => Self::RequestIdReused,
+            StoreError::NotRunning { .. } => Self::BatchAlreadyFinished,
+            StoreError::EtagMismatch { .. } => Self::EtagMismatch,
+            StoreError::Running(_) => Self::BatchRunning,
+            StoreError::EndBeforeStart | StoreError::CounterOverflow(_) => Self::FieldInvalid,
+            StoreError::Contended => Self::BatchContended,
+            StoreError::TimedOut(_) => Self::DatabaseTimeout,
+            StoreError::Unavailable(_) => Self::DatabaseUnavailable,
+            StoreError::Exhausted { .. } => Self::DatabaseResourceExhausted,
+            StoreError::OutcomeUnknown(_) => Self::OutcomeUnknown,
+            StoreError::Internal { .. } => Self::Internal,
+        }
+    }
+
     pub(crate) const fn code(self) -> Code {
         match self {
             Self::FieldInvalid | Self::RequestMalformed => Code::InvalidArgument,

@@ -26,6 +26,7 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use crate::domain::{BatchId, Cursor, Detail, FieldViolation, ListQuery, Order, PageSize};
+use crate::grpc::Reason;
 use crate::http_endpoint::{self, Body, Peer};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
@@ -330,35 +331,45 @@ impl WebPage {
             .unwrap_or_default()
     }
 
-    /// The one place a page's failure becomes a response.
+    /// The one place a page's failure becomes a response. A store error
+    /// is told by the reason a gRPC call would carry, which the response's
+    /// `error-reason` header names.
     fn failure(&self, failure: Failure) -> Response<Body> {
+        let reason = match &failure {
+            Failure::Invalid(_) => Reason::FieldInvalid,
+            Failure::Store(error) => Reason::of(error),
+        };
         let (status, heading, text) = match failure {
-            Failure::Invalid(violation) => {
-                let main = pages::invalid(&violation);
-                return self.page(
-                    StatusCode::BAD_REQUEST,
-                    "Cannot show that",
-                    Section::None,
-                    None,
-                    &main,
-                );
-            }
+            Failure::Invalid(violation) => (
+                StatusCode::BAD_REQUEST,
+                "Cannot show that",
+                pages::invalid(&violation),
+            ),
             Failure::Store(StoreError::NotFound(batch_id)) => (
                 StatusCode::NOT_FOUND,
                 "Not found",
-                format!("There is no batch {batch_id}; it may have been deleted."),
+                pages::message(
+                    "Not found",
+                    &format!("There is no batch {batch_id}; it may have been deleted."),
+                ),
             ),
-            Failure::Store(
-                error @ (StoreError::TimedOut(_)
-                | StoreError::OutcomeUnknown(_)
-                | StoreError::Unavailable(_)),
-            ) => {
+            Failure::Store(error)
+                if matches!(
+                    reason,
+                    Reason::DatabaseTimeout
+                        | Reason::OutcomeUnknown
+                        | Reason::DatabaseUnavailable
+                        | Reason::DatabaseResourceExhausted
+                ) =>
+            {
                 tracing::warn!(error = %cause_chain(&error), "web page: the database did not answer");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Database unavailable",
-                    "The database is not answering; this page will work again once it does."
-                        .to_owned(),
+                    pages::message(
+                        "Database unavailable",
+                        "The database is not answering; this page will work again once it does.",
+                    ),
                 )
             }
             Failure::Store(error) => {
@@ -366,17 +377,18 @@ impl WebPage {
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "Something went wrong",
-                    "The page could not be shown; the service's log says why.".to_owned(),
+                    pages::message(
+                        "Something went wrong",
+                        "The page could not be shown; the service's log says why.",
+                    ),
                 )
             }
         };
-        self.page(
-            status,
-            heading,
-            Section::None,
-            None,
-            &pages::message(heading, &text),
-        )
+        let mut response = self.page(status, heading, Section::None, None, &text);
+        response
+            .headers_mut()
+            .insert("error-reason", HeaderValue::from_static(reason.name()));
+        response
     }
 }
 

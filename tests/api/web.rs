@@ -43,13 +43,16 @@ async fn the_page_shows_batches_and_names_the_field_of_a_bad_address() {
     ] {
         let refused = get(page, path, &[]).await;
         assert_eq!(refused.status, 400, "{path}");
+        assert_eq!(refused.header("error-reason"), Some("FIELD_INVALID"), "{path}");
         assert!(
             refused.body.contains(&format!("<code>{field}</code>")),
             "{path}: {}",
             refused.body
         );
     }
-    assert_eq!(get(page, "/batches/web-nobody", &[]).await.status, 404);
+    let missing = get(page, "/batches/web-nobody", &[]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("error-reason"), Some("BATCH_NOT_FOUND"));
     assert_eq!(get(page, "/nowhere", &[]).await.status, 404);
     assert_eq!(request(page, "POST", "/", &[], "").await.status, 405);
     let script = get(page, "/assets/app.js", &[]).await;
@@ -174,6 +177,14 @@ async fn with_the_database_down_the_page_says_so_and_recovers() {
     tokio::task::block_in_place(|| cluster.stop());
     let down = get(page, "/", &[]).await;
     assert_eq!(down.status, 503, "{}", down.body);
+    assert!(
+        matches!(
+            down.header("error-reason"),
+            Some("DATABASE_UNAVAILABLE" | "DATABASE_TIMEOUT")
+        ),
+        "{:?}",
+        down.headers
+    );
     assert!(down.body.contains("Database unavailable"));
     assert_eq!(get(page, "/events?", &[]).await.status, 503);
 
