@@ -472,6 +472,34 @@ mod tests {
         assert!(found[0].contains("grpc/status.rs"), "{found:?}");
     }
 
+    /// The reasons are the contract: the proto's comments, the README and
+    /// docs/CONTRACT.md list every one of them.
+    #[test]
+    fn every_reason_is_documented() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let code = std::fs::read_to_string(root.join("src/grpc/status.rs")).unwrap();
+        let names = code
+            .split("pub(crate) const fn name(self)")
+            .nth(1)
+            .and_then(|rest| rest.split("\n    }\n").next())
+            .unwrap();
+        let reasons: Vec<&str> = names
+            .split("=> \"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert!(reasons.len() > 20, "{reasons:?}");
+        for document in [
+            "proto/batchhistory/v1/batch_history.proto",
+            "README.md",
+            "docs/CONTRACT.md",
+        ] {
+            let text = std::fs::read_to_string(root.join(document)).unwrap();
+            let missing: Vec<_> = reasons.iter().filter(|r| !text.contains(*r)).collect();
+            assert!(missing.is_empty(), "{document} does not list {missing:?}");
+        }
+    }
+
     #[test]
     fn each_reason_comes_with_its_code_and_domain() {
         let status = failed(
