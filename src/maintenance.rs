@@ -1,12 +1,13 @@
 //! Background upkeep: stopping stale batches, purging old ones, forgetting
-//! old request ids. Every replica runs it; the sweep's advisory lock lets one
-//! sweep at a time, and deleting the same rows twice deletes them once.
+//! old request ids. Every replica looks at every tick, and the one that
+//! holds the upkeep lock ([`UpkeepLock`]) does the work; when it stops or
+//! crashes, another takes over at its next tick.
 
 use std::time::Duration;
 
 use crate::domain::{StaleThreshold, State};
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{Store, UpkeepLock};
 use crate::telemetry::cause_chain;
 
 /// How long a request id is remembered: a retry after that is applied again.
@@ -31,10 +32,22 @@ impl Upkeep {
     }
 }
 
-/// Runs the upkeep until shutdown.
-pub(crate) async fn run(store: Store, upkeep: Upkeep, shutdown: Shutdown) {
+/// Runs the upkeep until shutdown, while this replica holds `lock`.
+pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shutdown: Shutdown) {
     let mut ticks = shutdown.every(upkeep.interval());
+    let mut holding = false;
     while ticks.next().await {
+        let held = lock.held().await;
+        if held != std::mem::replace(&mut holding, held) {
+            if held {
+                tracing::info!("this replica runs the upkeep now");
+            } else {
+                tracing::info!("this replica no longer runs the upkeep");
+            }
+        }
+        if !held {
+            continue;
+        }
         if let Some(stale_after) = upkeep.stale_after {
             match store.sweep_stale(stale_after).await {
                 Ok(stopped) if !stopped.is_empty() => {

@@ -168,6 +168,7 @@ impl App {
             );
             background.spawn("web page", page.serve(listener, stopping.clone()));
         }
+        let upkeep_lock = store::UpkeepLock::new(&self.database);
         background.spawn(
             "change feed",
             crate::watch::feed(self.database, self.store.current(), hub, stopping.clone()),
@@ -180,7 +181,12 @@ impl App {
         }
         background.spawn(
             "upkeep",
-            crate::maintenance::run(self.store.clone(), self.upkeep, stopping.clone()),
+            crate::maintenance::run(
+                self.store.clone(),
+                upkeep_lock,
+                self.upkeep,
+                stopping.clone(),
+            ),
         );
         health.set_database_reachable(true).await;
         background.spawn(

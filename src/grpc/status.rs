@@ -314,19 +314,23 @@ fn status(error: StoreError, retry: Retry) -> Status {
                 ],
             )
         }
-        StoreError::OutcomeUnknown(_) => {
+        StoreError::OutcomeUnknown(timeout) => {
             episodes::report("outcome unknown", &error);
+            if retry == Retry::Read {
+                // A read has no outcome to be unsure of: it merely timed out.
+                return failed(
+                    Reason::DatabaseTimeout,
+                    "the database did not answer in time; retry later".to_owned(),
+                    &[("timeout_ms", timeout.as_millis().to_string())],
+                );
+            }
             failed(
                 Reason::OutcomeUnknown,
-                if retry == Retry::Read {
-                    "the database did not answer in time; retry later".to_owned()
-                } else {
-                    format!(
-                        "the database did not confirm in time whether this call was applied; \
-                         retry{}",
-                        retry.advice()
-                    )
-                },
+                format!(
+                    "the database did not confirm in time whether this call was applied; \
+                     retry{}",
+                    retry.advice()
+                ),
                 &[],
             )
         }

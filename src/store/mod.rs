@@ -34,6 +34,7 @@ mod settings;
 mod shared_reads;
 mod sql;
 mod tls;
+mod upkeep_lock;
 
 use std::{sync::Arc, time::Duration};
 
@@ -56,6 +57,7 @@ pub(crate) use replica::{ReplicaStatus, monitor as monitor_replica};
 pub use settings::{DatabaseConfig, InvalidUrl, connection};
 use shared_reads::SharedReads;
 pub(crate) use tls::connector;
+pub(crate) use upkeep_lock::UpkeepLock;
 
 /// Key of the transaction-level advisory lock that lets one replica sweep
 /// at a time.

@@ -562,3 +562,109 @@ async fn a_sigterm_while_starting_stops_the_server_gracefully() {
         server.logs()
     );
 }
+
+/// Upkeep runs on one replica at a time: three processes share one
+/// database, one holds the upkeep lock, and when it is killed another takes
+/// over and sweeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_at_a_time_runs_the_upkeep_and_another_takes_over_when_it_dies() {
+    let db = TestDb::create().await;
+    let url = db.url(None);
+    let env = [("DATABASE_URL", url.as_str()), ("STALE_AFTER", "2s")];
+    let mut servers: Vec<_> = (0..3).map(|_| ServerProcess::spawn(&env)).collect();
+    tokio::task::block_in_place(|| {
+        for server in &mut servers {
+            server.wait_serving(Duration::from_secs(30));
+        }
+    });
+    let client = db.client().await;
+    // The upkeep lock, on this test's database ("bhupkeep").
+    let holders = async || -> Vec<i32> {
+        client
+            .query(
+                "SELECT pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE locktype = 'advisory' AND granted AND d.datname = current_database()
+                   AND classid = (x'62687570'::bigint)::oid AND objid = (x'6b656570'::bigint)::oid",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    let runs_upkeep = |server: &ServerProcess| {
+        server
+            .logs()
+            .matches("this replica runs the upkeep now")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let held = holders().await;
+        assert!(held.len() <= 1, "held by {held:?}");
+        let running: Vec<usize> = (0..3).filter(|&i| runs_upkeep(&servers[i]) > 0).collect();
+        if held.len() == 1 && running.len() == 1 {
+            break (held[0], running[0]);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took the upkeep"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Several ticks later it is still the one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(holders().await, [first.0]);
+    let running: Vec<usize> = (0..3).filter(|&i| runs_upkeep(&servers[i]) > 0).collect();
+    assert_eq!(running, [first.1]);
+
+    servers[first.1].signal("-KILL");
+    tokio::task::block_in_place(|| servers[first.1].wait_exit(Duration::from_secs(10)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let second = loop {
+        let held = holders().await;
+        assert!(held.len() <= 1, "held by {held:?}");
+        let running: Vec<usize> = (0..3)
+            .filter(|&i| i != first.1 && runs_upkeep(&servers[i]) > 0)
+            .collect();
+        assert!(running.len() <= 1, "{running:?} both took it");
+        if held.len() == 1 && held[0] != first.0 && running.len() == 1 {
+            break running[0];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody took over the upkeep from the killed replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // And it works: a batch left running goes stale and is stopped.
+    client
+        .execute(
+            "INSERT INTO batches (batch_id, state, start_time, update_time)
+             VALUES ('left-behind', 'RUNNING', now() - interval '1 hour', now() - interval '1 hour')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: String = client
+            .query_one(
+                "SELECT state FROM batches WHERE batch_id = 'left-behind'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if state == "STOPPED" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new holder did not sweep:\n{}",
+            servers[second].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

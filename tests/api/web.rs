@@ -43,7 +43,11 @@ async fn the_page_shows_batches_and_names_the_field_of_a_bad_address() {
     ] {
         let refused = get(page, path, &[]).await;
         assert_eq!(refused.status, 400, "{path}");
-        assert_eq!(refused.header("error-reason"), Some("FIELD_INVALID"), "{path}");
+        assert_eq!(
+            refused.header("error-reason"),
+            Some("FIELD_INVALID"),
+            "{path}"
+        );
         assert!(
             refused.body.contains(&format!("<code>{field}</code>")),
             "{path}: {}",
