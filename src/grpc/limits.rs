@@ -50,15 +50,21 @@ pub(crate) fn fit_lookup(
     asked: Vec<BatchId>,
     found: Vec<Batch>,
 ) -> Result<proto::BatchGetBatchesResponse, Status> {
-    let mut found: HashMap<BatchId, proto::Batch> = found
+    let mut found: HashMap<String, (proto::Batch, usize)> = found
         .into_iter()
-        .map(|batch| (batch.batch_id.clone(), proto::Batch::from(batch)))
+        .map(|batch| (batch.batch_id.as_str().to_owned(), (batch.into(), 0)))
         .collect();
+    // How often each batch is still to be answered: its last answer takes it.
+    for batch_id in &asked {
+        if let Some((_, wanted)) = found.get_mut(batch_id.as_str()) {
+            *wanted += 1;
+        }
+    }
     let mut answer = proto::BatchGetBatchesResponse::default();
     let mut bytes = 0;
-    for (place, batch_id) in asked.iter().enumerate() {
-        let Some(batch) = found.get(batch_id) else {
-            answer.missing_batch_ids.push(batch_id.as_str().to_owned());
+    for (place, batch_id) in asked.into_iter().enumerate() {
+        let Some((batch, wanted)) = found.get_mut(batch_id.as_str()) else {
+            answer.missing_batch_ids.push(batch_id.into_string());
             continue;
         };
         bytes += batch.encoded_len() + 6;
@@ -72,12 +78,11 @@ pub(crate) fn fit_lookup(
                 &[("fitting", place.to_string())],
             ));
         }
-        // The last time an id is asked for, its batch moves into the answer.
-        let repeated = asked[place + 1..].contains(batch_id);
-        answer.batches.push(if repeated {
-            batch.clone()
+        *wanted -= 1;
+        answer.batches.push(if *wanted == 0 {
+            found.remove(batch_id.as_str()).expect("looked up above").0
         } else {
-            found.remove(batch_id).expect("looked up above")
+            batch.clone()
         });
     }
     Ok(answer)

@@ -12,4 +12,4 @@ pub(crate) use auth::BearerAuth;
 pub(crate) use deadline::stamp_arrival;
 pub(crate) use limits::{MAX_REQUEST_BYTES, remap_decoding_errors};
 pub(crate) use service::BatchHistoryService;
-pub(crate) use status::Reason;
+pub(crate) use status::{Reason, Retry};

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::FieldViolation;
+use crate::domain::{BatchId, FieldViolation, State};
 use crate::store::{Counter, StoreError};
 use crate::telemetry::cause_chain;
 use crate::watch::StreamEnd;
@@ -98,8 +98,9 @@ impl Reason {
         }
     }
 
-    /// The reason a store error is reported with.
-    pub(crate) fn of(error: &StoreError) -> Self {
+    /// The reason a store error of a call retried as `retry` says is
+    /// reported with: the one mapping gRPC statuses and the web page share.
+    pub(crate) fn of(error: &StoreError, retry: Retry) -> Self {
         match error {
             StoreError::NotFound(_) => Self::BatchNotFound,
             StoreError::AlreadyExists(_) => Self::BatchIdTaken,
@@ -110,9 +111,11 @@ impl Reason {
             StoreError::EndBeforeStart | StoreError::CounterOverflow(_) => Self::FieldInvalid,
             StoreError::Contended => Self::BatchContended,
             StoreError::TimedOut(_) => Self::DatabaseTimeout,
+            // A read has no outcome to be unsure of: it merely timed out.
+            StoreError::OutcomeUnknown(_) if retry == Retry::Read => Self::DatabaseTimeout,
+            StoreError::OutcomeUnknown(_) => Self::OutcomeUnknown,
             StoreError::Unavailable(_) => Self::DatabaseUnavailable,
             StoreError::Exhausted { .. } => Self::DatabaseResourceExhausted,
-            StoreError::OutcomeUnknown(_) => Self::OutcomeUnknown,
             StoreError::Internal { .. } => Self::Internal,
         }
     }
@@ -223,126 +226,95 @@ pub(crate) fn write(retry: Retry) -> impl Fn(StoreError) -> Status {
 }
 
 fn status(error: StoreError, retry: Retry) -> Status {
-    let message = error.to_string();
-    match &error {
-        StoreError::NotFound(batch_id) => failed(
-            Reason::BatchNotFound,
-            message,
-            &[("batch_id", batch_id.as_str().to_owned())],
+    let reason = Reason::of(&error, retry);
+    let batch = |batch_id: &BatchId| ("batch_id", batch_id.as_str().to_owned());
+    let (message, metadata) = match &error {
+        StoreError::NotFound(batch_id)
+        | StoreError::AlreadyExists(batch_id)
+        | StoreError::Running(batch_id) => {
+            let mut metadata = vec![batch(batch_id)];
+            if reason == Reason::BatchRunning {
+                metadata.push(("state", State::Running.as_str().to_owned()));
+            }
+            (error.to_string(), metadata)
+        }
+        StoreError::RequestIdReused(request_id) => (
+            error.to_string(),
+            vec![("request_id", request_id.as_str().to_owned())],
         ),
-        StoreError::AlreadyExists(batch_id) => failed(
-            Reason::BatchIdTaken,
-            message,
-            &[("batch_id", batch_id.as_str().to_owned())],
+        StoreError::NotRunning { batch_id, state } => (
+            error.to_string(),
+            vec![batch(batch_id), ("state", state.as_str().to_owned())],
         ),
-        StoreError::RequestIdReused(request_id) => failed(
-            Reason::RequestIdReused,
-            message,
-            &[("request_id", request_id.as_str().to_owned())],
-        ),
-        StoreError::NotRunning { batch_id, state } => failed(
-            Reason::BatchAlreadyFinished,
-            message,
-            &[
-                ("batch_id", batch_id.as_str().to_owned()),
-                ("state", state.as_str().to_owned()),
-            ],
-        ),
-        StoreError::EtagMismatch { batch_id, current } => failed(
-            Reason::EtagMismatch,
-            message,
-            &[
-                ("batch_id", batch_id.as_str().to_owned()),
-                ("etag", current.clone()),
-            ],
-        ),
-        StoreError::Running(batch_id) => failed(
-            Reason::BatchRunning,
-            message,
-            &[
-                ("batch_id", batch_id.as_str().to_owned()),
-                ("state", "RUNNING".to_owned()),
-            ],
+        StoreError::EtagMismatch { batch_id, current } => (
+            error.to_string(),
+            vec![batch(batch_id), ("etag", current.clone())],
         ),
         // A request field names it where the call knows which: see `ending_at`.
-        StoreError::EndBeforeStart => failed(Reason::FieldInvalid, message, &[]),
-        StoreError::CounterOverflow(counter) => FieldViolation {
-            field: match *counter {
-                Counter::SamplesGenerated => "samples_delta",
-                Counter::TotalTokens => "tokens_delta",
+        StoreError::EndBeforeStart | StoreError::Contended => (error.to_string(), vec![]),
+        StoreError::CounterOverflow(counter) => {
+            return FieldViolation {
+                field: match *counter {
+                    Counter::SamplesGenerated => "samples_delta",
+                    Counter::TotalTokens => "tokens_delta",
+                }
+                .into(),
+                description: "would take the batch's counter past its 64-bit maximum".into(),
             }
-            .into(),
-            description: "would take the batch's counter past its 64-bit maximum".into(),
+            .into();
         }
-        .into(),
-        StoreError::Contended => failed(Reason::BatchContended, message, &[]),
-        StoreError::TimedOut(timeout) => {
+        StoreError::TimedOut(timeout) | StoreError::OutcomeUnknown(timeout)
+            if reason == Reason::DatabaseTimeout =>
+        {
             episodes::report("timed out", &error);
-            failed(
-                Reason::DatabaseTimeout,
-                match retry {
-                    // A GetBatch past its budget is left to finish: nothing to undo.
-                    Retry::Read => format!("{message}; retry later"),
-                    _ => format!(
-                        "{message}; the call was cancelled there, nothing was applied; retry later"
-                    ),
-                },
-                &[("timeout_ms", timeout.as_millis().to_string())],
+            let message = match retry {
+                // A read past its budget has nothing to undo (GetBatch's is
+                // left to finish).
+                Retry::Read => {
+                    format!("the database did not answer within {timeout:?}; retry later")
+                }
+                _ => format!(
+                    "{error}; the call was cancelled there, nothing was applied; retry later"
+                ),
+            };
+            (
+                message,
+                vec![("timeout_ms", timeout.as_millis().to_string())],
             )
+        }
+        StoreError::TimedOut(_) | StoreError::OutcomeUnknown(_) => {
+            episodes::report("outcome unknown", &error);
+            let message = format!(
+                "the database did not confirm in time whether this call was applied; retry{}",
+                retry.advice()
+            );
+            (message, vec![])
         }
         StoreError::Unavailable(_) => {
             episodes::report("unavailable", &error);
-            failed(
-                Reason::DatabaseUnavailable,
-                format!("the database is unavailable; retry{}", retry.advice()),
-                &[],
-            )
+            let message = format!("the database is unavailable; retry{}", retry.advice());
+            (message, vec![])
         }
         StoreError::Exhausted {
             resource, sqlstate, ..
         } => {
             episodes::report(resource, &error);
-            failed(
-                Reason::DatabaseResourceExhausted,
-                format!(
-                    "{message}: nothing was applied, and writes fail until an operator frees \
-                     it; retry later"
-                ),
-                &[
-                    ("resource", (*resource).to_owned()),
-                    ("sqlstate", sqlstate.clone()),
-                ],
-            )
-        }
-        StoreError::OutcomeUnknown(timeout) => {
-            episodes::report("outcome unknown", &error);
-            if retry == Retry::Read {
-                // A read has no outcome to be unsure of: it merely timed out.
-                return failed(
-                    Reason::DatabaseTimeout,
-                    "the database did not answer in time; retry later".to_owned(),
-                    &[("timeout_ms", timeout.as_millis().to_string())],
-                );
-            }
-            failed(
-                Reason::OutcomeUnknown,
-                format!(
-                    "the database did not confirm in time whether this call was applied; \
-                     retry{}",
-                    retry.advice()
-                ),
-                &[],
-            )
+            let message = format!(
+                "{error}: nothing was applied, and writes fail until an operator frees it; \
+                 retry later"
+            );
+            let metadata = vec![
+                ("resource", (*resource).to_owned()),
+                ("sqlstate", sqlstate.clone()),
+            ];
+            (message, metadata)
         }
         StoreError::Internal { .. } => {
             tracing::error!(error = %cause_chain(&error), "internal error");
-            failed(
-                Reason::Internal,
-                "internal error; it has been logged".into(),
-                &[],
-            )
+            ("internal error; it has been logged".to_owned(), vec![])
         }
-    }
+    };
+    failed(reason, message, &metadata)
 }
 
 /// Logs database trouble once per episode, not once per call: the first

@@ -26,7 +26,7 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use crate::domain::{BatchId, Cursor, Detail, FieldViolation, ListQuery, Order, PageSize};
-use crate::grpc::Reason;
+use crate::grpc::{Reason, Retry};
 use crate::http_endpoint::{self, Body, Peer};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
@@ -337,7 +337,7 @@ impl WebPage {
     fn failure(&self, failure: Failure) -> Response<Body> {
         let reason = match &failure {
             Failure::Invalid(_) => Reason::FieldInvalid,
-            Failure::Store(error) => Reason::of(error),
+            Failure::Store(error) => Reason::of(error, Retry::Read),
         };
         let (status, heading, text) = match failure {
             Failure::Invalid(violation) => (

@@ -124,3 +124,22 @@ def test_output_only_fields_sent_to_create_are_ignored(stub):
     assert created.etag != "from-the-caller"
     assert created.current_model != "from-the-caller"
     assert created.update_time.seconds < 2_000_000_000
+
+
+def test_update_corrects_exactly_the_fields_a_caller_may_set(stub):
+    """UpdateBatch's mask refuses every OUTPUT_ONLY and IMMUTABLE field of
+    Batch, and takes every OPTIONAL one but etag (which it checks instead)."""
+    from google.protobuf import field_mask_pb2
+    batch_id = running(stub)
+    for field in pb.Batch.DESCRIPTOR.fields:
+        request = pb.UpdateBatchRequest(batch=Batch(batch_id=batch_id),
+                                        update_mask=field_mask_pb2.FieldMask(paths=[field.name]))
+        settable = field_behavior_pb2.FieldBehavior.OPTIONAL in behaviour(field)
+        if settable and field.name != "etag":
+            stub.UpdateBatch(request, timeout=5)
+            continue
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.UpdateBatch(request, timeout=5)
+        error = from_rpc_error(caught.value)
+        assert isinstance(error, InvalidArgument), field.name
+        assert error.metadata["field"] == "update_mask.paths[0]", field.name

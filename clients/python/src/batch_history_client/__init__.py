@@ -449,8 +449,9 @@ class BatchHistory:
             try:
                 page = ahead.result()
             except grpc.RpcError as error:
-                if not isinstance(from_rpc_error(error), Retryable):
-                    raise from_rpc_error(error) from error
+                typed = from_rpc_error(error)
+                if not isinstance(typed, Retryable):
+                    raise typed from error
                 page = self._call(self._stub.ListBatches, page_after(token), metadata)
 
     def _row(self, batch: pb.Batch) -> dict:
