@@ -1,9 +1,12 @@
-//! Background upkeep: stopping stale batches, purging old ones, forgetting
-//! old request ids. Every replica looks at every tick, and the one that
+//! Background upkeep: folding the changes to the daily totals into them,
+//! stopping stale batches, purging old ones, forgetting old request ids.
+//! Every replica looks at every tick, and the one that
 //! holds the upkeep lock ([`UpkeepLock`]) does the work; when it stops or
 //! crashes, another takes over at its next tick.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::domain::{StaleThreshold, State};
 use crate::shutdown::Shutdown;
@@ -12,6 +15,10 @@ use crate::telemetry::cause_chain;
 
 /// How long a request id is remembered: a retry after that is applied again.
 pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3_600);
+
+/// How often the changes to the daily totals are folded into them: readers
+/// add up the changes of about this long one by one.
+const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the upkeep is configured.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,7 +41,9 @@ impl Upkeep {
 
 /// Runs the upkeep until shutdown, while this replica holds `lock`.
 pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shutdown: Shutdown) {
-    let mut ticks = shutdown.every(upkeep.interval());
+    let chores_interval = upkeep.interval();
+    let mut ticks = shutdown.every(chores_interval.min(FOLD_INTERVAL));
+    let mut chores_due = Instant::now();
     let mut holding = false;
     while ticks.next().await {
         let held = lock.held().await;
@@ -48,6 +57,13 @@ pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shut
         if !held {
             continue;
         }
+        if let Err(error) = store.fold_totals().await {
+            tracing::warn!(error = %cause_chain(&error), "folding the daily totals failed");
+        }
+        if Instant::now() < chores_due {
+            continue;
+        }
+        chores_due = Instant::now() + chores_interval;
         if let Some(stale_after) = upkeep.stale_after {
             match store.sweep_stale(stale_after).await {
                 Ok(stopped) if !stopped.is_empty() => {

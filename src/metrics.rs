@@ -12,6 +12,7 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
+use crate::domain::State;
 use crate::http_endpoint;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, database_errors};
@@ -26,7 +27,8 @@ pub(crate) struct Metrics {
     pool: IntGaugeVec,
     /// Connections that concurrent GetBatch calls share.
     shared_reads: IntGauge,
-    /// Stored batches per state, counted at each scrape.
+    /// Stored batches per state, read from the daily totals at each scrape
+    /// (migration V9): a scrape never counts rows.
     batches: IntGaugeVec,
     /// 1 while listings and stats read the replica.
     replica_reads: IntGauge,
@@ -68,7 +70,10 @@ impl Metrics {
             "Connections beside the pool that concurrent GetBatch calls share (at most 2)",
         )?;
         let batches = IntGaugeVec::new(
-            Opts::new("batches", "Stored batches by state, counted at scrape time"),
+            Opts::new(
+                "batches",
+                "Stored batches by state, from the daily totals at scrape time",
+            ),
             &["state"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -144,8 +149,12 @@ impl Metrics {
         }
         match store.count_by_state().await {
             Ok(counts) => {
-                for (state, count) in counts {
-                    self.batches.with_label_values(&[state.as_str()]).set(count);
+                // A state left with no batch is not counted at all.
+                for state in State::ALL {
+                    let count = counts.iter().find(|(counted, _)| *counted == state);
+                    self.batches
+                        .with_label_values(&[state.as_str()])
+                        .set(count.map_or(0, |(_, count)| *count));
                 }
             }
             Err(error) => {

@@ -48,6 +48,10 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order above.
+    pub(crate) const ALL: [State; 4] =
+        [Self::Running, Self::Completed, Self::Stopped, Self::Failed];
+
     /// The name stored in the database and used in messages.
     pub(crate) fn as_str(self) -> &'static str {
         match self {

@@ -367,6 +367,16 @@ impl Store {
         .await
     }
 
+    /// Folds the changes to the daily totals recorded since the last fold
+    /// into them, so that readers add up few; returns how many it folded.
+    pub(crate) async fn fold_totals(&self) -> Result<i64, StoreError> {
+        self.primary
+            .run(None, async |client| {
+                Ok(client.query_one(&sql::FoldTotals {}).await?.try_get(0)?)
+            })
+            .await
+    }
+
     /// Runs `chunk`, a DELETE of at most [`DELETE_CHUNK_ROWS`] rows, until
     /// it deletes fewer; returns how many in all. Each chunk is its own
     /// bounded operation, so that a long deletion never holds one connection

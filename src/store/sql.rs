@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::{Json, ToSql, Type};
 
 use super::params::{Bind, statement};
-use crate::domain::{BatchError, BatchFilter, BatchLabels, Detail, ListQuery, ModelSwitch, Order};
+use crate::domain::{
+    BatchError, BatchFilter, BatchLabels, Detail, ListQuery, ModelSwitch, Order, TextFilters,
+};
 
 /// A statement's text and the types of its parameters, which it is
 /// prepared with (or, behind a transaction-mode pooler, sent with on every
@@ -175,9 +177,18 @@ statement! {
 }
 
 statement! {
-    /// Batches per state; an index-only scan of the state index.
+    /// Batches per state, from the daily totals (migration V9).
     pub(crate) struct CountByState {}
-        = "SELECT state, count(*) FROM batches GROUP BY state";
+        = "SELECT state, sum(batches)::bigint FROM (
+        SELECT state, batches FROM batch_totals
+        UNION ALL SELECT state, batches FROM batch_total_changes
+    ) counted GROUP BY state";
+}
+
+statement! {
+    /// Folds the changes to the daily totals recorded since the last fold
+    /// into them; returns how many it folded.
+    pub(crate) struct FoldTotals {} = "SELECT batch_totals_fold()";
 }
 
 statement! {
@@ -539,7 +550,7 @@ pub(crate) struct Listing<'q> {
 /// A listing parameter, borrowed from the query where possible.
 enum Param<'q> {
     Text(&'q str),
-    Time(&'q Timestamp),
+    Time(Timestamp),
     States(Vec<&'static str>),
     Labels(Json<&'q BatchLabels>),
     Limit(i64),
@@ -561,7 +572,7 @@ impl<'q> Listing<'q> {
             Order::OldestFirst => ("ASC", ">"),
         };
         if let Some(cursor) = &query.after {
-            let time = listing.bind(Param::Time(&cursor.start_time));
+            let time = listing.bind(Param::Time(cursor.start_time));
             let id = listing.bind(Param::Text(cursor.batch_id.as_str()));
             let _ = write!(
                 listing.sql,
@@ -576,29 +587,86 @@ impl<'q> Listing<'q> {
         listing
     }
 
-    /// Totals per (state, provider, model) of the batches `filter` keeps,
-    /// in one scan; the caller sums them up per state and per model.
+    /// Totals per (state, provider, model) of the batches `filter` keeps;
+    /// the caller sums them up per state and per model.
+    ///
+    /// The daily totals (migration V9) answer for the whole UTC days the
+    /// filter spans, and only the batches of a part day at either end are
+    /// counted one by one. A filter on what the totals are not kept by
+    /// (topic, difficulty, labels), or a span within a day or two, counts
+    /// every batch it keeps, in one scan.
     pub(crate) fn stats(filter: &'q BatchFilter) -> Self {
-        let mut listing = Listing::filtered(
+        let Some(days) = WholeDays::within(filter) else {
             // The sums saturate, as the per-state and per-model totals do:
             // no caller should see an error for an overflowing total.
-            "SELECT state, provider, model, count(*), \
-             least(coalesce(sum(samples_generated), 0), 9223372036854775807)::bigint, \
-             least(coalesce(sum(total_tokens), 0), 9223372036854775807)::bigint \
-             FROM batches WHERE true",
-            filter,
+            let mut listing = Listing::filtered(
+                "SELECT state, provider, model, count(*), \
+                 least(coalesce(sum(samples_generated), 0), 9223372036854775807)::bigint, \
+                 least(coalesce(sum(total_tokens), 0), 9223372036854775807)::bigint \
+                 FROM batches WHERE true",
+                filter,
+            );
+            listing.sql.push_str(" GROUP BY state, provider, model");
+            return listing;
+        };
+        let mut listing = Listing::empty(
+            "SELECT state, provider, model, sum(batches)::bigint, \
+             least(sum(samples), 9223372036854775807)::bigint, \
+             least(sum(tokens), 9223372036854775807)::bigint FROM (",
         );
-        listing.sql.push_str(" GROUP BY state, provider, model");
+        for table in ["batch_totals", "batch_total_changes"] {
+            let _ = write!(
+                listing.sql,
+                "SELECT state, provider, model, batches, samples, tokens FROM {table} WHERE true"
+            );
+            listing.grouped_by(filter);
+            if let Some(first) = days.first {
+                let first = listing.bind(Param::Time(first));
+                let _ = write!(
+                    listing.sql,
+                    " AND day >= ({first} AT TIME ZONE 'UTC')::date"
+                );
+            }
+            if let Some(end) = days.end {
+                let end = listing.bind(Param::Time(end));
+                let _ = write!(listing.sql, " AND day < ({end} AT TIME ZONE 'UTC')::date");
+            }
+            listing.sql.push_str(" UNION ALL ");
+        }
+        for (from, to) in days.part_days(filter) {
+            listing.sql.push_str(
+                "SELECT state, provider, model, 1, samples_generated::numeric, \
+                 total_tokens::numeric FROM batches WHERE true",
+            );
+            listing.grouped_by(filter);
+            if let Some(from) = from {
+                listing.condition("start_time", ">=", Param::Time(from));
+            }
+            if let Some(to) = to {
+                listing.condition("start_time", "<", Param::Time(to));
+            }
+            listing.sql.push_str(" UNION ALL ");
+        }
         listing
+            .sql
+            .truncate(listing.sql.len() - " UNION ALL ".len());
+        listing
+            .sql
+            .push_str(") counted GROUP BY state, provider, model HAVING sum(batches) > 0");
+        listing
+    }
+
+    fn empty(select: &str) -> Self {
+        Listing {
+            sql: select.to_owned(),
+            params: Vec::new(),
+            types: Vec::new(),
+        }
     }
 
     /// `select` (ending in a WHERE clause) narrowed to the batches `filter` keeps.
     fn filtered(select: &str, filter: &'q BatchFilter) -> Self {
-        let mut listing = Listing {
-            sql: select.to_owned(),
-            params: Vec::new(),
-            types: Vec::new(),
-        };
+        let mut listing = Listing::empty(select);
         for (column, _, wanted) in filter.texts.each() {
             if let Some(label) = wanted {
                 listing.condition(column, "=", Param::Text(label.as_str()));
@@ -608,10 +676,10 @@ impl<'q> Listing<'q> {
             let states = filter.states.iter().map(|s| s.as_str()).collect();
             listing.condition("state", "= ANY", Param::States(states));
         }
-        if let Some(after) = &filter.started_after {
+        if let Some(after) = filter.started_after {
             listing.condition("start_time", ">=", Param::Time(after));
         }
-        if let Some(before) = &filter.started_before {
+        if let Some(before) = filter.started_before {
             listing.condition("start_time", "<", Param::Time(before));
         }
         if !filter.labels.is_empty() {
@@ -619,6 +687,21 @@ impl<'q> Listing<'q> {
             listing.condition("labels", "@>", Param::Labels(Json(&filter.labels)));
         }
         listing
+    }
+
+    /// Narrows the rows to the states, providers and models `filter` keeps:
+    /// all the daily totals are kept by, with the day.
+    fn grouped_by(&mut self, filter: &'q BatchFilter) {
+        if let Some(provider) = &filter.texts.provider {
+            self.condition("provider", "=", Param::Text(provider.as_str()));
+        }
+        if let Some(model) = &filter.texts.model {
+            self.condition("model", "=", Param::Text(model.as_str()));
+        }
+        if !filter.states.is_empty() {
+            let states = filter.states.iter().map(|s| s.as_str()).collect();
+            self.condition("state", "= ANY", Param::States(states));
+        }
     }
 
     /// Adds `param` and returns its placeholder.
@@ -654,12 +737,84 @@ impl Bind for Listing<'_> {
             .map(|param| -> &(dyn ToSql + Sync) {
                 match param {
                     Param::Text(text) => text,
-                    Param::Time(time) => *time,
+                    Param::Time(time) => time,
                     Param::States(states) => states,
                     Param::Labels(labels) => labels,
                     Param::Limit(limit) => limit,
                 }
             })
             .collect()
+    }
+}
+
+/// The whole UTC days, `[first, end)`, within a [`BatchFilter`]'s start
+/// times that the daily totals can answer for; `None` for either end
+/// leaves that side open.
+struct WholeDays {
+    first: Option<Timestamp>,
+    end: Option<Timestamp>,
+}
+
+impl WholeDays {
+    const DAY_NANOS: i128 = 86_400_000_000_000;
+
+    /// `None` when the totals cannot answer for `filter`: it looks at what
+    /// they are not kept by, or spans no whole day.
+    fn within(filter: &BatchFilter) -> Option<Self> {
+        let TextFilters {
+            topic_filter,
+            difficulty_filter,
+            ..
+        } = &filter.texts;
+        if topic_filter.is_some() || difficulty_filter.is_some() || !filter.labels.is_empty() {
+            return None;
+        }
+        let days = WholeDays {
+            first: match filter.started_after {
+                Some(after) => Some(Self::midnight_at_or_after(after)?),
+                None => None,
+            },
+            end: match filter.started_before {
+                Some(before) => Some(Self::midnight_at_or_before(before)?),
+                None => None,
+            },
+        };
+        match (days.first, days.end) {
+            (Some(first), Some(end)) if first >= end => None,
+            _ => Some(days),
+        }
+    }
+
+    /// The part days at either end of the filter's span, `[from, to)`.
+    fn part_days(
+        &self,
+        filter: &BatchFilter,
+    ) -> impl Iterator<Item = (Option<Timestamp>, Option<Timestamp>)> {
+        let before_first = filter
+            .started_after
+            .zip(self.first)
+            .filter(|(after, first)| after < first)
+            .map(|(after, first)| (Some(after), Some(first)));
+        let after_end = self
+            .end
+            .zip(filter.started_before)
+            .filter(|(end, before)| end < before)
+            .map(|(end, before)| (Some(end), Some(before)));
+        before_first.into_iter().chain(after_end)
+    }
+
+    /// `None` before the first midnight a timestamp can hold.
+    fn midnight_at_or_before(time: Timestamp) -> Option<Timestamp> {
+        let nanos = time.as_nanosecond();
+        Timestamp::from_nanosecond(nanos - nanos.rem_euclid(Self::DAY_NANOS)).ok()
+    }
+
+    /// `None` past the last midnight a timestamp can hold.
+    fn midnight_at_or_after(time: Timestamp) -> Option<Timestamp> {
+        let nanos = time.as_nanosecond();
+        match nanos.rem_euclid(Self::DAY_NANOS) {
+            0 => Some(time),
+            into_day => Timestamp::from_nanosecond(nanos - into_day + Self::DAY_NANOS).ok(),
+        }
     }
 }

@@ -35,7 +35,7 @@ type LegacyRow<'a> = (
     Option<&'a str>,
 );
 
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub(crate) PathBuf);
 
 impl TempFile {
     fn new() -> Self {
@@ -67,7 +67,7 @@ fn legacy_file(rows: &[LegacyRow]) -> TempFile {
 }
 
 /// A generated file and the generator's summary.
-fn generated_file(rows: u32, seed: u32) -> (TempFile, Value) {
+pub(crate) fn generated_file(rows: u32, seed: u32) -> (TempFile, Value) {
     run_generator("make_legacy_db.py", rows, seed)
 }
 

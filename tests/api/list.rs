@@ -8,7 +8,7 @@ use batch_history::proto::{
 };
 use tonic::Code;
 
-use crate::support::{TestApp, assert_invalid, timestamp};
+use crate::support::{TestApp, XorShift, assert_invalid, timestamp};
 
 /// Creates `count` batches one minute apart from `first_second`, alternating
 /// providers, and returns their ids oldest first.
@@ -393,9 +393,10 @@ async fn list_rejects_invalid_filters() {
     }
 }
 
-/// The listing's SQL and the in-memory filter that watches use select the
-/// same batches, for many random filters over random batches. A seed is
-/// printed; `FILTER_SEED=<seed>` repeats a run.
+/// The listing's SQL, the stats' (daily totals, part days counted one by
+/// one) and the in-memory filter that watches use select the same batches,
+/// for many random filters over random batches. A seed is printed;
+/// `FILTER_SEED=<seed>` repeats a run.
 #[tokio::test]
 async fn sql_and_in_memory_filters_select_the_same_batches() {
     use batch_history::domain::{BatchFilter, BatchLabels, Facets, Texts};
@@ -419,7 +420,10 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
         [None, Some("prod"), Some("dev")],
         [None, Some("a"), Some("b")],
     );
-    const FIRST_SECOND: i64 = 1_760_000_000;
+    // Ten UTC days from a midnight, so that stats are answered from daily
+    // totals and the part days at a filter's ends are counted one by one.
+    const FIRST_SECOND: i64 = 1_759_968_000;
+    const SPAN: u64 = 10 * 86_400;
     let creates = (0..240).map(|i| {
         let mut client = app.client.clone();
         let batch = proto::Batch {
@@ -431,7 +435,7 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
                 .into_iter()
                 .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v.to_owned())))
                 .collect(),
-            start_time: Some(timestamp(FIRST_SECOND + random.below(1_000) as i64)),
+            start_time: Some(timestamp(FIRST_SECOND + random.below(SPAN) as i64)),
             ..Default::default()
         };
         let ending = random.pick(&[None, Some(State::Completed), Some(State::Failed)]);
@@ -474,7 +478,12 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
         State::Failed,
         State::Stopped,
     ];
+    let db = app.db.client().await;
     for round in 0..150 {
+        // Stats add up folded totals and changes not yet folded alike.
+        if random.below(10) == 0 {
+            db.execute("SELECT batch_totals_fold()", &[]).await.unwrap();
+        }
         let wanted = |random: &mut XorShift, values: &[&str]| {
             if random.below(2) == 0 {
                 String::new()
@@ -483,7 +492,10 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
             }
         };
         let bound = |random: &mut XorShift| {
-            (random.below(3) == 0).then(|| timestamp(FIRST_SECOND + random.below(1_000) as i64))
+            (random.below(3) == 0).then(|| match random.below(2) {
+                0 => timestamp(FIRST_SECOND + random.below(SPAN) as i64),
+                _ => timestamp(FIRST_SECOND + random.below(11) as i64 * 86_400),
+            })
         };
         let request = proto::WatchBatchesRequest {
             states: states
@@ -575,20 +587,4 @@ async fn sql_and_in_memory_filters_select_the_same_batches() {
         );
     }
     app.stop().await;
-}
-
-/// A small seeded generator, so that a failing run can be repeated.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-
-    fn pick<T: Copy>(&mut self, values: &[T]) -> T {
-        values[self.below(values.len() as u64) as usize]
-    }
 }

@@ -18,5 +18,6 @@ mod reflection;
 mod reliability;
 mod save;
 mod shared_reads;
+mod stats;
 mod support;
 mod web;

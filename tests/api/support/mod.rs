@@ -525,3 +525,19 @@ pub async fn health_client(url: String) -> tonic_health::pb::health_client::Heal
         .unwrap();
     tonic_health::pb::health_client::HealthClient::new(channel)
 }
+
+/// A small seeded generator, so that a failing run can be repeated.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+
+    pub fn pick<T: Copy>(&mut self, values: &[T]) -> T {
+        values[self.below(values.len() as u64) as usize]
+    }
+}
