@@ -23,7 +23,8 @@ from pathlib import Path
 
 BIN = os.environ.get("BENCH_BIN", "target/release/batch-history")
 LOADGEN = "target/release/examples/loadgen"
-OPS = ["create", "progress", "get", "list-deep", "list-basic", "list-filtered", "stats"]
+OPS = ["create", "progress", "get", "list-deep", "list-basic", "list-filtered", "list-provider",
+       "list-provider-deep", "stats"]
 # The basic view is the same statement as the full one, with less sent.
 PGBENCH_SCRIPT = {"list-basic": "list-deep"}
 TICKS = os.sysconf("SC_CLK_TCK")

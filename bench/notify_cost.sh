@@ -30,7 +30,7 @@ measure() {
     local url="postgres://postgres@$host:$port/$db"
     psql -qh "$host" -p "$port" -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" \
         -c "CREATE DATABASE $db"
-    DATABASE_URL=$url "$bin" migrate >/dev/null
+    DATABASE_URL=$url "$bin" migrate >/dev/null 2>&1
     local ratios=()
     for round in $(seq "$rounds"); do
         local order=(silent notifying)

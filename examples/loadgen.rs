@@ -43,7 +43,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "create,progress,get,list-deep,list-filtered"
+        default_value = "create,progress,get,list-deep,list-filtered,list-provider"
     )]
     ops: Vec<Op>,
     /// Print one JSON object per operation instead of a table.
@@ -65,6 +65,11 @@ enum Op {
     ListBasic,
     /// ListBatches: the first page of 50 RUNNING batches.
     ListFiltered,
+    /// ListBatches: the first page of 50 of one provider's batches.
+    ListProvider,
+    /// ListBatches: one page of 50 of one provider's batches at a random
+    /// depth, via a real page token.
+    ListProviderDeep,
     /// GetBatchStats over every batch: the largest aggregate.
     Stats,
 }
@@ -78,6 +83,8 @@ impl Op {
             Op::ListDeep => "list-deep",
             Op::ListBasic => "list-basic",
             Op::ListFiltered => "list-filtered",
+            Op::ListProvider => "list-provider",
+            Op::ListProviderDeep => "list-provider-deep",
             Op::Stats => "stats",
         }
     }
@@ -106,13 +113,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clients: Vec<_> = (0..args.clients)
         .map(|n| BatchHistoryClient::new(channels[n % connections].clone()))
         .collect();
-    let tokens = Arc::new(
-        if args.ops.contains(&Op::ListDeep) || args.ops.contains(&Op::ListBasic) {
-            page_tokens(clients[0].clone()).await?
+    let needs = |ops: &[Op]| ops.iter().any(|op| args.ops.contains(op));
+    let tokens = Arc::new(Tokens {
+        all: if needs(&[Op::ListDeep, Op::ListBasic]) {
+            page_tokens(clients[0].clone(), "").await?
         } else {
             Vec::new()
         },
-    );
+        provider: if needs(&[Op::ListProviderDeep]) {
+            page_tokens(clients[0].clone(), PROVIDER).await?
+        } else {
+            Vec::new()
+        },
+    });
 
     // Measurement starts here: a harness that reads CPU times waits for this.
     eprintln!("ready");
@@ -181,7 +194,7 @@ async fn drive(
     op: Op,
     mut client: BatchHistoryClient<Channel>,
     seeded: u64,
-    tokens: &[String],
+    tokens: &Tokens,
     deadline: Instant,
     seed: u64,
 ) -> Tally {
@@ -224,7 +237,7 @@ async fn drive(
             Op::ListDeep | Op::ListBasic => client
                 .list_batches(ListBatchesRequest {
                     page_size: 50,
-                    page_token: tokens[random.below(tokens.len() as u64) as usize].clone(),
+                    page_token: random.pick(&tokens.all).clone(),
                     view: if op == Op::ListBasic {
                         BatchView::Basic
                     } else {
@@ -238,6 +251,23 @@ async fn drive(
                 .list_batches(ListBatchesRequest {
                     page_size: 50,
                     states: vec![State::Running as i32],
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            Op::ListProvider => client
+                .list_batches(ListBatchesRequest {
+                    page_size: 50,
+                    provider: PROVIDER.into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            Op::ListProviderDeep => client
+                .list_batches(ListBatchesRequest {
+                    page_size: 50,
+                    provider: PROVIDER.into(),
+                    page_token: random.pick(&tokens.provider).clone(),
                     ..Default::default()
                 })
                 .await
@@ -270,6 +300,7 @@ async fn drive(
 /// at any depth; walking ten million batches would take minutes.
 async fn page_tokens(
     mut client: BatchHistoryClient<Channel>,
+    provider: &str,
 ) -> Result<Vec<String>, tonic::Status> {
     let mut tokens = Vec::new();
     let mut token = String::new();
@@ -278,6 +309,7 @@ async fn page_tokens(
             .list_batches(ListBatchesRequest {
                 page_size: 1_000,
                 page_token: token,
+                provider: provider.into(),
                 ..Default::default()
             })
             .await?
@@ -294,6 +326,16 @@ async fn page_tokens(
         ));
     }
     Ok(tokens)
+}
+
+/// The provider of every other seeded batch, which the provider listings
+/// filter on.
+const PROVIDER: &str = "groq";
+
+/// Page tokens of the default listing, and of one provider's.
+struct Tokens {
+    all: Vec<String>,
+    provider: Vec<String>,
 }
 
 /// How many pages of 1,000 [`page_tokens`] walks at most.
@@ -316,5 +358,9 @@ impl XorShift {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % bound.max(1)
+    }
+
+    fn pick<'a, T>(&mut self, values: &'a [T]) -> &'a T {
+        &values[self.below(values.len() as u64) as usize]
     }
 }
