@@ -252,7 +252,11 @@ class BatchHistoryServicer:
     def GetBatchStats(self, request, context):
         """Totals over the batches matching the filter (the filters of
         ListBatches): counts per state, sums of samples and tokens, and the same
-        per provider and model.
+        per provider and model. Exact, and read from daily totals that every
+        write keeps: the cost grows with the days and models in the history,
+        not its batches. Only the batches of a part day at either end of the
+        time range are counted one by one, and a filter on topic, difficulty or
+        labels counts every batch it keeps.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
