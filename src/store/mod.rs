@@ -370,11 +370,20 @@ impl Store {
     /// Folds the changes to the daily totals recorded since the last fold
     /// into them, so that readers add up few; returns how many it folded.
     pub(crate) async fn fold_totals(&self) -> Result<i64, StoreError> {
-        self.primary
+        let folded = self
+            .primary
             .run(None, async |client| {
                 Ok(client.query_one(&sql::FoldTotals {}).await?.try_get(0)?)
             })
-            .await
+            .await?;
+        if folded > 0 {
+            self.primary
+                .run(None, async |client| {
+                    client.execute(&sql::VacuumTotalChanges {}).await
+                })
+                .await?;
+        }
+        Ok(folded)
     }
 
     /// Runs `chunk`, a DELETE of at most [`DELETE_CHUNK_ROWS`] rows, until
