@@ -22,17 +22,9 @@ CREATE TABLE batch_totals (
     PRIMARY KEY (day, state, provider, model)
 );
 
--- No index: the fold takes every row, and readers scan the few written
--- since the last fold.
-CREATE TABLE batch_total_changes (
-    day      date    NOT NULL,
-    state    text    NOT NULL,
-    provider text    NOT NULL,
-    model    text    NOT NULL,
-    batches  bigint  NOT NULL,
-    samples  numeric NOT NULL,
-    tokens   numeric NOT NULL
-);
+-- The same columns, without a key: the fold takes every row, and readers
+-- scan the few written since the last fold.
+CREATE TABLE batch_total_changes (LIKE batch_totals);
 
 -- Per statement, not per row: an import or a purge of 10,000 batches
 -- appends a handful of rows, and a change that moves no total (a label, a
