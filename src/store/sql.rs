@@ -646,12 +646,8 @@ impl<'q> Listing<'q> {
                  total_tokens::numeric FROM batches WHERE true",
             );
             listing.grouped_by(filter);
-            if let Some(from) = from {
-                listing.condition("start_time", ">=", Param::Time(from));
-            }
-            if let Some(to) = to {
-                listing.condition("start_time", "<", Param::Time(to));
-            }
+            listing.condition("start_time", ">=", Param::Time(from));
+            listing.condition("start_time", "<", Param::Time(to));
             listing.sql.push_str(" UNION ALL ");
         }
         listing
@@ -679,10 +675,7 @@ impl<'q> Listing<'q> {
                 listing.condition(column, "=", Param::Text(label.as_str()));
             }
         }
-        if !filter.states.is_empty() {
-            let states = filter.states.iter().map(|s| s.as_str()).collect();
-            listing.condition("state", "= ANY", Param::States(states));
-        }
+        listing.in_states(filter);
         if let Some(after) = filter.started_after {
             listing.condition("start_time", ">=", Param::Time(after));
         }
@@ -705,6 +698,10 @@ impl<'q> Listing<'q> {
         if let Some(model) = &filter.texts.model {
             self.condition("model", "=", Param::Text(model.as_str()));
         }
+        self.in_states(filter);
+    }
+
+    fn in_states(&mut self, filter: &BatchFilter) {
         if !filter.states.is_empty() {
             let states = filter.states.iter().map(|s| s.as_str()).collect();
             self.condition("state", "= ANY", Param::States(states));
@@ -793,21 +790,13 @@ impl WholeDays {
     }
 
     /// The part days at either end of the filter's span, `[from, to)`.
-    fn part_days(
-        &self,
-        filter: &BatchFilter,
-    ) -> impl Iterator<Item = (Option<Timestamp>, Option<Timestamp>)> {
-        let before_first = filter
-            .started_after
-            .zip(self.first)
-            .filter(|(after, first)| after < first)
-            .map(|(after, first)| (Some(after), Some(first)));
-        let after_end = self
-            .end
-            .zip(filter.started_before)
-            .filter(|(end, before)| end < before)
-            .map(|(end, before)| (Some(end), Some(before)));
-        before_first.into_iter().chain(after_end)
+    fn part_days(&self, filter: &BatchFilter) -> impl Iterator<Item = (Timestamp, Timestamp)> {
+        let before_first = filter.started_after.zip(self.first);
+        let after_end = self.end.zip(filter.started_before);
+        before_first
+            .into_iter()
+            .chain(after_end)
+            .filter(|(from, to)| from < to)
     }
 
     /// `None` before the first midnight a timestamp can hold.
