@@ -1,5 +1,6 @@
 //! Background upkeep: folding the changes to the daily totals into them,
-//! stopping stale batches, purging old ones, forgetting old request ids.
+//! adding the months ahead, stopping stale batches, dropping old months
+//! and purging old batches, forgetting old request ids.
 //! Every replica looks at every tick, and the one that
 //! holds the upkeep lock ([`UpkeepLock`]) does the work; when it stops or
 //! crashes, another takes over at its next tick.
@@ -64,6 +65,11 @@ pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shut
             continue;
         }
         chores_due = Instant::now() + chores_interval;
+        match store.add_months_ahead().await {
+            Ok(0) => {}
+            Ok(added) => tracing::info!(added, "added months ahead"),
+            Err(error) => tracing::warn!(error = %cause_chain(&error), "adding months failed"),
+        }
         if let Some(stale_after) = upkeep.stale_after {
             match store.sweep_stale(stale_after).await {
                 Ok(stopped) if !stopped.is_empty() => {
@@ -82,6 +88,16 @@ pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shut
                     jiff::SignedDuration::try_from(retention).unwrap_or(jiff::SignedDuration::MAX),
                 )
                 .unwrap_or(jiff::Timestamp::MIN);
+            match store.drop_months(cutoff).await {
+                Ok(months) if months.is_empty() => {}
+                Ok(months) => {
+                    let months: Vec<String> = months.iter().map(|m| m.to_string()).collect();
+                    tracing::info!(?months, "dropped months past retention");
+                }
+                Err(error) => {
+                    tracing::warn!(error = %cause_chain(&error), "dropping old months failed")
+                }
+            }
             match store
                 .purge(
                     cutoff,
@@ -96,6 +112,9 @@ pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shut
                     tracing::warn!(error = %cause_chain(&error), "retention purge failed")
                 }
             }
+        }
+        if let Err(error) = store.forget_dropped_ids().await {
+            tracing::warn!(error = %cause_chain(&error), "clearing dropped months' ids failed");
         }
         if let Err(error) = store.forget_requests(REQUEST_ID_RETENTION).await {
             tracing::warn!(error = %cause_chain(&error), "forgetting old request ids failed");

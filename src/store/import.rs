@@ -131,16 +131,38 @@ const COUNT_CLASSES: &str = "SELECT
         coalesce(array_agg(batch_id ORDER BY batch_id) FILTER (WHERE class = 'conflict'), '{}')
     FROM import_classes";
 
+/// Adds the months the new batches start in, where missing. Adding one
+/// takes a lock that lets reads and writes go on (see migration V11).
+const ADD_MONTHS: &str = "SELECT count(*) FILTER (WHERE batches_add_month(month)) FROM (
+        SELECT DISTINCT date_trunc('month', s.start_time, 'UTC') AS month
+        FROM import_batches s JOIN import_classes c USING (batch_id)
+        WHERE c.class = 'new'
+    ) months";
+
+/// Clears the ids of the new batches that are registered to no batch (their
+/// month was dropped whole, and the upkeep has yet to clear them).
+const FORGET_STALE_IDS: &str = "DELETE FROM batch_ids i USING import_classes c
+    WHERE c.class = 'new' AND i.batch_id = c.batch_id
+      AND NOT EXISTS (
+          SELECT FROM batches b WHERE b.start_time = i.start_time AND b.batch_id = i.batch_id)";
+
 /// Writes the new batches and records what this import holds true of every
 /// batch it wrote or found as it is in the file; returns how many it wrote.
-const INSERT: &str = "WITH inserted AS (
-        INSERT INTO batches
-        SELECT s.* FROM import_batches s JOIN import_classes c USING (batch_id)
+const INSERT: &str = "WITH registered AS (
+        INSERT INTO batch_ids (batch_id, start_time)
+        SELECT s.batch_id, s.start_time FROM import_batches s JOIN import_classes c USING (batch_id)
         WHERE c.class = 'new'
+        -- In key order, which grows the index at its right edge.
+        ORDER BY s.batch_id
+        -- Registered since the batches were sorted: another call created it.
+        ON CONFLICT (batch_id) DO NOTHING
+        RETURNING batch_id
+    ), inserted AS (
+        INSERT INTO batches
+        SELECT s.* FROM import_batches s JOIN registered USING (batch_id)
         -- In the order of the start time indexes, which then grow at their
         -- right edge: half the time of inserting in the file's order.
         ORDER BY s.start_time, s.batch_id
-        ON CONFLICT (batch_id) DO NOTHING
         RETURNING batch_id
     ), recorded AS (
         INSERT INTO batch_imports (batch_id, content_digest)
@@ -256,6 +278,8 @@ impl BulkLoad {
                 .collect::<Result<Vec<_>, _>>()?,
             ..LoadOutcome::default()
         };
+        self.client.batch_execute(ADD_MONTHS).await?;
+        self.client.batch_execute(FORGET_STALE_IDS).await?;
         outcome.imported = self
             .client
             .query_one(INSERT, &[])

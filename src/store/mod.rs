@@ -69,6 +69,10 @@ const WRITERS_POLL: Duration = Duration::from_millis(5);
 /// Rows a purge, or the forgetting of request ids, deletes per statement.
 const DELETE_CHUNK_ROWS: i64 = 1_000;
 
+/// Months of batches kept ready past this one, so that no write waits for
+/// one to be added.
+const MONTHS_AHEAD: i32 = 2;
+
 /// The batch history in PostgreSQL.
 #[derive(Clone)]
 pub struct Store {
@@ -353,6 +357,51 @@ impl Store {
         self.delete_in_chunks(&sql::PurgeChunk {
             ended_before: older_than,
             states: &states,
+            limit: DELETE_CHUNK_ROWS,
+        })
+        .await
+    }
+
+    /// Adds this month and the next [`MONTHS_AHEAD`] to the batches where
+    /// missing; returns how many it added.
+    pub(crate) async fn add_months_ahead(&self) -> Result<i64, StoreError> {
+        let add = sql::AddMonthsAhead {
+            ahead: MONTHS_AHEAD,
+        };
+        self.primary
+            .run(None, async |client| {
+                Ok(client.query_one(&add).await?.try_get(0)?)
+            })
+            .await
+    }
+
+    /// Drops every month whose batches all finished and ended before
+    /// `ended_before`, with their totals, one statement each; returns the
+    /// months' starts. The row-by-row purge deletes what is left.
+    pub(crate) async fn drop_months(
+        &self,
+        ended_before: jiff::Timestamp,
+    ) -> Result<Vec<jiff::Timestamp>, StoreError> {
+        let drop = sql::DropMonth { ended_before };
+        let mut dropped = Vec::new();
+        loop {
+            let month = self
+                .primary
+                .run(None, async |client| {
+                    Ok(client.query_one(&drop).await?.try_get(0)?)
+                })
+                .await?;
+            match month {
+                Some(month) => dropped.push(month),
+                None => return Ok(dropped),
+            }
+        }
+    }
+
+    /// Clears the ids of dropped months' batches from the ids' registry;
+    /// returns how many.
+    pub(crate) async fn forget_dropped_ids(&self) -> Result<u64, StoreError> {
+        self.delete_in_chunks(&sql::ForgetDroppedIds {
             limit: DELETE_CHUNK_ROWS,
         })
         .await

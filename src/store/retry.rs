@@ -47,7 +47,7 @@ async fn create_once(
         Some(id) => id.clone(),
         None => BatchId::generate(jiff::Timestamp::now()),
     };
-    let row = client
+    let created = client
         .query_opt(&sql::Create {
             batch_id: batch_id.as_str(),
             provider: batch.provider.as_str(),
@@ -60,10 +60,10 @@ async fn create_once(
             labels: Json(&batch.labels),
             start_time: batch.start_time,
         })
-        .await?;
-    // No row: another create of this id committed after this statement's
-    // snapshot was taken, so it is invisible here. Retry.
-    let Some(row) = row else { return Ok(None) };
+        .await;
+    let Some(row) = registering(client, created, &batch_id, batch.start_time).await? else {
+        return Ok(None);
+    };
     let stored = rows::batch(&row)?;
     if row.try_get::<_, bool>("created")? {
         return Ok(Some(stored));
@@ -147,7 +147,7 @@ pub(super) async fn save(client: &Connection<'_>, save: &Save) -> Result<Batch, 
 
 async fn save_once(client: &Connection<'_>, save: &Save) -> Result<Option<Batch>, StoreError> {
     let created = &save.created;
-    let row = client
+    let saved = client
         .query_opt(&sql::Save {
             batch_id: save.batch_id.as_str(),
             state: save.state.as_str(),
@@ -169,13 +169,57 @@ async fn save_once(client: &Connection<'_>, save: &Save) -> Result<Option<Batch>
             start_time: created.start_time,
             end_time: save.end_time,
         })
-        .await?;
+        .await;
+    let row = registering(client, saved, &save.batch_id, created.start_time).await?;
     match Outcome::of(row)? {
         Outcome::Applied(batch) | Outcome::Unchanged(batch) => Ok(Some(batch)),
-        // Created by another call after this statement's snapshot was taken,
-        // and ahead of this save: look again.
+        // See `registering`: look again.
         Outcome::Missing => Ok(None),
     }
+}
+
+/// The row of a statement that registers a new batch's id and inserts it
+/// ([`sql::Create`], [`sql::Save`]), or `None` after readying what it
+/// lacked for the next attempt: the month of the batch's `start_time` (no
+/// time: now), or an id left registered to no batch.
+async fn registering(
+    client: &Connection<'_>,
+    row: Result<Option<tokio_postgres::Row>, StoreError>,
+    batch_id: &BatchId,
+    start_time: Option<jiff::Timestamp>,
+) -> Result<Option<tokio_postgres::Row>, StoreError> {
+    match row {
+        Err(error) if lacks_month(&error) => {
+            client.execute(&sql::AddMonth { at: start_time }).await?;
+            Ok(None)
+        }
+        // Either another call registered the id and committed after this
+        // statement's snapshot was taken, so that its batch is invisible
+        // here, or the id outlived its batch: a month dropped whole keeps
+        // its ids registered until the upkeep clears them.
+        Ok(None) => {
+            client
+                .execute(&sql::ForgetStaleId {
+                    batch_id: batch_id.as_str(),
+                })
+                .await?;
+            Ok(None)
+        }
+        row => row,
+    }
+}
+
+/// Whether a statement failed because no month of the batches holds a
+/// row's start time.
+fn lacks_month(error: &StoreError) -> bool {
+    error
+        .statement_error()
+        .and_then(tokio_postgres::Error::as_db_error)
+        .is_some_and(|db| {
+            *db.code() == SqlState::CHECK_VIOLATION
+                && db.constraint().is_none()
+                && db.table() == Some("batches")
+        })
 }
 
 /// Moves a running batch to its final state; repeating the same finish

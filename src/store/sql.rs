@@ -98,6 +98,15 @@ macro_rules! columns {
     };
 }
 
+/// Finds batch `:batch_id` in its month alone: its start time, from the
+/// ids' registry (migration V11), prunes every other month at run time.
+macro_rules! this_batch {
+    () => {
+        "batch_id = :batch_id \
+         AND start_time = (SELECT start_time FROM batch_ids WHERE batch_id = :batch_id)"
+    };
+}
+
 /// The end of a conditional write whose CTE `$cte` returns the rows it
 /// changed: the changed row with `applied` true, or, when it changed none,
 /// the stored row as it is with `applied` false (none: there is no batch
@@ -111,7 +120,9 @@ macro_rules! changed_or_stored {
             $cte,
             " UNION ALL SELECT ",
             columns!(),
-            ", false AS applied FROM batches WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM ",
+            ", false AS applied FROM batches WHERE ",
+            this_batch!(),
+            " AND NOT EXISTS (SELECT FROM ",
             $cte,
             ")"
         )
@@ -133,8 +144,10 @@ pub(crate) const COLUMN_TYPES: &[Type] = &with_batch_columns!(column_types);
 type Metadata<'a> = Json<&'a Map<String, Value>>;
 
 statement! {
-    /// Inserts a batch unless its id exists; returns the new or the existing
-    /// row and whether this statement created it. No start time: now.
+    /// Inserts a batch unless its id is registered; returns the new or the
+    /// existing row and whether this statement created it. No start time:
+    /// now. No row: the id is registered to a batch this statement cannot
+    /// see (committed since it began, or gone).
     pub(crate) struct Create<'a> {
         batch_id: &'a str,
         provider: &'a str,
@@ -147,14 +160,19 @@ statement! {
         labels: Json<&'a BatchLabels>,
         start_time: Option<Timestamp>,
     } = concat!(
-        "WITH inserted AS (
+        "WITH registered AS (
+        INSERT INTO batch_ids (batch_id, start_time)
+        VALUES (:batch_id, COALESCE(:start_time::timestamptz, now()))
+        ON CONFLICT (batch_id) DO NOTHING
+        RETURNING start_time
+    ), inserted AS (
         INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
                              difficulty_filter, reasoning_instruction, target_count, metadata,
                              labels, start_time, update_time)
-        VALUES (:batch_id, 'RUNNING', :provider, :model, :model, :topic_filter,
-                :difficulty_filter, :reasoning_instruction, :target_count, :metadata, :labels,
-                COALESCE(:start_time::timestamptz, now()), now())
-        ON CONFLICT (batch_id) DO NOTHING
+        SELECT :batch_id, 'RUNNING', :provider, :model, :model, :topic_filter,
+               :difficulty_filter, :reasoning_instruction, :target_count, :metadata, :labels,
+               start_time, now()
+        FROM registered
         RETURNING ",
         columns!(),
         "
@@ -165,15 +183,16 @@ statement! {
     UNION ALL
     SELECT ",
         columns!(),
-        ", false AS created FROM batches
-    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM inserted)"
+        ", false AS created FROM batches WHERE ",
+        this_batch!(),
+        " AND NOT EXISTS (SELECT FROM inserted)"
     );
 }
 
 statement! {
     /// One batch.
     pub(crate) struct Get<'a> { batch_id: &'a str }
-        = concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = :batch_id");
+        = concat!("SELECT ", columns!(), " FROM batches WHERE ", this_batch!());
 }
 
 statement! {
@@ -247,10 +266,68 @@ statement! {
         ended_before: Timestamp,
         states: &'a [&'a str],
         limit: i64,
-    } = "DELETE FROM batches WHERE batch_id IN (
-        SELECT batch_id FROM batches
+    } = "WITH doomed AS (
+        SELECT batch_id, start_time FROM batches
         WHERE state <> 'RUNNING' AND state = ANY(:states) AND end_time < :ended_before
-        LIMIT :limit)";
+        LIMIT :limit
+    ), forgotten AS (
+        DELETE FROM batch_ids i USING doomed d
+        WHERE i.batch_id = d.batch_id AND i.start_time = d.start_time
+    )
+    DELETE FROM batches b USING doomed d
+    WHERE b.start_time = d.start_time AND b.batch_id = d.batch_id";
+}
+
+statement! {
+    /// Adds the month holding `at` (no time: now) to the batches, unless it
+    /// is there; says whether it added it.
+    pub(crate) struct AddMonth { at: Option<Timestamp> }
+        = "SELECT batches_add_month(COALESCE(:at::timestamptz, now()))";
+}
+
+statement! {
+    /// Adds this month and the `ahead` next ones to the batches, where
+    /// missing; returns how many it added.
+    pub(crate) struct AddMonthsAhead { ahead: i32 }
+        = "SELECT count(*) FILTER (WHERE batches_add_month(now() + make_interval(months => m)))
+    FROM generate_series(0, :ahead) AS m";
+}
+
+statement! {
+    /// Drops the oldest month whose every batch finished and ended before
+    /// `ended_before`, with its totals; returns its start, or NULL when
+    /// there is none (or its lock was not had within a second).
+    pub(crate) struct DropMonth { ended_before: Timestamp }
+        = "SELECT batches_drop_month(:ended_before)";
+}
+
+statement! {
+    /// Clears up to `limit` ids of batches in a dropped month from the ids'
+    /// registry, and the month from those to clear once none is left.
+    pub(crate) struct ForgetDroppedIds { limit: i64 }
+        = "WITH month AS (
+        SELECT first, next FROM batch_dropped_months ORDER BY first LIMIT 1
+    ), doomed AS (
+        SELECT i.batch_id FROM batch_ids i, month m
+        WHERE i.start_time >= m.first AND i.start_time < m.next
+          AND NOT EXISTS (
+              SELECT FROM batches b WHERE b.start_time = i.start_time AND b.batch_id = i.batch_id)
+        LIMIT :limit
+    ), cleared AS (
+        DELETE FROM batch_dropped_months
+        WHERE first IN (SELECT first FROM month) AND (SELECT count(*) FROM doomed) < :limit
+    )
+    DELETE FROM batch_ids WHERE batch_id IN (SELECT batch_id FROM doomed)";
+}
+
+statement! {
+    /// Clears `batch_id` from the ids' registry if no batch holds it (its
+    /// month was dropped, or it was deleted by hand), so that it can be
+    /// used again.
+    pub(crate) struct ForgetStaleId<'a> { batch_id: &'a str }
+        = "DELETE FROM batch_ids i WHERE batch_id = :batch_id
+    AND NOT EXISTS (
+        SELECT FROM batches b WHERE b.start_time = i.start_time AND b.batch_id = i.batch_id)";
 }
 
 statement! {
@@ -293,7 +370,12 @@ statement! {
 statement! {
     /// The batches with these ids.
     pub(crate) struct GetMany<'a> { batch_ids: &'a [&'a str] }
-        = concat!("SELECT ", columns!(), " FROM batches WHERE batch_id = ANY(:batch_ids)");
+        = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM batch_ids JOIN batches USING (batch_id, start_time) \
+             WHERE batch_id = ANY(:batch_ids)"
+        );
 }
 
 statement! {
@@ -302,7 +384,8 @@ statement! {
         = concat!(
             "SELECT ",
             with_batch_columns!(basic_column_names),
-            " FROM batches WHERE batch_id = ANY(:batch_ids)"
+            " FROM batch_ids JOIN batches USING (batch_id, start_time) \
+             WHERE batch_id = ANY(:batch_ids)"
         );
 }
 
@@ -310,13 +393,21 @@ statement! {
     /// Deletes one batch unless it is RUNNING and `force` is false; says
     /// whether it did, and the state the batch was in (NULL: there was none).
     pub(crate) struct Delete<'a> { batch_id: &'a str, force: bool }
-        = "WITH deleted AS (
+        = concat!(
+        "WITH deleted AS (
         DELETE FROM batches
-        WHERE batch_id = :batch_id AND (:force OR state <> 'RUNNING')
+        WHERE ",
+        this_batch!(),
+        " AND (:force OR state <> 'RUNNING')
         RETURNING batch_id
+    ), forgotten AS (
+        DELETE FROM batch_ids WHERE batch_id IN (SELECT batch_id FROM deleted)
     )
     SELECT EXISTS (SELECT FROM deleted),
-        (SELECT state FROM batches WHERE batch_id = :batch_id)";
+        (SELECT state FROM batches WHERE ",
+        this_batch!(),
+        ")"
+    );
 }
 
 statement! {
@@ -367,7 +458,9 @@ statement! {
             current_model = coalesce(:switched_to, current_model),
             update_time = now(),
             version = version + 1
-        WHERE batch_id = :batch_id AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
+        WHERE ",
+        this_batch!(),
+        " AND state = 'RUNNING' AND NOT EXISTS (SELECT FROM prior)
         RETURNING ",
         columns!(),
         "
@@ -385,7 +478,9 @@ statement! {
         ", false AS applied,
         (SELECT batch_id = :batch_id AND fingerprint = :fingerprint FROM prior) AS replay_matches
     FROM batches
-    WHERE batch_id = :batch_id AND NOT EXISTS (SELECT FROM updated)"
+    WHERE ",
+        this_batch!(),
+        " AND NOT EXISTS (SELECT FROM updated)"
     );
 }
 
@@ -424,7 +519,9 @@ statement! {
             metadata = CASE WHEN :set_metadata THEN :metadata::jsonb ELSE metadata END,
             labels = CASE WHEN :set_labels THEN :labels::jsonb ELSE labels END,
             version = version + 1
-        WHERE batch_id = :batch_id
+        WHERE ",
+        this_batch!(),
+        "
           AND (:expected_version::bigint IS NULL OR version = :expected_version)
           AND (:expected_update_time::timestamptz IS NULL
                OR update_time = :expected_update_time)
@@ -449,7 +546,7 @@ statement! {
     /// Creates a batch from its whole state, or brings the stored one up to
     /// date unless it is ahead (more samples, tokens, errors or switches): a
     /// finished batch keeps its state and end time. Returns the row, changed
-    /// or not, like [`RecordProgress`]. `errors` and `model_switches` are the
+    /// or not, like [`RecordProgress`], or none, like [`Create`]. `errors` and `model_switches` are the
     /// lists as kept; no start time means now, and no end time means now
     /// (used only when `state` is not RUNNING).
     pub struct Save<'a> {
@@ -473,42 +570,57 @@ statement! {
         start_time: Option<Timestamp>,
         end_time: Option<Timestamp>,
     } = concat!(
-        "WITH saved AS (
-        INSERT INTO batches AS b (batch_id, state, provider, model, current_model, topic_filter,
-                                  difficulty_filter, reasoning_instruction, target_count,
-                                  samples_generated, total_tokens, errors, error_count,
-                                  model_switches, metadata, labels, start_time, end_time,
-                                  update_time)
-        VALUES (:batch_id, :state, :provider, :model, :current_model, :topic_filter,
-                :difficulty_filter, :reasoning_instruction, :target_count, :samples_generated,
-                :total_tokens, :errors, :error_count, :model_switches, :metadata, :labels,
-                COALESCE(:start_time::timestamptz, now()),
-                CASE WHEN :state <> 'RUNNING' THEN COALESCE(:end_time::timestamptz, now()) END,
-                now())
-        ON CONFLICT (batch_id) DO UPDATE SET
-            samples_generated = EXCLUDED.samples_generated,
-            total_tokens = EXCLUDED.total_tokens,
-            -- Lists only grow: one of the same length is the stored one, and
-            -- is not written (and TOASTed) again.
-            errors = CASE WHEN EXCLUDED.error_count = b.error_count THEN b.errors
-                ELSE EXCLUDED.errors END,
-            error_count = EXCLUDED.error_count,
-            model_switches = CASE
-                WHEN :switch_count::bigint = jsonb_array_length(b.model_switches)
-                    THEN b.model_switches
-                ELSE EXCLUDED.model_switches END,
-            current_model = EXCLUDED.current_model,
-            state = CASE WHEN b.state = 'RUNNING' THEN EXCLUDED.state ELSE b.state END,
-            end_time = CASE WHEN b.state = 'RUNNING' THEN EXCLUDED.end_time ELSE b.end_time END,
-            update_time = now(),
-            version = b.version + 1
-        WHERE EXCLUDED.samples_generated >= b.samples_generated
-          AND EXCLUDED.total_tokens >= b.total_tokens
-          AND EXCLUDED.error_count >= b.error_count
-          AND :switch_count::bigint >= jsonb_array_length(b.model_switches)
+        "WITH registered AS (
+        INSERT INTO batch_ids (batch_id, start_time)
+        VALUES (:batch_id, COALESCE(:start_time::timestamptz, now()))
+        ON CONFLICT (batch_id) DO NOTHING
+        RETURNING start_time
+    ), inserted AS (
+        INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
+                             difficulty_filter, reasoning_instruction, target_count,
+                             samples_generated, total_tokens, errors, error_count,
+                             model_switches, metadata, labels, start_time, end_time,
+                             update_time)
+        SELECT :batch_id, :state, :provider, :model, :current_model, :topic_filter,
+               :difficulty_filter, :reasoning_instruction, :target_count, :samples_generated,
+               :total_tokens, :errors, :error_count, :model_switches, :metadata, :labels,
+               start_time,
+               CASE WHEN :state <> 'RUNNING' THEN COALESCE(:end_time::timestamptz, now()) END,
+               now()
+        FROM registered
         RETURNING ",
         columns!(),
         "
+    ), updated AS (
+        UPDATE batches SET
+            samples_generated = :samples_generated,
+            total_tokens = :total_tokens,
+            -- Lists only grow: one of the same length is the stored one, and
+            -- is not written (and TOASTed) again.
+            errors = CASE WHEN :error_count = error_count THEN errors ELSE :errors END,
+            error_count = :error_count,
+            model_switches = CASE
+                WHEN :switch_count::bigint = jsonb_array_length(model_switches)
+                    THEN model_switches
+                ELSE :model_switches END,
+            current_model = :current_model,
+            end_time = CASE WHEN state = 'RUNNING' AND :state <> 'RUNNING'
+                THEN COALESCE(:end_time::timestamptz, now()) ELSE end_time END,
+            state = CASE WHEN state = 'RUNNING' THEN :state ELSE state END,
+            update_time = now(),
+            version = version + 1
+        WHERE ",
+        this_batch!(),
+        " AND NOT EXISTS (SELECT FROM registered)
+          AND :samples_generated >= samples_generated
+          AND :total_tokens >= total_tokens
+          AND :error_count >= error_count
+          AND :switch_count::bigint >= jsonb_array_length(model_switches)
+        RETURNING ",
+        columns!(),
+        "
+    ), saved AS (
+        SELECT * FROM inserted UNION ALL SELECT * FROM updated
     )",
         changed_or_stored!("saved")
     );
@@ -536,7 +648,9 @@ statement! {
             error_count = error_count + jsonb_array_length(:errors::jsonb),
             update_time = now(),
             version = version + 1
-        WHERE batch_id = :batch_id AND state = 'RUNNING'
+        WHERE ",
+        this_batch!(),
+        " AND state = 'RUNNING'
         RETURNING ",
         columns!(),
         "
@@ -581,9 +695,11 @@ impl<'q> Listing<'q> {
         if let Some(cursor) = &query.after {
             let time = listing.bind(Param::Time(cursor.start_time));
             let id = listing.bind(Param::Text(cursor.batch_id.as_str()));
+            // The plain bound on start_time is redundant, but only it lets
+            // the planner skip the months past the cursor.
             let _ = write!(
                 listing.sql,
-                " AND (start_time, batch_id) {past} ({time}, {id})"
+                " AND (start_time, batch_id) {past} ({time}, {id}) AND start_time {past}= {time}"
             );
         }
         let limit = listing.bind(Param::Limit(i64::from(query.page_size.get()) + 1));

@@ -10,6 +10,7 @@ mod health;
 mod import;
 mod list;
 mod live;
+mod months;
 mod observability;
 mod outage;
 mod pooler;

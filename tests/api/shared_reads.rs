@@ -12,7 +12,7 @@ use crate::support::{TestApp, TestDb, metric};
 
 /// Backends of the test's database whose last statement was GetBatch's.
 const GET_BACKENDS: &str = "FROM pg_stat_activity WHERE datname = current_database() \
-     AND query LIKE 'SELECT batch_id, %FROM batches WHERE batch_id = $1'";
+     AND query LIKE 'SELECT batch_id, %FROM batches WHERE batch_id = $1 AND start_time = %'";
 
 async fn get_backends(db: &TestDb) -> i64 {
     let admin = db.client().await;
