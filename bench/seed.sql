@@ -1,8 +1,11 @@
 -- Seeds :rows batches: ids seed-0000000 onwards, one second apart from
 -- 2025-01-01, every tenth one RUNNING and the rest COMPLETED, as loadgen and
 -- the pgbench scripts expect. Run with psql -v rows=N. A bulk load: no
--- change notices (migration V2); the daily totals are folded at the end.
+-- change notices (migration V2); the ids are registered and the daily totals
+-- folded at the end.
 SET batch_history.bulk_load = 'on';
+SELECT count(batches_add_month(day))
+FROM generate_series(to_timestamp(1735689600), to_timestamp(1735689600 + :rows), interval '1 day') AS day;
 INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter, difficulty_filter,
                      reasoning_instruction, target_count, samples_generated, total_tokens,
                      errors, error_count, metadata, start_time, end_time, update_time)
@@ -18,5 +21,6 @@ SELECT 'seed-' || lpad(i::text, 7, '0'),
        CASE WHEN i % 10 = 0 THEN NULL ELSE to_timestamp(1735689600 + i + 60) END,
        to_timestamp(1735689600 + i + 60)
 FROM generate_series(0, :rows - 1) AS i;
+INSERT INTO batch_ids SELECT batch_id, start_time FROM batches ORDER BY batch_id;
 SELECT batch_totals_fold();
-VACUUM ANALYZE batches;
+VACUUM ANALYZE batches, batch_ids;
