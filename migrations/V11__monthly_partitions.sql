@@ -33,8 +33,9 @@ BEGIN
                    to_char(first, 'YYYY-MM-DD') || ' 00:00:00+00',
                    to_char(first + interval '1 month', 'YYYY-MM-DD') || ' 00:00:00+00');
     RETURN true;
-EXCEPTION WHEN duplicate_table OR unique_violation THEN
-    -- Another session added it first.
+EXCEPTION WHEN duplicate_table OR duplicate_object OR unique_violation THEN
+    -- Another session added it first (which of the three a racing CREATE
+    -- TABLE meets depends on where it catches up with the other's).
     RETURN false;
 END
 $$;

@@ -107,6 +107,20 @@ macro_rules! this_batch {
     };
 }
 
+/// The CTE that registers a new batch's id (see [`this_batch!`]) unless it
+/// is taken, and returns its start time (`:start_time`, or now) if it did:
+/// the insert of the batch selects from it.
+macro_rules! registered {
+    () => {
+        "WITH registered AS (
+        INSERT INTO batch_ids (batch_id, start_time)
+        VALUES (:batch_id, COALESCE(:start_time::timestamptz, now()))
+        ON CONFLICT (batch_id) DO NOTHING
+        RETURNING start_time
+    )"
+    };
+}
+
 /// The end of a conditional write whose CTE `$cte` returns the rows it
 /// changed: the changed row with `applied` true, or, when it changed none,
 /// the stored row as it is with `applied` false (none: there is no batch
@@ -160,12 +174,8 @@ statement! {
         labels: Json<&'a BatchLabels>,
         start_time: Option<Timestamp>,
     } = concat!(
-        "WITH registered AS (
-        INSERT INTO batch_ids (batch_id, start_time)
-        VALUES (:batch_id, COALESCE(:start_time::timestamptz, now()))
-        ON CONFLICT (batch_id) DO NOTHING
-        RETURNING start_time
-    ), inserted AS (
+        registered!(),
+        ", inserted AS (
         INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
                              difficulty_filter, reasoning_instruction, target_count, metadata,
                              labels, start_time, update_time)
@@ -570,12 +580,8 @@ statement! {
         start_time: Option<Timestamp>,
         end_time: Option<Timestamp>,
     } = concat!(
-        "WITH registered AS (
-        INSERT INTO batch_ids (batch_id, start_time)
-        VALUES (:batch_id, COALESCE(:start_time::timestamptz, now()))
-        ON CONFLICT (batch_id) DO NOTHING
-        RETURNING start_time
-    ), inserted AS (
+        registered!(),
+        ", inserted AS (
         INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter,
                              difficulty_filter, reasoning_instruction, target_count,
                              samples_generated, total_tokens, errors, error_count,

@@ -4,9 +4,10 @@ use std::collections::HashSet;
 
 use batch_history::proto::{
     self, CreateBatchRequest, FinishBatchRequest, ListBatchesRequest, batch::State,
-    list_batches_request::Order,
+    batch_history_client::BatchHistoryClient, list_batches_request::Order,
 };
 use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::support::{TestApp, XorShift, assert_invalid, timestamp};
 
@@ -40,7 +41,15 @@ async fn seed(app: &TestApp, count: usize, first_second: i64) -> Vec<String> {
 }
 
 async fn list_all(app: &TestApp, request: ListBatchesRequest) -> Vec<String> {
-    let mut client = app.client.clone();
+    list_with(&app.client, request).await
+}
+
+/// The ids of every page of `request`, in order.
+pub(crate) async fn list_with(
+    client: &BatchHistoryClient<Channel>,
+    request: ListBatchesRequest,
+) -> Vec<String> {
+    let mut client = client.clone();
     let mut request = request;
     let mut ids = Vec::new();
     loop {

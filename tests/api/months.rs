@@ -14,6 +14,7 @@ use batch_history::proto::{
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::list::list_with;
 use crate::support::{Server, TestDb, serve_config, timestamp};
 
 mod before_months {
@@ -41,26 +42,6 @@ async fn total_batches(client: &mut BatchHistoryClient<Channel>) -> i64 {
         .unwrap()
         .into_inner()
         .batch_count
-}
-
-async fn list_newest_first(client: &mut BatchHistoryClient<Channel>) -> Vec<String> {
-    let mut request = ListBatchesRequest {
-        page_size: 37,
-        ..Default::default()
-    };
-    let mut ids = Vec::new();
-    loop {
-        let page = client
-            .list_batches(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        ids.extend(page.batches.into_iter().map(|b| b.batch_id));
-        if page.next_page_token.is_empty() {
-            return ids;
-        }
-        request.page_token = page.next_page_token;
-    }
 }
 
 #[tokio::test]
@@ -125,7 +106,11 @@ async fn a_populated_single_table_moves_into_months_losing_nothing() {
     // January 2024 to February 2026, and the months ahead of today.
     assert!(months >= 26, "{months} months");
     assert_eq!(ids, 3000, "every batch's id registered with its start time");
-    assert_eq!(list_newest_first(&mut client).await, expected_order);
+    let newest_first = ListBatchesRequest {
+        page_size: 37,
+        ..Default::default()
+    };
+    assert_eq!(list_with(&client, newest_first).await, expected_order);
     assert_eq!(total_batches(&mut client).await, 3000);
     let batch = client
         .get_batch(GetBatchRequest {
