@@ -154,6 +154,37 @@ def pgbench_round(op, clients, rows, seconds, database, postmaster):
             "client_us": client_cpu / max(processed, 1) * 1e6}
 
 
+def dead_tuples(database):
+    """n_dead_tup / (n_live_tup + n_dead_tup) of each month written to."""
+    psql(database, "SELECT pg_stat_force_next_flush()")
+    return psql(database, """SELECT string_agg(format('%s %s/%s (%s%%)', relname, n_dead_tup,
+                                                      n_live_tup + n_dead_tup,
+                                                      round(100.0 * n_dead_tup
+                                                            / greatest(n_live_tup + n_dead_tup, 1), 1)),
+                                               ', ' ORDER BY relname)
+                             FROM pg_stat_user_tables
+                             WHERE relname LIKE 'batches_y%' AND n_tup_ins + n_tup_upd > 0""")
+
+
+def drop_first_month(database):
+    """Finishes the seeded batches of January 2025, then drops that month as
+    the upkeep would (batches_drop_month): its batches and size, the drop's
+    time in ms and its WAL."""
+    psql(database, "SET batch_history.bulk_load = 'on'; "
+                   "UPDATE batches SET state = 'COMPLETED', end_time = start_time + interval '1 minute' "
+                   "WHERE state = 'RUNNING' AND start_time < '2025-02-01'; "
+                   "SELECT batch_totals_fold(); CHECKPOINT")
+    batches, size = psql(database, "SELECT count(*), pg_size_pretty(pg_total_relation_size("
+                                   "'batches_y2025m01')) FROM batches_y2025m01").split("|")
+    before = psql(database, "SELECT pg_current_wal_lsn()")
+    started = time.monotonic()
+    dropped = psql(database, "SELECT batches_drop_month('2025-02-02')")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert dropped, "January 2025 was not dropped"
+    wal = psql(database, f"SELECT pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), '{before}'))")
+    return batches, size, elapsed_ms, wal
+
+
 def spread(values, digits=0):
     middle = statistics.median(values)
     if len(values) == 1:
@@ -178,7 +209,7 @@ def main(argv):
     # SERVER_ENV="NAME=value ...": settings for the server alone (the load
     # generator is a tokio program too), e.g. TOKIO_WORKER_THREADS=1.
     env.update(pair.split("=", 1) for pair in os.environ.get("SERVER_ENV", "").split())
-    table, memory, p50 = [], [], {}
+    table, memory, p50, months = [], [], {}, []
     for rows in s["sizes"]:
         psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         psql("postgres", f"CREATE DATABASE {database}")
@@ -209,6 +240,10 @@ def main(argv):
                 table.append((op, rows, clients, rounds))
                 p50[op, rows] = statistics.median(r["service"]["p50_ms"] for r in rounds)
             memory.append((rows, idle, rss_kb(server.pid, "VmHWM")))
+            server.terminate()
+            server.wait()
+            server = None
+            months.append((rows, dead_tuples(database), drop_first_month(database)))
         finally:
             if server:
                 server.terminate()
@@ -241,6 +276,10 @@ def main(argv):
     for rows, idle, peak in memory:
         print(f"server RSS at {rows} rows: idle {idle / 1024:.1f} MiB, "
               f"peak under load {peak / 1024:.1f} MiB")
+    for rows, dead, (batches, size, ms, wal) in months:
+        print(f"at {rows} rows: dead tuples after the run, per month: {dead}")
+        print(f"at {rows} rows: dropping January 2025 ({batches} batches, {size}): "
+              f"{ms:.0f} ms, {wal} of WAL")
     if len(s["sizes"]) > 1:
         small, large = s["sizes"][0], s["sizes"][-1]
         for op in ("list-deep", "list-filtered"):
