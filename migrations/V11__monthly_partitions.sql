@@ -81,8 +81,15 @@ BEGIN
         EXIT WHEN next > ended_before;
         EXECUTE format(keeps, month) INTO kept USING ended_before;
         CONTINUE WHEN kept;
-        -- Again under the lock, which no writer holds: a batch may have
-        -- been written into the month meanwhile.
+        -- First the month alone, which no call reads or writes any more,
+        -- without holding up the others: this lock waits out (and stops) an
+        -- autovacuum of the month, which gives way only after
+        -- deadlock_timeout (a second by default).
+        PERFORM set_config('lock_timeout', '5s', true);
+        EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', month);
+        -- Then every month, for as short a time as the drop takes. Again
+        -- under the lock, which no writer holds, since a batch may have been
+        -- written into the month meanwhile.
         PERFORM set_config('lock_timeout', '1s', true);
         LOCK TABLE batches IN ACCESS EXCLUSIVE MODE;
         EXECUTE format(keeps, month) INTO kept USING ended_before;
