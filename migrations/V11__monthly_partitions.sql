@@ -43,29 +43,42 @@ $$;
 -- Months dropped whole whose ids the upkeep has yet to clear from
 -- batch_ids: dropping a month does not touch its ids, which would take as
 -- long as deleting its batches. Until cleared, an id of a dropped batch is
--- cleared by the first call that wants it back.
+-- cleared by the first call that wants it back. `detached` names the
+-- month's table, out of the batches, until it is dropped.
 CREATE TABLE batch_dropped_months (
-    first timestamptz PRIMARY KEY,
-    next  timestamptz NOT NULL
+    first    timestamptz PRIMARY KEY,
+    next     timestamptz NOT NULL,
+    detached text
 );
 
--- Drops the oldest month that ended by `ended_before` if every batch in it
--- is one the row-by-row purge would delete (finished, and ended before
+-- Takes out the oldest month that ended by `ended_before` if every batch in
+-- it is one the row-by-row purge would delete (finished, and ended before
 -- `ended_before`), with its daily totals; returns the month's start, or
--- NULL if there is none to drop, or if the batches could not be locked
+-- NULL if there is none to take out, or if the batches could not be locked
 -- within a second (readers and writers wait behind the lock meanwhile).
+-- The month's table is detached, not dropped: deleting its files (seconds
+-- for a month of millions) would hold that lock. batches_drop_detached
+-- drops it, after.
 CREATE FUNCTION batches_drop_month(ended_before timestamptz) RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
     month regclass;
     first timestamptz;
     next timestamptz;
-    -- Whether the month holds a batch the purge would keep; each part is
-    -- answered by an index.
-    keeps text := 'SELECT EXISTS (SELECT FROM %1$s WHERE state = ''RUNNING'')
-                       OR EXISTS (SELECT FROM %1$s WHERE state <> ''RUNNING''
-                                  AND (end_time >= $1 OR end_time IS NULL))';
+    -- Whether the month holds a batch the purge would keep. Each probe is
+    -- ordered as an index is, so that it walks the index whatever the
+    -- month's statistics say: with EXISTS alone, the planner expects to
+    -- meet such a batch early in a scan, and reads the whole month.
+    keeps text := 'SELECT EXISTS (SELECT FROM (SELECT FROM %1$s WHERE state = ''RUNNING''
+                                              ORDER BY state, start_time LIMIT 1) AS running)
+                       OR EXISTS (SELECT FROM (SELECT FROM %1$s
+                                              WHERE state <> ''RUNNING'' AND end_time >= $1
+                                              ORDER BY end_time LIMIT 1) AS ended_since)
+                       OR EXISTS (SELECT FROM (SELECT FROM %1$s
+                                              WHERE state <> ''RUNNING'' AND end_time IS NULL
+                                              ORDER BY end_time LIMIT 1) AS never_ended)';
     kept boolean;
+    detached text;
 BEGIN
     -- The bounds are read back as text: in a fixed style, for this call only.
     PERFORM set_config('DateStyle', 'ISO', true), set_config('TimeZone', 'UTC', true);
@@ -96,17 +109,36 @@ BEGIN
         IF kept THEN
             RETURN NULL;
         END IF;
-        EXECUTE format('DROP TABLE %s', month);
+        detached := month::text || '_detached';
+        EXECUTE format('ALTER TABLE batches DETACH PARTITION %s', month);
+        EXECUTE format('ALTER TABLE %s RENAME TO %I', month, detached);
         DELETE FROM batch_total_changes
         WHERE day >= (first AT TIME ZONE 'UTC')::date AND day < (next AT TIME ZONE 'UTC')::date;
         DELETE FROM batch_totals
         WHERE day >= (first AT TIME ZONE 'UTC')::date AND day < (next AT TIME ZONE 'UTC')::date;
-        INSERT INTO batch_dropped_months VALUES (first, next) ON CONFLICT DO NOTHING;
+        INSERT INTO batch_dropped_months VALUES (first, next, detached)
+        ON CONFLICT ON CONSTRAINT batch_dropped_months_pkey DO UPDATE SET detached = EXCLUDED.detached;
         RETURN first;
     END LOOP;
     RETURN NULL;
 EXCEPTION WHEN lock_not_available THEN
     RETURN NULL;
+END
+$$;
+
+-- Drops the months' tables batches_drop_month detached; returns how many.
+CREATE FUNCTION batches_drop_detached() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    month text;
+    dropped integer := 0;
+BEGIN
+    FOR month IN SELECT detached FROM batch_dropped_months WHERE detached IS NOT NULL LOOP
+        EXECUTE format('DROP TABLE IF EXISTS %I', month);
+        UPDATE batch_dropped_months SET detached = NULL WHERE detached = month;
+        dropped := dropped + 1;
+    END LOOP;
+    RETURN dropped;
 END
 $$;
 

@@ -393,9 +393,16 @@ impl Store {
                 .await?;
             match month {
                 Some(month) => dropped.push(month),
-                None => return Ok(dropped),
+                None => break,
             }
         }
+        // Also after an earlier call that failed midway.
+        self.primary
+            .run(None, async |client| {
+                client.execute(&sql::DropDetachedMonths {}).await
+            })
+            .await?;
+        Ok(dropped)
     }
 
     /// Clears the ids of dropped months' batches from the ids' registry;

@@ -304,11 +304,18 @@ statement! {
 }
 
 statement! {
-    /// Drops the oldest month whose every batch finished and ended before
-    /// `ended_before`, with its totals; returns its start, or NULL when
+    /// Takes the oldest month whose every batch finished and ended before
+    /// `ended_before` out of the batches, with its totals (its table is
+    /// left to [`DropDetachedMonths`]); returns its start, or NULL when
     /// there is none (or its lock was not had within a second).
     pub(crate) struct DropMonth { ended_before: Timestamp }
         = "SELECT batches_drop_month(:ended_before)";
+}
+
+statement! {
+    /// Drops the tables of the months [`DropMonth`] took out; returns how
+    /// many.
+    pub(crate) struct DropDetachedMonths {} = "SELECT batches_drop_detached()";
 }
 
 statement! {
@@ -326,6 +333,8 @@ statement! {
     ), cleared AS (
         DELETE FROM batch_dropped_months
         WHERE first IN (SELECT first FROM month) AND (SELECT count(*) FROM doomed) < :limit
+          -- Kept while its table waits to be dropped, which it names.
+          AND detached IS NULL
     )
     DELETE FROM batch_ids WHERE batch_id IN (SELECT batch_id FROM doomed)";
 }

@@ -267,6 +267,15 @@ async fn months_are_added_on_demand_and_dropped_whole_past_retention() {
         has_month(&sql, "2020-02").await,
         "a month with a batch ended today"
     );
+    let left_over: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'batches_y%_detached'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left_over, 0, "a month taken out was not dropped");
     let registered: Vec<String> = sql
         .query("SELECT batch_id FROM batch_ids ORDER BY batch_id", &[])
         .await
