@@ -249,6 +249,24 @@ async fn listings_read_a_replica_that_keeps_up_and_the_primary_otherwise() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let standby_admin = standby.client("history").await;
+    // The replica is in use while it lags by less than max_lag, which does
+    // not mean it has replayed "before" yet: wait until it has.
+    while standby_admin
+        .query_one(
+            "SELECT count(*) FROM batches WHERE batch_id = 'before'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the replica never replayed the first create"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     standby_admin
         .batch_execute("SELECT pg_wal_replay_pause()")
         .await
