@@ -107,6 +107,15 @@ macro_rules! this_batch {
     };
 }
 
+/// Whether the registry row `i` is of no batch: its month was dropped, or
+/// the batch was deleted by hand.
+macro_rules! registered_to_no_batch {
+    () => {
+        "NOT EXISTS (SELECT FROM batches b \
+         WHERE b.start_time = i.start_time AND b.batch_id = i.batch_id)"
+    };
+}
+
 /// The CTE that registers a new batch's id (see [`this_batch!`]) unless it
 /// is taken, and returns its start time (`:start_time`, or now) if it did:
 /// the insert of the batch selects from it.
@@ -322,13 +331,14 @@ statement! {
     /// Clears up to `limit` ids of batches in a dropped month from the ids'
     /// registry, and the month from those to clear once none is left.
     pub(crate) struct ForgetDroppedIds { limit: i64 }
-        = "WITH month AS (
+        = concat!(
+        "WITH month AS (
         SELECT first, next FROM batch_dropped_months ORDER BY first LIMIT 1
     ), doomed AS (
         SELECT i.batch_id FROM batch_ids i, month m
-        WHERE i.start_time >= m.first AND i.start_time < m.next
-          AND NOT EXISTS (
-              SELECT FROM batches b WHERE b.start_time = i.start_time AND b.batch_id = i.batch_id)
+        WHERE i.start_time >= m.first AND i.start_time < m.next AND ",
+        registered_to_no_batch!(),
+        "
         LIMIT :limit
     ), cleared AS (
         DELETE FROM batch_dropped_months
@@ -336,7 +346,8 @@ statement! {
           -- Kept while its table waits to be dropped, which it names.
           AND detached IS NULL
     )
-    DELETE FROM batch_ids WHERE batch_id IN (SELECT batch_id FROM doomed)";
+    DELETE FROM batch_ids WHERE batch_id IN (SELECT batch_id FROM doomed)"
+    );
 }
 
 statement! {
@@ -344,9 +355,10 @@ statement! {
     /// month was dropped, or it was deleted by hand), so that it can be
     /// used again.
     pub(crate) struct ForgetStaleId<'a> { batch_id: &'a str }
-        = "DELETE FROM batch_ids i WHERE batch_id = :batch_id
-    AND NOT EXISTS (
-        SELECT FROM batches b WHERE b.start_time = i.start_time AND b.batch_id = i.batch_id)";
+        = concat!(
+            "DELETE FROM batch_ids i WHERE batch_id = :batch_id AND ",
+            registered_to_no_batch!()
+        );
 }
 
 statement! {
@@ -565,9 +577,9 @@ statement! {
     /// Creates a batch from its whole state, or brings the stored one up to
     /// date unless it is ahead (more samples, tokens, errors or switches): a
     /// finished batch keeps its state and end time. Returns the row, changed
-    /// or not, like [`RecordProgress`], or none, like [`Create`]. `errors` and `model_switches` are the
-    /// lists as kept; no start time means now, and no end time means now
-    /// (used only when `state` is not RUNNING).
+    /// or not, like [`RecordProgress`], or none, like [`Create`]. `errors`
+    /// and `model_switches` are the lists as kept; no start time means now,
+    /// and no end time means now (used only when `state` is not RUNNING).
     pub struct Save<'a> {
         batch_id: &'a str,
         state: &'a str,
