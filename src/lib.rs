@@ -22,7 +22,7 @@
 //! - [`background`]: the server's background tasks, supervised.
 //! - [`shutdown`]: the stop signal those tasks wait on.
 //! - [`health`]: what `grpc.health.v1` reports, and the database probe behind it.
-//! - [`watch`]: live change streams fed by PostgreSQL LISTEN/NOTIFY.
+//! - [`watch`]: live change streams fed by the database's change log.
 //! - [`maintenance`]: background stale-batch sweep and retention.
 //! - [`tls`]: TLS on the gRPC port, reloaded when certificates change.
 //! - [`health_client`]: the `healthcheck` command, a `grpc.health.v1` client.

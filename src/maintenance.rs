@@ -1,5 +1,5 @@
 //! Background upkeep: folding the changes to the daily totals into them,
-//! adding the months ahead, stopping stale batches, dropping old months
+//! trimming the change log, adding the months ahead, stopping stale batches, dropping old months
 //! and purging old batches, forgetting old request ids.
 //! Every replica looks at every tick, and the one that
 //! holds the upkeep lock ([`UpkeepLock`]) does the work; when it stops or
@@ -11,14 +11,15 @@ use tokio::time::Instant;
 
 use crate::domain::{StaleThreshold, State};
 use crate::shutdown::Shutdown;
-use crate::store::{Store, UpkeepLock};
+use crate::store::{ChangeLogMarks, Store, UpkeepLock};
 use crate::telemetry::cause_chain;
 
 /// How long a request id is remembered: a retry after that is applied again.
 pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3_600);
 
-/// How often the changes to the daily totals are folded into them: readers
-/// add up the changes of about this long one by one.
+/// How often the changes to the daily totals are folded into them (readers
+/// add up the changes of about this long one by one), and the change log
+/// trimmed.
 const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the upkeep is configured.
@@ -46,6 +47,7 @@ pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shut
     let mut ticks = shutdown.every(chores_interval.min(FOLD_INTERVAL));
     let mut chores_due = Instant::now();
     let mut holding = false;
+    let mut change_log_marks = ChangeLogMarks::default();
     while ticks.next().await {
         let held = lock.held().await;
         if held != std::mem::replace(&mut holding, held) {
@@ -60,6 +62,9 @@ pub(crate) async fn run(store: Store, mut lock: UpkeepLock, upkeep: Upkeep, shut
         }
         if let Err(error) = store.fold_totals().await {
             tracing::warn!(error = %cause_chain(&error), "folding the daily totals failed");
+        }
+        if let Err(error) = store.trim_change_log(&mut change_log_marks).await {
+            tracing::warn!(error = %cause_chain(&error), "trimming the change log failed");
         }
         if Instant::now() < chores_due {
             continue;

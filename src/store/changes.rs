@@ -1,16 +1,18 @@
 //! The database half of the change feed (`docs/ARCHITECTURE.md`): a
-//! connection of its own that `LISTEN`s on `batch_changes`, and the notices
-//! migration V3's trigger sends there, typed.
+//! connection of its own that reads `batch_change_log`, and the notices
+//! migration V12's trigger writes there, typed.
+
+use std::{collections::VecDeque, time::Duration};
 
 use jiff::Timestamp;
 use serde::Deserialize;
-use tokio::sync::mpsc;
-use tokio_postgres::AsyncMessage;
+use tokio::time::Instant;
+use tokio_postgres::types::Type;
 
-use super::{DatabaseConfig, StoreError, connector};
+use super::{DatabaseConfig, StoreError, connect_dedicated};
 use crate::domain::{BatchId, BatchLabels, State};
 
-/// A change to a batch, as the trigger announced it.
+/// A change to a batch, as the trigger logged it.
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(tag = "op", rename_all = "UPPERCASE")]
 pub enum Notice {
@@ -19,7 +21,7 @@ pub enum Notice {
     Delete(DeletedBatch),
 }
 
-/// A deleted batch, as its deletion announced it: enough to filter on.
+/// A deleted batch, as its deletion logged it: enough to filter on.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct DeletedBatch {
     pub(crate) batch_id: BatchId,
@@ -29,7 +31,7 @@ pub struct DeletedBatch {
     pub(crate) model: String,
     pub(crate) topic_filter: String,
     pub(crate) difficulty_filter: String,
-    /// Absent from the notices of servers older than labels.
+    /// Absent from notices older than labels.
     #[serde(default)]
     pub(crate) labels: BatchLabels,
     pub(crate) start_time: Timestamp,
@@ -58,73 +60,99 @@ fn state_by_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<St
         .ok_or_else(|| serde::de::Error::custom(format_args!("unknown state {name:?}")))
 }
 
-/// A listening connection; notices arrive in commit order.
-pub struct ChangeListener {
-    client: tokio_postgres::Client,
-    payloads: mpsc::Receiver<String>,
+/// How long the log keeps a change after its transaction ended: far longer
+/// than any live feed takes to read it (one read every 50 ms, each answered
+/// within 2 s, or the feed starts over).
+pub const CHANGES_KEPT: Duration = Duration::from_secs(30);
+
+/// The upkeep's record of when transactions ended: the oldest transaction
+/// still running, as seen every so often. Transactions older than one seen
+/// [`CHANGES_KEPT`] ago had ended by then, so every feed has read their rows.
+#[derive(Debug, Default)]
+pub struct ChangeLogMarks(VecDeque<(Instant, String)>);
+
+impl ChangeLogMarks {
+    /// Records `oldest_running`, the oldest transaction running at `at`.
+    pub(crate) fn record(&mut self, at: Instant, oldest_running: String) {
+        self.0.push_back((at, oldest_running));
+    }
+
+    /// The transaction id below which every row has been read by `now`, if
+    /// marks go back far enough; older marks are dropped.
+    pub(crate) fn read_below(&mut self, now: Instant) -> Option<String> {
+        let mut below = None;
+        while let Some((at, _)) = self.0.front()
+            && now.duration_since(*at) >= CHANGES_KEPT
+        {
+            below = self.0.pop_front().map(|(_, xid)| xid);
+        }
+        below
+    }
 }
 
-impl ChangeListener {
-    /// Connects over `database`'s session connection and listens, holding
-    /// up to `capacity` notifications not yet taken.
-    pub(crate) async fn listen(
-        database: &DatabaseConfig,
-        capacity: usize,
-    ) -> Result<Self, StoreError> {
-        let connect = database.session().connect(connector()?);
-        let (client, mut connection) = tokio::time::timeout(database.timeout, connect)
-            .await
-            .map_err(|_| StoreError::TimedOut(database.timeout))??;
-        let (notifications, payloads) = mpsc::channel::<String>(capacity);
-        tokio::spawn(async move {
-            // Polling for messages also drives the connection's I/O.
-            while let Some(Ok(message)) =
-                std::future::poll_fn(|cx| connection.poll_message(cx)).await
-            {
-                if let AsyncMessage::Notification(notification) = message
-                    && notifications
-                        .send(notification.payload().to_owned())
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        });
-        client.batch_execute("LISTEN batch_changes").await?;
-        Ok(Self { client, payloads })
+/// How the feed reads the log: the rows of the transactions that committed
+/// since its last snapshot (`$1`), which then were either in progress or
+/// not yet begun. A row is visible to the statement exactly when its
+/// transaction is in the snapshot the statement returns, the next `$1`.
+/// The first read, with no `$1`, only takes a snapshot.
+const READ_LOG: &str = "SELECT now.snapshot::text, log.notice::text
+    FROM (SELECT pg_current_snapshot() AS snapshot) now
+    LEFT JOIN LATERAL (
+        SELECT xid, position, notice FROM batch_change_log
+        WHERE xid >= pg_snapshot_xmax($1::pg_snapshot)
+        UNION ALL
+        SELECT logged.xid, logged.position, logged.notice
+        FROM pg_snapshot_xip($1::pg_snapshot) AS running (xid)
+        JOIN batch_change_log logged ON logged.xid = running.xid
+    ) log ON true
+    ORDER BY log.xid, log.position";
+
+/// A reader of `batch_change_log` (migration V12) on a connection of its
+/// own; each read returns the notices committed since the one before.
+pub struct ChangeLog {
+    client: tokio_postgres::Client,
+    statement: tokio_postgres::Statement,
+    /// The snapshot of the last read: its transactions have been read.
+    since: Option<String>,
+}
+
+impl ChangeLog {
+    /// Connects over `database`'s session connection; the first
+    /// [`read`](Self::read) starts the log from that moment.
+    pub(crate) async fn open(database: &DatabaseConfig) -> Result<Self, StoreError> {
+        let client = connect_dedicated(database.session(), database.timeout).await?;
+        let statement = tokio::time::timeout(
+            database.timeout,
+            client.prepare_typed(READ_LOG, &[Type::TEXT]),
+        )
+        .await
+        .map_err(|_| StoreError::TimedOut(database.timeout))??;
+        Ok(Self {
+            client,
+            statement,
+            since: None,
+        })
     }
 
-    /// A round trip on the listening connection, answered within `within`:
-    /// proof that the database still serves it, so silence means no changes.
-    pub(crate) async fn heartbeat(&self, within: std::time::Duration) -> Result<(), StoreError> {
-        tokio::time::timeout(within, self.client.batch_execute("SELECT 1"))
+    /// The notices of the transactions that committed since the last read,
+    /// in transaction order (each transaction's in the order it wrote
+    /// them), answered within `within`: so an empty answer means no changes.
+    pub(crate) async fn read(&mut self, within: Duration) -> Result<Vec<Notice>, StoreError> {
+        let rows = tokio::time::timeout(within, self.client.query(&self.statement, &[&self.since]))
             .await
             .map_err(|_| StoreError::TimedOut(within))??;
-        Ok(())
-    }
-
-    /// The next notice, waiting for one; an error once the connection is
-    /// gone.
-    pub(crate) async fn next(&mut self) -> Result<Notice, StoreError> {
-        loop {
-            let payload = self.payloads.recv().await.ok_or_else(|| {
-                StoreError::internal("listening for changes", "the connection closed")
-            })?;
-            if let Some(notice) = read(&payload) {
-                return Ok(notice);
+        let mut notices = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(payload) = row.try_get::<_, Option<&str>>(1)?
+                && let Some(notice) = read(payload)
+            {
+                notices.push(notice);
             }
         }
-    }
-
-    /// The next notice already received, if any.
-    pub(crate) fn try_next(&mut self) -> Option<Notice> {
-        while let Ok(payload) = self.payloads.try_recv() {
-            if let Some(notice) = read(&payload) {
-                return Some(notice);
-            }
+        if let Some(row) = rows.first() {
+            self.since = Some(row.try_get(0)?);
         }
-        None
+        Ok(notices)
     }
 }
 
@@ -132,7 +160,7 @@ impl ChangeListener {
 fn read(payload: &str) -> Option<Notice> {
     serde_json::from_str(payload)
         .map_err(|error| {
-            tracing::warn!(%error, payload, "ignoring an unreadable change notification");
+            tracing::warn!(%error, payload, "ignoring an unreadable change notice");
         })
         .ok()
 }
@@ -147,6 +175,23 @@ mod tests {
 
     fn parse(payload: &str) -> Notice {
         read(payload).unwrap()
+    }
+
+    #[test]
+    fn marks_tell_what_every_feed_has_read_once_they_are_old_enough() {
+        let start = Instant::now();
+        let mut marks = ChangeLogMarks::default();
+        marks.record(start, "100".into());
+        assert_eq!(marks.read_below(start + CHANGES_KEPT / 2), None);
+        marks.record(start + CHANGES_KEPT / 2, "150".into());
+        marks.record(start + CHANGES_KEPT, "200".into());
+        assert_eq!(marks.read_below(start + CHANGES_KEPT), Some("100".into()));
+        assert_eq!(
+            marks.read_below(start + CHANGES_KEPT * 3),
+            Some("200".into()),
+            "the newest old enough"
+        );
+        assert_eq!(marks.read_below(start + CHANGES_KEPT * 4), None, "all used");
     }
 
     #[test]

@@ -138,8 +138,8 @@ fn typed<'p>(
 }
 
 /// A connection of its own (not from the pool) to `config`, opened within
-/// `timeout`, for work that needs a session: a `LISTEN`, a session advisory
-/// lock, a transaction spanning many round trips, a liveness probe. Its I/O
+/// `timeout`, for work that needs a session: the change feed's reader, a session
+/// advisory lock, a transaction spanning many round trips, a liveness probe. Its I/O
 /// runs on a task that ends when the client is dropped.
 pub async fn connect_dedicated(
     config: &tokio_postgres::Config,

@@ -39,7 +39,7 @@ pub enum MigrateError {
     Reach(#[source] StoreError),
     #[error(
         "DATABASE_URL goes through a transaction-mode pooler (such as PgBouncer with \
-         pool_mode = transaction), where migrations, their lock and the change feed's LISTEN \
+         pool_mode = transaction), where migrations and their lock \
          cannot work: set DATABASE_DIRECT_URL to a direct connection to the same database"
     )]
     PoolerWithoutDirectUrl,

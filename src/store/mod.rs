@@ -43,7 +43,7 @@ use crate::domain::{
     MAX_KEPT_ERROR_BYTES, MAX_KEPT_ERRORS, NewBatch, Page, Progress, Save, StaleThreshold, State,
 };
 
-pub use changes::{ChangeListener, DeletedBatch, Notice};
+pub use changes::{CHANGES_KEPT, ChangeLog, ChangeLogMarks, DeletedBatch, Notice};
 use connection::Connection;
 pub use connection::{Pooling, connect_dedicated, detect_pooling};
 pub(crate) use error::{Counter, StoreError, database_errors};
@@ -418,6 +418,31 @@ impl Store {
     pub async fn forget_requests(&self, age: Duration) -> Result<u64, StoreError> {
         self.delete_in_chunks(&sql::ForgetRequests {
             age: age.as_secs_f64(),
+            limit: DELETE_CHUNK_ROWS,
+        })
+        .await
+    }
+
+    /// Deletes the change log's rows that every feed has read, going by
+    /// `marks`, and marks the oldest transaction running now; returns how
+    /// many rows it deleted.
+    pub(crate) async fn trim_change_log(
+        &self,
+        marks: &mut ChangeLogMarks,
+    ) -> Result<u64, StoreError> {
+        let oldest_running = self
+            .primary
+            .run(None, async |client| {
+                Ok(client.query_one(&sql::OldestRunning {}).await?.try_get(0)?)
+            })
+            .await?;
+        let now = tokio::time::Instant::now();
+        marks.record(now, oldest_running);
+        let Some(below) = marks.read_below(now) else {
+            return Ok(0);
+        };
+        self.delete_in_chunks(&sql::TrimChangeLog {
+            below: &below,
             limit: DELETE_CHUNK_ROWS,
         })
         .await

@@ -90,8 +90,8 @@ impl DatabaseConfig {
     pub(crate) const DEFAULT_POOL_MAX_SIZE: usize = 16;
     pub(crate) const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-    /// How work that needs a session of its own (a `LISTEN`, a session
-    /// advisory lock, a transaction spanning several round trips) connects:
+    /// How work that needs a session of its own (the change feed's reader, a
+    /// session advisory lock, a transaction spanning several round trips) connects:
     /// `DATABASE_DIRECT_URL` when set, else `DATABASE_URL`.
     pub(crate) fn session(&self) -> &tokio_postgres::Config {
         self.direct.as_ref().unwrap_or(&self.pg)

@@ -237,6 +237,21 @@ statement! {
 }
 
 statement! {
+    /// The oldest transaction running now (of the whole server: ids are
+    /// shared by its databases), as text.
+    pub(crate) struct OldestRunning {}
+        = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text";
+}
+
+statement! {
+    /// Deletes up to `limit` rows of the change log that every feed has read:
+    /// those of transactions older than `below`.
+    pub(crate) struct TrimChangeLog<'a> { below: &'a str, limit: i64 }
+        = "DELETE FROM batch_change_log WHERE (xid, position) IN (
+        SELECT xid, position FROM batch_change_log WHERE xid < :below::xid8 LIMIT :limit)";
+}
+
+statement! {
     /// Stops running batches not updated for `stale_after` seconds, appending
     /// an error that says how long each was idle, and keeping the newest
     /// `keep_errors` errors within `keep_error_bytes`, unless another replica

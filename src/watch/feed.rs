@@ -1,26 +1,32 @@
-//! The change feed: takes the notices of migration V3's trigger from the
-//! store's listener ([`ChangeListener`]), reads the rows they name, and
-//! publishes each change to the hub once, in the order the changes
-//! committed.
+//! The change feed: reads the notices of migration V12's trigger from the
+//! store's [`ChangeLog`], reads the rows they name, and publishes each
+//! change to the hub once. Notices of one batch come in the order of their
+//! transactions' ids, which is the order they committed in for the
+//! service's writes (each takes the batch's row lock before its id); where
+//! it is not, versions keep a watcher from going back (`streams`).
 
 use std::{collections::HashMap, time::Duration};
 
-use super::{Change, FAN_OUT_CAPACITY, HEARTBEAT, HEARTBEAT_DEADLINE, Hub, LEASE_RENEWAL};
+use tokio::time::Instant;
+
+use super::{Change, Hub, IDLE_READ_INTERVAL, LEASE_RENEWAL, READ_DEADLINE, READ_INTERVAL};
 use crate::domain::{Batch, BatchId};
 use crate::shutdown::Shutdown;
-use crate::store::{ChangeListener, Current, DatabaseConfig, DeletedBatch, Notice, StoreError};
+use crate::store::{
+    CHANGES_KEPT, ChangeLog, Current, DatabaseConfig, DeletedBatch, Notice, StoreError,
+};
 use crate::telemetry::cause_chain;
 
-/// Pause before reconnecting a lost listener connection.
+/// Pause before reconnecting a lost reader connection.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
-/// Notifications handled in one go, at most.
+/// Notices handled in one go, at most.
 const MAX_BURST: usize = 1_000;
 
 /// How often a feed that cannot reconnect says so again.
 const REPEAT_WARNING: Duration = Duration::from_secs(60);
 
-/// Listens for changes until shutdown, reconnecting after failures.
+/// Follows the changes until shutdown, reconnecting after failures.
 pub(crate) async fn feed(
     database: DatabaseConfig,
     store: Current,
@@ -29,15 +35,14 @@ pub(crate) async fn feed(
 ) {
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
-        let listened = listen(&database, &store, &hub, &shutdown).await;
-        let was_listening = hub.listening.send_replace(false);
-        match listened {
+        let followed = follow(&database, &store, &hub, &shutdown).await;
+        let was_reading = hub.reading.send_replace(false);
+        match followed {
             Ok(()) => return hub.publish(Change::ShuttingDown),
             // Said once when the feed breaks, then once a minute while the
             // database stays away, not at every attempt.
             Err(error)
-                if was_listening
-                    || last_warning.is_none_or(|at| at.elapsed() >= REPEAT_WARNING) =>
+                if was_reading || last_warning.is_none_or(|at| at.elapsed() >= REPEAT_WARNING) =>
             {
                 last_warning = Some(tokio::time::Instant::now());
                 tracing::warn!(error = %cause_chain(&error), "change feed interrupted; reconnecting");
@@ -55,52 +60,53 @@ pub(crate) async fn feed(
     }
 }
 
-async fn listen(
+async fn follow(
     database: &DatabaseConfig,
     store: &Current,
     hub: &Hub,
     shutdown: &Shutdown,
 ) -> Result<(), StoreError> {
-    let mut listener = ChangeListener::listen(database, FAN_OUT_CAPACITY).await?;
-    hub.listening.send_replace(true);
-    tracing::debug!("change feed listening");
+    let mut log = ChangeLog::open(database).await?;
+    log.read(READ_DEADLINE).await?;
+    let mut last_read = Instant::now();
+    hub.reading.send_replace(true);
+    tracing::debug!("change feed reading");
     let mut renewals = shutdown.every(LEASE_RENEWAL);
-    let mut heartbeats = shutdown.every(HEARTBEAT);
+    let mut reads = shutdown.every(READ_INTERVAL);
     let mut ahead = AheadOfNotices::default();
     loop {
         let woke = tokio::select! {
             renew = renewals.next() => if renew { Wake::Renew } else { Wake::Stop },
-            beat = heartbeats.next() => if beat { Wake::Heartbeat } else { Wake::Stop },
-            notice = listener.next() => Wake::Notice(notice),
+            read = reads.next() => if read { Wake::Read } else { Wake::Stop },
         };
-        let first = match woke {
+        match woke {
             Wake::Stop => return Ok(()),
-            Wake::Renew => {
-                hub.renew_lease(store).await?;
-                continue;
-            }
-            Wake::Heartbeat => {
-                if hub.has_watchers() {
-                    listener.heartbeat(HEARTBEAT_DEADLINE).await?;
+            Wake::Renew => hub.renew_lease(store).await?,
+            Wake::Read if !hub.has_watchers() && last_read.elapsed() < IDLE_READ_INTERVAL => {}
+            Wake::Read => {
+                // The upkeep deletes what every feed has surely read; a feed
+                // stalled that long may have lost changes.
+                if last_read.elapsed() > CHANGES_KEPT / 2 {
+                    return Err(StoreError::internal(
+                        "reading the change log",
+                        "the feed stalled for longer than the log keeps changes",
+                    ));
                 }
-                continue;
+                let notices = log.read(READ_DEADLINE).await?;
+                last_read = Instant::now();
+                if !hub.has_watchers() {
+                    // Nothing was published, so nothing is ahead.
+                    ahead = AheadOfNotices::default();
+                    continue;
+                }
+                // A burst of changes to one batch becomes one event with its
+                // latest state, and each burst is read in one query.
+                let mut notices = notices.into_iter().peekable();
+                while notices.peek().is_some() {
+                    let burst = notices.by_ref().take(MAX_BURST);
+                    publish_burst(store, hub, &mut ahead, burst).await?;
+                }
             }
-            Wake::Notice(notice) => notice?,
-        };
-        // Everything already queued is handled together: one query for all
-        // the changed rows, and a burst of changes to one batch becomes one
-        // event with its latest state.
-        let mut burst = vec![first];
-        while burst.len() < MAX_BURST
-            && let Some(notice) = listener.try_next()
-        {
-            burst.push(notice);
-        }
-        if hub.has_watchers() {
-            publish_burst(store, hub, &mut ahead, burst).await?;
-        } else {
-            // Nothing was published, so nothing is ahead.
-            ahead = AheadOfNotices::default();
         }
     }
 }
@@ -110,15 +116,14 @@ async fn listen(
 enum Wake {
     Stop,
     Renew,
-    Heartbeat,
-    Notice(Result<Notice, StoreError>),
+    Read,
 }
 
 async fn publish_burst(
     store: &Current,
     hub: &Hub,
     ahead: &mut AheadOfNotices,
-    notices: Vec<Notice>,
+    notices: impl IntoIterator<Item = Notice>,
 ) -> Result<(), StoreError> {
     let mut fates = coalesce(notices);
     for (batch_id, fate) in &mut fates {
@@ -180,7 +185,7 @@ struct Fate {
     live: Option<Live>,
 }
 
-/// The newest version announced, and whether the batch was created in the burst.
+/// The newest version logged, and whether the batch was created in the burst.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Live {
     version: i64,
@@ -211,8 +216,13 @@ fn coalesce(notices: impl IntoIterator<Item = Notice>) -> Vec<(BatchId, Fate)> {
                 });
             }
             Notice::Update { version, .. } => {
-                let created = fate.live.is_some_and(|live| live.created);
-                fate.live = Some(Live { version, created });
+                let (created, newest) = fate.live.map_or((false, version), |live| {
+                    (live.created, live.version.max(version))
+                });
+                fate.live = Some(Live {
+                    version: newest,
+                    created,
+                });
             }
             Notice::Delete(deleted) => {
                 fate.deleted = Some(deleted);

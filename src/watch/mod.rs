@@ -1,10 +1,10 @@
-//! Live changes: one PostgreSQL `LISTEN batch_changes` connection per
-//! process (the store's [`crate::store::ChangeListener`]) feeds an in-memory
-//! fan-out to every watcher, so a change made through any replica reaches
-//! watchers on all of them. This module keeps the fan-out, the lease's
+//! Live changes: one reader of the database's change log per process (the
+//! store's [`crate::store::ChangeLog`]) feeds an in-memory fan-out to every
+//! watcher, so a change made through any replica reaches watchers on all of
+//! them. This module keeps the fan-out, the lease's
 //! bookkeeping and the filtering; `docs/ARCHITECTURE.md` has the protocol.
 //!
-//! - [`feed`]: the listener, which turns notifications into [`Change`]s.
+//! - [`feed`]: the reader, which turns logged notices into [`Change`]s.
 //! - [`streams`]: the watch RPCs' streams, each a snapshot then changes.
 
 mod feed;
@@ -30,13 +30,17 @@ const FAN_OUT_CAPACITY: usize = 1_024;
 const LEASE_TTL: Duration = Duration::from_secs(30);
 const LEASE_RENEWAL: Duration = Duration::from_secs(10);
 
-/// While anyone watches, the feed's listening connection is asked for a
-/// round trip this often, and must answer within [`HEARTBEAT_DEADLINE`]:
-/// a database that hangs sends no notices, which a watcher cannot tell
-/// from no changes, so a missed answer ends every stream (ABORTED) and
-/// watchers come back for a fresh snapshot.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
+/// While anyone watches, the feed reads the log this often: a change
+/// reaches watchers within about this long of its commit. With no watchers
+/// it reads only every [`IDLE_READ_INTERVAL`], to stay ready.
+const READ_INTERVAL: Duration = Duration::from_millis(50);
+const IDLE_READ_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Every read must answer within this: a database that hangs would answer
+/// no changes forever, which a watcher cannot tell from none, so a late
+/// answer ends every stream (ABORTED) and watchers come back for a fresh
+/// snapshot.
+const READ_DEADLINE: Duration = Duration::from_secs(2);
 
 /// One change to one batch, as the feed saw it.
 #[derive(Debug)]
@@ -70,8 +74,8 @@ pub(crate) struct Hub {
     replica: Arc<str>,
     /// Until when this process's lease is surely live, as far as it knows.
     lease: Arc<tokio::sync::Mutex<Option<Instant>>>,
-    /// Whether the feed is listening right now.
-    listening: Arc<watch::Sender<bool>>,
+    /// Whether the feed is reading the log right now.
+    reading: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Hub {
@@ -87,19 +91,19 @@ impl Default for Hub {
                 .collect::<String>()
                 .into(),
             lease: Arc::default(),
-            listening: Arc::new(watch::channel(false).0),
+            reading: Arc::new(watch::channel(false).0),
         }
     }
 }
 
 impl Hub {
-    /// Makes sure every change from now on is announced and heard, before a
-    /// watcher reads its snapshot: the feed is listening, this process holds
+    /// Makes sure every change from now on is logged and read, before a
+    /// watcher reads its snapshot: the feed is reading, this process holds
     /// a live lease, and, if the lease is new, writes that began before it
-    /// (and so were not announced) have ended and will be in the snapshot.
+    /// (and so were not logged) have ended and will be in the snapshot.
     async fn prepare_watch(&self, store: &Current) -> Result<(), StoreError> {
-        let mut listening = self.listening.subscribe();
-        tokio::time::timeout(store.timeout(), listening.wait_for(|listening| *listening))
+        let mut reading = self.reading.subscribe();
+        tokio::time::timeout(store.timeout(), reading.wait_for(|reading| *reading))
             .await
             .map_err(|_| StoreError::TimedOut(store.timeout()))?
             .map_err(|e| StoreError::internal("waiting for the change feed", e))?;

@@ -310,6 +310,47 @@ async fn a_watch_waits_for_unannounced_writes_without_stalling_others() {
     assert_eq!(snapshot.batch.unwrap().samples_generated, 7);
 }
 
+/// A transaction that stays open holds back only its own changes: the
+/// feed reads what committed since its last read, not what is older than
+/// the oldest transaction still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_holds_back_only_its_own_changes() {
+    let app = TestApp::spawn().await;
+    app.create("long", "groq").await;
+    app.create("short", "groq").await;
+    let mut stream = watch_all(&app.client, WatchBatchesRequest::default()).await;
+    for _ in 0..2 {
+        assert_eq!(next(&mut stream).await.kind(), Kind::Snapshot);
+    }
+    let mut db = app.db.client().await;
+    let long = db.transaction().await.unwrap();
+    long.execute(
+        "UPDATE batches SET samples_generated = 7, version = version + 1
+         WHERE batch_id = 'long'",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    app.client
+        .clone()
+        .record_progress(progress("short", 1))
+        .await
+        .unwrap();
+    let update = next(&mut stream).await.batch.unwrap();
+    assert_eq!(
+        (update.batch_id.as_str(), update.samples_generated),
+        ("short", 1)
+    );
+
+    long.commit().await.unwrap();
+    let update = next(&mut stream).await.batch.unwrap();
+    assert_eq!(
+        (update.batch_id.as_str(), update.samples_generated),
+        ("long", 7)
+    );
+}
+
 #[tokio::test]
 async fn watching_clears_the_lapsed_leases_of_replicas_gone() {
     let app = TestApp::spawn().await;

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# What the change feed's NOTIFY costs writes. pgbench runs CreateBatch's
-# statement (bench/pgbench/create.sql) at CLIENTS clients, silent (no watch
-# lease: the trigger returns early) and notifying (a lease held and one
-# connection listening, as while a watcher is connected), in ROUNDS rounds
-# that alternate which goes first. Twice: on the PostgreSQL at
+# What the change feed costs writes. pgbench runs CreateBatch's statement
+# (bench/pgbench/create.sql) at CLIENTS clients, silent (no watch lease: the
+# trigger returns early) and watched (a lease held, so every write logs its
+# change, and one reader doing the feed's read every 50 ms,
+# bench/pgbench/feed_read.sql, as while a watcher is connected), in ROUNDS
+# rounds that alternate which goes first. Twice: on the PostgreSQL at
 # PGHOST/PGPORT (default 127.0.0.1:5432), and on a throwaway primary with a
-# synchronous standby (synchronous_standby_names = '*'), where a notifying
-# commit holds PostgreSQL's global notify lock until the standby has it.
+# synchronous standby (synchronous_standby_names = '*').
 #
-#   bench/notify_cost.sh                     # 32 clients, 3 rounds of 10 s
-#   CLIENTS=8 ROUNDS=5 BENCH_SECONDS=20 bench/notify_cost.sh
+#   bench/feed_cost.sh                       # 32 clients, 3 rounds of 10 s
+#   CLIENTS=8 ROUNDS=5 BENCH_SECONDS=20 bench/feed_cost.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${CLIENTS:-32}
@@ -23,42 +23,46 @@ as_postgres() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# Prints one line per round: silent and notifying commits per second.
+# Prints one line per round: silent and watched commits per second.
 measure() {
     local host=$1 port=$2 label=$3
-    local db=bh_notify_$$
+    local db=bh_feed_$$
     local url="postgres://postgres@$host:$port/$db"
     psql -qh "$host" -p "$port" -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" \
         -c "CREATE DATABASE $db"
     DATABASE_URL=$url "$bin" migrate >/dev/null 2>&1
     local ratios=()
     for round in $(seq "$rounds"); do
-        local order=(silent notifying)
-        if [ $((round % 2)) = 0 ]; then order=(notifying silent); fi
+        local order=(silent watched)
+        if [ $((round % 2)) = 0 ]; then order=(watched silent); fi
         declare -A tps=()
         for mode in "${order[@]}"; do
-            local listener=
-            if [ "$mode" = notifying ]; then
+            local reader=
+            if [ "$mode" = watched ]; then
                 psql -qh "$host" -p "$port" -U postgres -d "$db" \
                     -c "INSERT INTO batch_watch_leases VALUES ('bench', now() + interval '1 hour')"
-                psql -qh "$host" -p "$port" -U postgres -d "$db" -c "LISTEN batch_changes" \
-                    -c "SELECT pg_sleep($seconds + 5)" >/dev/null &
-                listener=$!
+                local since
+                since=$(psql -qtAh "$host" -p "$port" -U postgres -d "$db" \
+                    -c "SELECT pg_current_snapshot()")
+                pgbench -n -M simple -c 1 -T $((seconds + 2)) -D "since=$since" \
+                    -h "$host" -p "$port" -U postgres -f bench/pgbench/feed_read.sql "$db" \
+                    >/dev/null 2>&1 &
+                reader=$!
             fi
             tps[$mode]=$(pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" \
                 -h "$host" -p "$port" -U postgres -f bench/pgbench/create.sql "$db" 2>/dev/null |
                 awk '/^tps = / {print $3}')
-            if [ -n "$listener" ]; then
-                kill "$listener" 2>/dev/null || true
-                wait "$listener" 2>/dev/null || true
+            if [ -n "$reader" ]; then
+                kill "$reader" 2>/dev/null || true
+                wait "$reader" 2>/dev/null || true
                 psql -qh "$host" -p "$port" -U postgres -d "$db" -c "DELETE FROM batch_watch_leases"
             fi
         done
         local ratio
-        ratio=$(python3 -c "print(f'{${tps[notifying]} / ${tps[silent]}:.2f}')")
+        ratio=$(python3 -c "print(f'{${tps[watched]} / ${tps[silent]}:.2f}')")
         ratios+=("$ratio")
-        printf '%-22s round %d: silent %8.0f/s  notifying %8.0f/s  ratio %s\n' \
-            "$label" "$round" "${tps[silent]}" "${tps[notifying]}" "$ratio"
+        printf '%-22s round %d: silent %8.0f/s  watched %8.0f/s  ratio %s\n' \
+            "$label" "$round" "${tps[silent]}" "${tps[watched]}" "$ratio"
         unset tps
     done
     printf '%-22s median ratio %s\n' "$label" \
