@@ -27,9 +27,12 @@ CREATE UNLOGGED TABLE batch_change_log (
     PRIMARY KEY (xid, position)
 );
 -- Rows live for seconds: vacuum after every few thousand deleted, rather
--- than after a fifth of a table that is mostly gone by then.
+-- than after a fifth of a table that is mostly gone by then, and never give
+-- the emptied pages back (see V13): every write appends here while anyone
+-- watches.
 ALTER TABLE batch_change_log SET (autovacuum_vacuum_scale_factor = 0,
-                                  autovacuum_vacuum_threshold = 5000);
+                                  autovacuum_vacuum_threshold = 5000,
+                                  vacuum_truncate = false);
 
 -- The notices are those V8 sent, logged only while some replica holds a
 -- watch lease, and never for a bulk load (the trigger's WHEN, V10).

@@ -358,3 +358,38 @@ fn groups(batches: &[Counted], filter: &GetBatchStatsRequest) -> Groups {
     }
     groups
 }
+
+/// The upkeep empties the totals' change table every second and vacuums
+/// it. That vacuum must not wait for writers to give the emptied pages
+/// back: it did, for up to 5 s, past the upkeep's timeout, while writes
+/// went on.
+#[tokio::test]
+async fn vacuuming_the_emptied_changes_waits_for_no_writer() {
+    let db = TestDb::create().await;
+    batch_history::store::migrate(&db.config, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO batch_total_changes
+             SELECT current_date, 'RUNNING', 'groq', 'm', 0, 0, 0 FROM generate_series(1, 20000);
+             DELETE FROM batch_total_changes;",
+        )
+        .await
+        .unwrap();
+    // What every writer holds on the table while its transaction lasts.
+    let writer = db.client().await;
+    writer
+        .batch_execute("BEGIN; LOCK TABLE batch_total_changes IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    client
+        .batch_execute("VACUUM batch_total_changes")
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    writer.batch_execute("ROLLBACK").await.unwrap();
+    assert!(took < Duration::from_secs(2), "VACUUM took {took:?}");
+}
