@@ -1,4 +1,4 @@
--- Seeds :rows batches: ids seed-0000000 onwards, one second apart from
+-- Seeds :rows batches: ids seed-0000000 onwards (at least 7 digits), one second apart from
 -- 2025-01-01, every tenth one RUNNING and the rest COMPLETED, as loadgen and
 -- the pgbench scripts expect. Run with psql -v rows=N. A bulk load: no
 -- change notices (migration V2); the ids are registered and the daily totals
@@ -9,7 +9,7 @@ FROM generate_series(to_timestamp(1735689600), to_timestamp(1735689600 + :rows),
 INSERT INTO batches (batch_id, state, provider, model, current_model, topic_filter, difficulty_filter,
                      reasoning_instruction, target_count, samples_generated, total_tokens,
                      errors, error_count, metadata, start_time, end_time, update_time)
-SELECT 'seed-' || lpad(i::text, 7, '0'),
+SELECT 'seed-' || lpad(i::text, greatest(7, length(i::text)), '0'),
        CASE WHEN i % 10 = 0 THEN 'RUNNING' ELSE 'COMPLETED' END,
        (ARRAY['groq', 'cerebras'])[i % 2 + 1],
        'llama-3.3-70b-versatile', 'llama-3.3-70b-versatile',

@@ -33,10 +33,14 @@ pub(super) fn batch(row: &Row) -> Result<Batch, StoreError> {
     })
 }
 
-/// A page of `page_size` batches from a listing's rows, which hold one row
-/// more than a page when another page follows.
+/// A page of `page_size` batches from a listing's rows, which hold more
+/// than a page when another page follows.
 pub(super) fn page(rows: &[Row], page_size: usize) -> Result<Page, StoreError> {
-    let mut batches = rows.iter().map(batch).collect::<Result<Vec<_>, _>>()?;
+    let mut batches = rows
+        .iter()
+        .take(page_size + 1)
+        .map(batch)
+        .collect::<Result<Vec<_>, _>>()?;
     let next = if batches.len() > page_size {
         batches.truncate(page_size);
         batches.last().map(Cursor::after)
