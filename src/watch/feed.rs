@@ -1,9 +1,10 @@
 //! The change feed: reads the notices of migration V12's trigger from the
 //! store's [`ChangeLog`], reads the rows they name, and publishes each
-//! change to the hub once. Notices of one batch come in the order of their
-//! transactions' ids, which is the order they committed in for the
-//! service's writes (each takes the batch's row lock before its id); where
-//! it is not, versions keep a watcher from going back (`streams`).
+//! change to the hub once. A read's notices come in the order of their
+//! transactions' ids, which for writes to one batch is as a rule the order
+//! they committed in (the later writer waits for the row); where it is not,
+//! the row read is the latest anyway, and versions keep a watcher from
+//! going back (`streams`).
 
 use std::{collections::HashMap, time::Duration};
 
