@@ -79,12 +79,13 @@ async fn follow(
         let woke = tokio::select! {
             renew = renewals.next() => if renew { Wake::Renew } else { Wake::Stop },
             read = reads.next() => if read { Wake::Read } else { Wake::Stop },
+            () = hub.read_now.notified() => Wake::ReadNow,
         };
         match woke {
             Wake::Stop => return Ok(()),
             Wake::Renew => hub.renew_lease(store).await?,
             Wake::Read if !hub.has_watchers() && last_read.elapsed() < IDLE_READ_INTERVAL => {}
-            Wake::Read => {
+            Wake::Read | Wake::ReadNow => {
                 // The upkeep deletes what every feed has surely read; a feed
                 // stalled that long may have lost changes.
                 if last_read.elapsed() > CHANGES_KEPT / 2 {
@@ -93,20 +94,22 @@ async fn follow(
                         "the feed stalled for longer than the log keeps changes",
                     ));
                 }
+                let number = hub.begin_read();
                 let notices = log.read(READ_DEADLINE).await?;
                 last_read = Instant::now();
-                if !hub.has_watchers() {
+                if hub.has_watchers() {
+                    // A burst of changes to one batch becomes one event with
+                    // its latest state, and each burst is read in one query.
+                    let mut notices = notices.into_iter().peekable();
+                    while notices.peek().is_some() {
+                        let burst = notices.by_ref().take(MAX_BURST);
+                        publish_burst(store, hub, &mut ahead, burst).await?;
+                    }
+                } else {
                     // Nothing was published, so nothing is ahead.
                     ahead = AheadOfNotices::default();
-                    continue;
                 }
-                // A burst of changes to one batch becomes one event with its
-                // latest state, and each burst is read in one query.
-                let mut notices = notices.into_iter().peekable();
-                while notices.peek().is_some() {
-                    let burst = notices.by_ref().take(MAX_BURST);
-                    publish_burst(store, hub, &mut ahead, burst).await?;
-                }
+                hub.end_read(number);
             }
         }
     }
@@ -118,6 +121,8 @@ enum Wake {
     Stop,
     Renew,
     Read,
+    /// A watcher is waiting for a read.
+    ReadNow,
 }
 
 async fn publish_burst(

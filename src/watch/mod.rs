@@ -10,9 +10,11 @@
 mod feed;
 mod streams;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 
 use crate::domain::{Batch, Facets, texts_of};
@@ -76,6 +78,12 @@ pub(crate) struct Hub {
     lease: Arc<tokio::sync::Mutex<Option<Instant>>>,
     /// Whether the feed is reading the log right now.
     reading: Arc<watch::Sender<bool>>,
+    /// Asks the feed to read now rather than at its next tick.
+    read_now: Arc<Notify>,
+    /// The feed's reads: how many began, and the number of the last that
+    /// ended (a read's snapshot is taken after it begins).
+    reads_begun: Arc<AtomicU64>,
+    reads_ended: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Hub {
@@ -92,16 +100,37 @@ impl Default for Hub {
                 .into(),
             lease: Arc::default(),
             reading: Arc::new(watch::channel(false).0),
+            read_now: Arc::default(),
+            reads_begun: Arc::default(),
+            reads_ended: Arc::new(watch::channel(0).0),
         }
     }
 }
 
 impl Hub {
     /// Makes sure every change from now on is logged and read, before a
-    /// watcher reads its snapshot: the feed is reading, this process holds
-    /// a live lease, and, if the lease is new, writes that began before it
-    /// (and so were not logged) have ended and will be in the snapshot.
+    /// watcher subscribes and reads its snapshot: the feed is reading, this
+    /// process holds a live lease, and, if the lease is new, writes that
+    /// began before it (and so were not logged) have ended and will be in
+    /// the snapshot. Last, the feed reads once more, so that a subscriber
+    /// is sent no change that committed before this call: those are in its
+    /// snapshot, and one of a batch the snapshot does not show (a page of
+    /// the web page's) would look new. Read every second while nobody
+    /// watches, the log may hold a second of them.
     async fn prepare_watch(&self, store: &Current) -> Result<(), StoreError> {
+        self.ensure_lease(store).await?;
+        let begun = self.reads_begun.load(Ordering::Acquire);
+        self.read_now.notify_one();
+        let mut ended = self.reads_ended.subscribe();
+        tokio::time::timeout(store.timeout(), ended.wait_for(|&ended| ended > begun))
+            .await
+            .map_err(|_| StoreError::TimedOut(store.timeout()))?
+            .map_err(|e| StoreError::internal("waiting for the change feed", e))?;
+        Ok(())
+    }
+
+    /// The lease part of [`Hub::prepare_watch`].
+    async fn ensure_lease(&self, store: &Current) -> Result<(), StoreError> {
         let mut reading = self.reading.subscribe();
         tokio::time::timeout(store.timeout(), reading.wait_for(|reading| *reading))
             .await
@@ -131,6 +160,16 @@ impl Hub {
         store.renew_watch_lease(&self.replica, LEASE_TTL).await?;
         *lease = Some(now + LEASE_TTL - Duration::from_secs(1));
         Ok(())
+    }
+
+    /// Numbers a read of the feed as it begins.
+    fn begin_read(&self) -> u64 {
+        self.reads_begun.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Says that read `number` has ended, and its changes were published.
+    fn end_read(&self, number: u64) {
+        self.reads_ended.send_replace(number);
     }
 
     fn publish(&self, change: Change) {

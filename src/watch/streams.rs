@@ -162,9 +162,11 @@ pub(crate) async fn watch_batch(
     hub: &Hub,
     batch_id: BatchId,
 ) -> Result<EventStream, StoreError> {
-    // Subscribed before the snapshot is read, so no change falls between.
-    let changes = hub.subscribe();
     hub.prepare_watch(store).await?;
+    // Subscribed before the snapshot is read, so no change falls between,
+    // and after the feed read what committed before the call (see
+    // `Hub::prepare_watch`).
+    let changes = hub.subscribe();
     let batch = store.get(&batch_id).await?;
     let (sink, stream) = stream();
     let running = batch.state == State::Running;
@@ -211,8 +213,8 @@ pub(crate) async fn watch_batches(
     filter: BatchFilter,
     snapshot: Snapshot,
 ) -> Result<EventStream, StoreError> {
-    let changes = hub.subscribe();
     hub.prepare_watch(store).await?;
+    let changes = hub.subscribe();
     let mut running = match snapshot {
         Snapshot::Running => filter.matches_state(State::Running).then(|| ListQuery {
             filter: BatchFilter {
