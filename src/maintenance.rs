@@ -1,6 +1,7 @@
 //! Background upkeep: folding the changes to the daily totals into them,
-//! trimming the change log, adding the months ahead, stopping stale batches, dropping old months
-//! and purging old batches, forgetting old request ids.
+//! trimming the change log, adding the months ahead, stopping stale
+//! batches, dropping old months and purging old batches, forgetting old
+//! request ids.
 //! Every replica looks at every tick, and the one that
 //! holds the upkeep lock ([`UpkeepLock`]) does the work; when it stops or
 //! crashes, another takes over at its next tick.

@@ -129,7 +129,8 @@ impl Hub {
         Ok(())
     }
 
-    /// The lease part of [`Hub::prepare_watch`].
+    /// The first part of [`Hub::prepare_watch`]: the feed is reading, the
+    /// lease is live, and writes not logged for want of one have ended.
     async fn ensure_lease(&self, store: &Current) -> Result<(), StoreError> {
         let mut reading = self.reading.subscribe();
         tokio::time::timeout(store.timeout(), reading.wait_for(|reading| *reading))
