@@ -131,13 +131,31 @@ const COUNT_CLASSES: &str = "SELECT
         coalesce(array_agg(batch_id ORDER BY batch_id) FILTER (WHERE class = 'conflict'), '{}')
     FROM import_classes";
 
-/// Adds the months the new batches start in, where missing. Adding one
-/// takes a lock that lets reads and writes go on (see migration V11).
-const ADD_MONTHS: &str = "SELECT count(*) FILTER (WHERE batches_add_month(month)) FROM (
+/// Months the history lacks are loaded whole (migration V14): into months
+/// of this table, which has no indexes, then moved into the batches, whose
+/// indexes ATTACH then builds in one sorted pass each. The lock, held to the
+/// end, keeps any other session from adding one of those months meanwhile
+/// (and a second import waits here for the first).
+const LOAD_WHOLE_MONTHS: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
+    CREATE TABLE import_months (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+        PARTITION BY RANGE (start_time);
+    -- Counted in the daily totals as the batches' writes are.
+    CREATE TRIGGER import_months_totals AFTER INSERT ON import_months
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION batch_totals_record()";
+
+/// Adds the months the new batches start in that the history lacks, to
+/// `import_months`, and remembers which they are.
+const ADD_MONTHS: &str = "CREATE TEMPORARY TABLE import_new_months ON COMMIT DROP AS
+    SELECT month FROM (
         SELECT DISTINCT date_trunc('month', s.start_time, 'UTC') AS month
         FROM import_batches s JOIN import_classes c USING (batch_id)
         WHERE c.class = 'new'
-    ) months";
+    ) months
+    WHERE batches_add_month(month, 'import_months')";
+
+/// Moves the loaded months into the batches.
+const MOVE_MONTHS: &str = "SELECT batches_move_months('import_months'); DROP TABLE import_months";
 
 /// Clears the ids of the new batches that are registered to no batch (their
 /// month was dropped whole, and the upkeep has yet to clear them).
@@ -157,13 +175,23 @@ const INSERT: &str = "WITH registered AS (
         -- Registered since the batches were sorted: another call created it.
         ON CONFLICT (batch_id) DO NOTHING
         RETURNING batch_id
-    ), inserted AS (
+    ), into_history AS (
         INSERT INTO batches
         SELECT s.* FROM import_batches s JOIN registered USING (batch_id)
+        WHERE date_trunc('month', s.start_time, 'UTC') NOT IN (SELECT month FROM import_new_months)
         -- In the order of the start time indexes, which then grow at their
         -- right edge: half the time of inserting in the file's order.
         ORDER BY s.start_time, s.batch_id
         RETURNING batch_id
+    ), into_new_months AS (
+        INSERT INTO import_months
+        SELECT s.* FROM import_batches s JOIN registered USING (batch_id)
+        WHERE date_trunc('month', s.start_time, 'UTC') IN (SELECT month FROM import_new_months)
+        -- Stored as listings read them.
+        ORDER BY s.start_time, s.batch_id
+        RETURNING batch_id
+    ), inserted AS (
+        SELECT batch_id FROM into_history UNION ALL SELECT batch_id FROM into_new_months
     ), recorded AS (
         INSERT INTO batch_imports (batch_id, content_digest)
         SELECT batch_id, digest FROM import_classes WHERE class = 'present'
@@ -278,6 +306,7 @@ impl BulkLoad {
                 .collect::<Result<Vec<_>, _>>()?,
             ..LoadOutcome::default()
         };
+        self.client.batch_execute(LOAD_WHOLE_MONTHS).await?;
         self.client.batch_execute(ADD_MONTHS).await?;
         self.client.batch_execute(FORGET_STALE_IDS).await?;
         outcome.imported = self
@@ -286,6 +315,7 @@ impl BulkLoad {
             .await?
             .try_get::<_, i64>(0)?
             .unsigned_abs();
+        self.client.batch_execute(MOVE_MONTHS).await?;
         tracing::info!(
             imported = outcome.imported,
             already_present = outcome.already_present,

@@ -560,6 +560,134 @@ async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
     assert_eq!(stored_count(&app).await, 151);
 }
 
+/// Months the history lacks are loaded apart, without indexes, and moved
+/// in whole (migration V14); once in, they must serve as any other month.
+#[tokio::test]
+async fn months_loaded_whole_serve_as_any_other() {
+    let app = TestApp::spawn().await;
+    let march_a = (
+        1,
+        "march-a",
+        "2019-03-05T10:00:00",
+        Some("2019-03-05T10:30:00"),
+        "completed",
+        None,
+        None,
+    );
+    let first = legacy_file(&[march_a]);
+    assert_eq!(
+        import(&app, &first, OnConflict::Fail, false).await.imported,
+        1
+    );
+    // Into the month now there, and into one more the history lacks.
+    let second = legacy_file(&[
+        march_a,
+        (
+            2,
+            "march-b",
+            "2019-03-20T08:00:00",
+            Some("2019-03-20T09:00:00"),
+            "completed",
+            None,
+            None,
+        ),
+        (
+            3,
+            "may-a",
+            "2019-05-01T00:00:00",
+            Some("2019-05-01T00:10:00"),
+            "stopped",
+            None,
+            None,
+        ),
+    ]);
+    let report = import(&app, &second, OnConflict::Fail, false).await;
+    assert_eq!(
+        (report.imported, report.already_present),
+        (2, 1),
+        "{}",
+        report.to_text()
+    );
+
+    let db = app.db.client().await;
+    let indexes = |table: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM pg_indexes WHERE tablename = $1",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    let every_index = indexes("batches").await;
+    assert!(every_index >= 4);
+    assert_eq!(indexes("batches_y2019m03").await, every_index);
+    assert_eq!(indexes("batches_y2019m05").await, every_index);
+    let loading_left: bool = db
+        .query_one("SELECT to_regclass('import_months') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!loading_left);
+
+    let mut client = app.client.clone();
+    let listed: Vec<String> = client
+        .list_batches(ListBatchesRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .batches
+        .into_iter()
+        .map(|batch| batch.batch_id)
+        .collect();
+    assert_eq!(listed, ["may-a", "march-b"]);
+    let stats = client
+        .get_batch_stats(batch_history::proto::GetBatchStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.batch_count, stats.samples_generated), (3, 36));
+
+    // Watchers hear of a write into a month loaded whole: its row triggers
+    // came with it. (Nothing there is running: no snapshot comes first.)
+    let mut stream = client
+        .watch_batches(batch_history::proto::WatchBatchesRequest {
+            started_before: Some(crate::support::timestamp(1_554_076_800)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .delete_batch(batch_history::proto::DeleteBatchRequest {
+            batch_id: "march-b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deleted = tokio::time::timeout(Duration::from_secs(1), stream.message())
+        .await
+        .expect("an event within a second")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (deleted.kind(), deleted.batch.unwrap().batch_id.as_str()),
+        (batch_history::proto::batch_event::Kind::Deleted, "march-b")
+    );
+    let stats = client
+        .get_batch_stats(batch_history::proto::GetBatchStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.batch_count, stats.samples_generated), (2, 24));
+}
+
 #[tokio::test]
 async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
     let app = TestApp::spawn().await;
