@@ -6,11 +6,12 @@ for each operation runs the service (examples/loadgen.rs) and pgbench on the
 same statements (-M prepared, same client count) back to back, in ROUNDS
 rounds that alternate which goes first, so that both see the same machine.
 Reports per operation the median throughput of each, the median of the
-per-round ratios with its range, latency percentiles, and CPU time per call:
-the server's, and PostgreSQL's while serving the server and while serving
-pgbench (from /proc: live backends and the postmaster's reaped children, so
-the database must run on this machine), and the clients' own (loadgen's over
-its timed calls, pgbench's whole run, from getrusage of reaped children).
+per-round ratios with its range, latency percentiles of each (pgbench's
+from its per-transaction log), and CPU time per call: the server's, and
+PostgreSQL's while serving the server and while serving pgbench (from
+/proc: live backends and the postmaster's reaped children, so the database
+must run on this machine), and the clients' own (loadgen's over its timed
+calls, pgbench's whole run, from getrusage of reaped children).
 """
 import json
 import os
@@ -18,6 +19,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,12 +138,19 @@ def finish(child):
 
 def pgbench_round(op, clients, rows, seconds, database, postmaster):
     before = postgres_cpu(postmaster)
+    # Each transaction's latency is logged, for percentiles comparable
+    # with loadgen's.
+    logs = tempfile.TemporaryDirectory()
     pgbench = subprocess.Popen(
         ["pgbench", "-n", "-M", "prepared", "-c", str(clients),
          "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
+         "-l", "--log-prefix", f"{logs.name}/latency",
          "-D", f"seeded={rows}", "-D", f"deep={min(rows, DEEPEST)}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     out, _, status, client_cpu = finish(pgbench)
+    latencies = sorted(int(line.split()[2]) / 1000
+                       for log in Path(logs.name).iterdir() for line in log.open())
+    logs.cleanup()
     if status:
         sys.exit(f"pgbench failed ({status}) on {op}")
     # pgbench's backends have exited by now: the postmaster has reaped them.
@@ -150,6 +159,7 @@ def pgbench_round(op, clients, rows, seconds, database, postmaster):
                      for line in out.splitlines() if "actually processed" in line)
     tps = next(float(line.split()[2]) for line in out.splitlines() if line.startswith("tps = "))
     return {"ops_per_second": tps,
+            "p50_ms": percentile(latencies, 0.50), "p99_ms": percentile(latencies, 0.99),
             "postgres_us": (postgres_cpu(postmaster) - before) / max(processed, 1) * 1e6,
             "client_us": client_cpu / max(processed, 1) * 1e6}
 
@@ -192,6 +202,12 @@ def drop_first_month(database):
     psql(database, "SELECT batches_drop_detached()")
     files_ms = (time.monotonic() - started) * 1000
     return batches, size, elapsed_ms, wal, files_ms
+
+
+def percentile(sorted_values, fraction):
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
 def spread(values, digits=0):
@@ -263,7 +279,8 @@ def main(argv):
           "first; medians (min-max); CPU in µs per call")
     print(f"{'operation':<14} {'rows':>8} {'cl':>3} {'service/s':>20} {'pgbench/s':>20} "
           f"{'ratio':>17} {'server CPU':>18} {'PG CPU (service)':>18} {'PG CPU (pgbench)':>18} "
-          f"{'loadgen CPU':>14} {'pgbench CPU':>14} {'p50 ms':>7} {'p99 ms':>7}  errors")
+          f"{'loadgen CPU':>14} {'pgbench CPU':>14} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'pgbench p50':>11} {'pgbench p99':>11}  errors")
     for op, rows, clients, rounds in table:
         service = [r["service"] for r in rounds]
         bench = [r["pgbench"] for r in rounds]
@@ -280,7 +297,9 @@ def main(argv):
               f"{statistics.median(r['client_us'] for r in service):>14.0f} "
               f"{statistics.median(r['client_us'] for r in bench):>14.0f} "
               f"{statistics.median(r['p50_ms'] for r in service):>7.2f} "
-              f"{statistics.median(r['p99_ms'] for r in service):>7.2f}  {errors or 'none'}")
+              f"{statistics.median(r['p99_ms'] for r in service):>7.2f} "
+              f"{statistics.median(r['p50_ms'] for r in bench):>11.2f} "
+              f"{statistics.median(r['p99_ms'] for r in bench):>11.2f}  {errors or 'none'}")
     print()
     for rows, idle, peak in memory:
         print(f"server RSS at {rows} rows: idle {idle / 1024:.1f} MiB, "

@@ -405,10 +405,21 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Clears the ids of dropped months' batches from the ids' registry;
-    /// returns how many.
+    /// Clears the ids of the oldest dropped month's batches from the ids'
+    /// registry (one month a call); returns how many.
     pub(crate) async fn forget_dropped_ids(&self) -> Result<u64, StoreError> {
+        let month = self
+            .primary
+            .run(None, async |client| {
+                client.query_opt(&sql::OldestDroppedMonth {}).await
+            })
+            .await?;
+        let Some(month) = month else {
+            return Ok(0);
+        };
         self.delete_in_chunks(&sql::ForgetDroppedIds {
+            first: month.try_get(0)?,
+            next: month.try_get(1)?,
             limit: DELETE_CHUNK_ROWS,
         })
         .await
