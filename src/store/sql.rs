@@ -354,9 +354,9 @@ statement! {
     /// `next`) from the ids' registry, and the month from those to clear
     /// once none is left. The bounds are given, and repeated on the
     /// batches, so that only that month's batches are planned and read (a
-    /// write may have added the month back since): read from the registry
-    /// in the statement, they left the planner every month to join, and at
-    /// 100M batches the statement took over 5 s even with no month to clear.
+    /// write may have added the month back since). Read inside the
+    /// statement, they left the planner every month to join: at 100M
+    /// batches it took over 5 s with no month to clear.
     pub(crate) struct ForgetDroppedIds { first: Timestamp, next: Timestamp, limit: i64 }
         = concat!(
         "WITH doomed AS (
