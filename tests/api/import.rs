@@ -7,13 +7,16 @@ use std::{
 };
 
 use batch_history::import::{ImportOptions, Report, Source, import_history, parse_legacy_time};
-use batch_history::proto::{GetBatchRequest, ListBatchesRequest, batch::State};
+use batch_history::proto::{
+    DeleteBatchRequest, GetBatchRequest, GetBatchStatsRequest, ListBatchesRequest,
+    WatchBatchesRequest, batch::State, batch_event::Kind as EventKind,
+};
 use batch_history::store::OnConflict;
 use jiff::tz::TimeZone;
 use prost_types::value::Kind;
 use serde_json::Value;
 
-use crate::support::{TestApp, rand_u64};
+use crate::support::{TestApp, rand_u64, timestamp};
 
 /// The legacy schema, as flask-sqlalchemy created it (without the unique
 /// index, so that files with duplicate ids can be built).
@@ -648,7 +651,7 @@ async fn months_loaded_whole_serve_as_any_other() {
         .collect();
     assert_eq!(listed, ["may-a", "march-b"]);
     let stats = client
-        .get_batch_stats(batch_history::proto::GetBatchStatsRequest::default())
+        .get_batch_stats(GetBatchStatsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -657,15 +660,15 @@ async fn months_loaded_whole_serve_as_any_other() {
     // Watchers hear of a write into a month loaded whole: its row triggers
     // came with it. (Nothing there is running: no snapshot comes first.)
     let mut stream = client
-        .watch_batches(batch_history::proto::WatchBatchesRequest {
-            started_before: Some(crate::support::timestamp(1_554_076_800)),
+        .watch_batches(WatchBatchesRequest {
+            started_before: Some(timestamp(1_554_076_800)),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     client
-        .delete_batch(batch_history::proto::DeleteBatchRequest {
+        .delete_batch(DeleteBatchRequest {
             batch_id: "march-b".into(),
             ..Default::default()
         })
@@ -678,10 +681,10 @@ async fn months_loaded_whole_serve_as_any_other() {
         .unwrap();
     assert_eq!(
         (deleted.kind(), deleted.batch.unwrap().batch_id.as_str()),
-        (batch_history::proto::batch_event::Kind::Deleted, "march-b")
+        (EventKind::Deleted, "march-b")
     );
     let stats = client
-        .get_batch_stats(batch_history::proto::GetBatchStatsRequest::default())
+        .get_batch_stats(GetBatchStatsRequest::default())
         .await
         .unwrap()
         .into_inner();
