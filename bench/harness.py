@@ -140,19 +140,18 @@ def pgbench_round(op, clients, rows, seconds, database, postmaster):
     before = postgres_cpu(postmaster)
     # Each transaction's latency is logged, for percentiles comparable
     # with loadgen's.
-    logs = tempfile.TemporaryDirectory()
-    pgbench = subprocess.Popen(
-        ["pgbench", "-n", "-M", "prepared", "-c", str(clients),
-         "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
-         "-l", "--log-prefix", f"{logs.name}/latency",
-         "-D", f"seeded={rows}", "-D", f"deep={min(rows, DEEPEST)}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out, _, status, client_cpu = finish(pgbench)
-    latencies = sorted(int(line.split()[2]) / 1000
-                       for log in Path(logs.name).iterdir() for line in log.open())
-    logs.cleanup()
-    if status:
-        sys.exit(f"pgbench failed ({status}) on {op}")
+    with tempfile.TemporaryDirectory() as logs:
+        pgbench = subprocess.Popen(
+            ["pgbench", "-n", "-M", "prepared", "-c", str(clients),
+             "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
+             "-l", "--log-prefix", f"{logs}/latency",
+             "-D", f"seeded={rows}", "-D", f"deep={min(rows, DEEPEST)}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        out, _, status, client_cpu = finish(pgbench)
+        if status:
+            sys.exit(f"pgbench failed ({status}) on {op}")
+        latencies = sorted(int(line.split()[2]) / 1000
+                           for log in Path(logs).iterdir() for line in log.open())
     # pgbench's backends have exited by now: the postmaster has reaped them.
     time.sleep(0.2)
     processed = next(int(line.split(":")[1].split("/")[0])
