@@ -19,7 +19,9 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::store::DatabaseConfig;
-use crate::store::{self, BulkLoad, LoadOutcome, MigrateError, OnConflict, StoreError};
+use crate::store::{
+    self, BulkLoad, LoadOutcome, MigrateError, OnConflict, StagedRows, StoreError,
+};
 
 pub use legacy::{ReadError, parse_legacy_time};
 
@@ -180,8 +182,9 @@ pub enum ImportError {
     Reader(#[from] tokio::task::JoinError),
 }
 
-/// Batches read ahead of the database: enough to keep both busy.
-const READ_AHEAD: usize = 1_024;
+/// Chunks of encoded batches read ahead of the database (of about 1 MiB
+/// each): enough to keep both busy.
+const READ_AHEAD: usize = 8;
 
 /// Migrates, then reads and checks the whole history while streaming it
 /// into a staging table, and writes it in one transaction unless a row is
@@ -251,28 +254,40 @@ pub async fn import_history(
     })
 }
 
-/// Reads the file on a thread of its own, the load writing what it has
-/// read meanwhile.
+/// Reads the file and encodes its batches on a thread of its own, the load
+/// staging what has been read meanwhile.
 async fn read_sqlite(
     path: &std::path::Path,
     zone: &TimeZone,
     load: &mut BulkLoad,
 ) -> Result<legacy::Mapped, ImportError> {
-    let (sender, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let (sender, mut chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = {
         let (path, zone) = (path.to_owned(), zone.clone());
         tokio::task::spawn_blocking(move || {
-            legacy::read(&path, &zone, |batch| sender.blocking_send(batch).is_ok())
+            let mut rows = StagedRows::default();
+            let mut encoded = Ok(());
+            let mapped = legacy::read(&path, &zone, |batch| {
+                encoded = rows.push(&batch);
+                encoded.is_ok()
+                    && rows
+                        .full_chunk()
+                        .is_none_or(|chunk| sender.blocking_send(chunk).is_ok())
+            })?;
+            encoded?;
+            // Unsent only if the load has stopped listening, which it reports.
+            let _ = sender.blocking_send(rows.take());
+            Ok::<_, ImportError>(mapped)
         })
     };
-    while let Some(batch) = batches.recv().await {
-        if let Err(error) = load.write(&batch).await {
-            // Stops the reader at its next batch.
-            drop(batches);
+    while let Some(chunk) = chunks.recv().await {
+        if let Err(error) = load.stage(chunk).await {
+            // Stops the reader at its next chunk.
+            drop(chunks);
             return Err(error.into());
         }
     }
-    Ok(reader.await??)
+    reader.await?
 }
 
 /// Streams the table from the dashboard's PostgreSQL (read only: one
@@ -314,6 +329,7 @@ async fn read_postgres(
         .map_err(failed)?;
     futures_util::pin_mut!(rows);
     let mut reader = legacy::Reader::new(zone);
+    let mut staged = StagedRows::default();
     while let Some(row) = rows.try_next().await.map_err(failed)? {
         let texts: Vec<Option<&str>> = (1..legacy::COLUMNS).map(|i| row.get(i)).collect();
         let mut cells = [legacy::Cell::Null; legacy::COLUMNS];
@@ -322,9 +338,13 @@ async fn read_postgres(
             *cell = text.map_or(legacy::Cell::Null, |t| legacy::Cell::Text(t.as_bytes()));
         }
         if let Some(batch) = reader.row(&cells) {
-            load.write(&batch).await?;
+            staged.push(&batch)?;
+            if let Some(chunk) = staged.full_chunk() {
+                load.stage(chunk).await?;
+            }
         }
     }
+    load.stage(staged.take()).await?;
     Ok(reader.mapped)
 }
 

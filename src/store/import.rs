@@ -4,7 +4,13 @@
 
 use std::pin::Pin;
 
-use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Json};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::{
+    CopyInSink,
+    error::SqlState,
+    types::{Json, ToSql},
+};
 
 use super::DatabaseConfig;
 use super::StoreError;
@@ -89,14 +95,29 @@ macro_rules! digest {
     };
 }
 
-/// Sorts every staged batch (s) by what is stored under its id (b) and what
-/// an earlier import recorded of it (i). A batch whose content is what was
-/// imported before is never a conflict, however the service changed it
-/// since; `shifted` marks stored batches that differ from the staged one
-/// only in their times, by whole hours.
+/// Imports one at a time: each sees what the one before committed, so
+/// `batch_imports` has one writer. Months the history lacks are loaded
+/// whole (migration V14): into months of `import_months`, which has no
+/// indexes, then moved into the batches, whose indexes ATTACH then builds
+/// in one sorted pass each. The lock, held to the end, also keeps any other
+/// session from adding one of those months meanwhile. Writes go on.
+const LOCK_AND_PREPARE_MONTHS: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
+    CREATE TABLE import_months (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+        PARTITION BY RANGE (start_time);
+    -- Counted in the daily totals as the batches' writes are.
+    CREATE TRIGGER import_months_totals AFTER INSERT ON import_months
+        REFERENCING NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION batch_totals_record()";
+
+/// Sorts every staged batch (s) by what is stored under its id (b, found
+/// through the id's registration r) and what an earlier import recorded of
+/// it (i). A batch whose content is what was imported before is never a
+/// conflict, however the service changed it since; `shifted` marks stored
+/// batches that differ from the staged one only in their times, by whole
+/// hours.
 const CLASSIFY: &str = concat!(
     "CREATE TEMPORARY TABLE import_classes ON COMMIT DROP AS
-    SELECT batch_id, digest,
+    SELECT s.batch_id, s.start_time, digest, i.batch_id IS NOT NULL AS recorded,
         CASE
             WHEN i.batch_id IS NOT NULL AND i.content_digest <> digest THEN 'conflict'
             WHEN b.batch_id IS NULL AND i.batch_id IS NOT NULL THEN 'changed'
@@ -118,44 +139,33 @@ const CLASSIFY: &str = concat!(
     FROM (SELECT *, ",
     digest!("import_batches"),
     " AS digest FROM import_batches) s
-    LEFT JOIN batches b USING (batch_id)
-    LEFT JOIN batch_imports i USING (batch_id)"
+    LEFT JOIN batch_ids r ON r.batch_id = s.batch_id
+    LEFT JOIN batches b ON b.start_time = r.start_time AND b.batch_id = r.batch_id
+    LEFT JOIN batch_imports i ON i.batch_id = s.batch_id"
 );
 
 /// How many staged batches fell in each class, and how many conflicts
-/// differ by whole hours.
+/// differ by whole hours. A batch a call created with one of the file's
+/// ids while it was being imported is a conflict too: the import did not
+/// compare it.
 const COUNT_CLASSES: &str = "SELECT
+        count(*) FILTER (WHERE class = 'new'),
         count(*) FILTER (WHERE class = 'present'),
         count(*) FILTER (WHERE class = 'changed'),
         count(*) FILTER (WHERE class = 'conflict' AND shifted),
-        coalesce(array_agg(batch_id ORDER BY batch_id) FILTER (WHERE class = 'conflict'), '{}')
+        coalesce(array_agg(batch_id ORDER BY batch_id)
+            FILTER (WHERE class IN ('conflict', 'taken')), '{}')
     FROM import_classes";
-
-/// Months the history lacks are loaded whole (migration V14): into months
-/// of this table, which has no indexes, then moved into the batches, whose
-/// indexes ATTACH then builds in one sorted pass each. The lock, held to the
-/// end, keeps any other session from adding one of those months meanwhile
-/// (and a second import waits here for the first).
-const LOAD_WHOLE_MONTHS: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
-    CREATE TABLE import_months (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
-        PARTITION BY RANGE (start_time);
-    -- Counted in the daily totals as the batches' writes are.
-    CREATE TRIGGER import_months_totals AFTER INSERT ON import_months
-        REFERENCING NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION batch_totals_record()";
 
 /// Adds the months the new batches start in that the history lacks, to
 /// `import_months`, and remembers which they are.
 const ADD_MONTHS: &str = "CREATE TEMPORARY TABLE import_new_months ON COMMIT DROP AS
     SELECT month FROM (
-        SELECT DISTINCT date_trunc('month', s.start_time, 'UTC') AS month
-        FROM import_batches s JOIN import_classes c USING (batch_id)
-        WHERE c.class = 'new'
+        SELECT DISTINCT date_trunc('month', start_time, 'UTC') AS month
+        FROM import_classes
+        WHERE class = 'new'
     ) months
     WHERE batches_add_month(month, 'import_months')";
-
-/// Moves the loaded months into the batches.
-const MOVE_MONTHS: &str = "SELECT batches_move_months('import_months'); DROP TABLE import_months";
 
 /// Clears the ids of the new batches that are registered to no batch (their
 /// month was dropped whole, and the upkeep has yet to clear them).
@@ -164,55 +174,151 @@ const FORGET_STALE_IDS: &str = "DELETE FROM batch_ids i USING import_classes c
       AND NOT EXISTS (
           SELECT FROM batches b WHERE b.start_time = i.start_time AND b.batch_id = i.batch_id)";
 
-/// Writes the new batches and records what this import holds true of every
-/// batch it wrote or found as it is in the file; returns how many it wrote.
-const INSERT: &str = "WITH registered AS (
+/// Registers the ids of the new batches, in key order, which grows the
+/// index at its right edge. Fails if a call created one of them since they
+/// were sorted: twice as fast as checking each id (ON CONFLICT) for a race
+/// that is rare.
+const REGISTER: &str = "INSERT INTO batch_ids (batch_id, start_time)
+    SELECT batch_id, start_time FROM import_classes WHERE class = 'new'
+    ORDER BY batch_id";
+
+/// [`REGISTER`] when it lost that race: registers the ids no call took
+/// meanwhile and marks the others taken.
+const REGISTER_UNTAKEN: &str = "WITH registered AS (
         INSERT INTO batch_ids (batch_id, start_time)
-        SELECT s.batch_id, s.start_time FROM import_batches s JOIN import_classes c USING (batch_id)
-        WHERE c.class = 'new'
-        -- In key order, which grows the index at its right edge.
-        ORDER BY s.batch_id
-        -- Registered since the batches were sorted: another call created it.
-        ON CONFLICT (batch_id) DO NOTHING
-        RETURNING batch_id
-    ), into_history AS (
-        INSERT INTO batches
-        SELECT s.* FROM import_batches s JOIN registered USING (batch_id)
-        WHERE date_trunc('month', s.start_time, 'UTC') NOT IN (SELECT month FROM import_new_months)
-        -- In the order of the start time indexes, which then grow at their
-        -- right edge: half the time of inserting in the file's order.
-        ORDER BY s.start_time, s.batch_id
-        RETURNING batch_id
-    ), into_new_months AS (
-        INSERT INTO import_months
-        SELECT s.* FROM import_batches s JOIN registered USING (batch_id)
-        WHERE date_trunc('month', s.start_time, 'UTC') IN (SELECT month FROM import_new_months)
-        -- Stored as listings read them.
-        ORDER BY s.start_time, s.batch_id
-        RETURNING batch_id
-    ), inserted AS (
-        SELECT batch_id FROM into_history UNION ALL SELECT batch_id FROM into_new_months
-    ), recorded AS (
-        INSERT INTO batch_imports (batch_id, content_digest)
-        SELECT batch_id, digest FROM import_classes WHERE class = 'present'
-        UNION ALL
-        SELECT batch_id, digest FROM inserted JOIN import_classes USING (batch_id)
-        -- In key order, for the same reason: a third of this insert's time.
+        SELECT batch_id, start_time FROM import_classes WHERE class = 'new'
         ORDER BY batch_id
         ON CONFLICT (batch_id) DO NOTHING
+        RETURNING batch_id
     )
-    SELECT count(*) FROM inserted";
+    UPDATE import_classes SET class = 'taken'
+    WHERE class = 'new' AND batch_id NOT IN (SELECT batch_id FROM registered)";
+
+/// Writes the registered batches, and records what this import holds true
+/// of every batch it wrote or found as it is in the file.
+const WRITE: &str = "INSERT INTO batches
+    SELECT s.* FROM import_batches s
+    WHERE s.batch_id IN (
+        SELECT batch_id FROM import_classes
+        WHERE class = 'new'
+          AND date_trunc('month', start_time, 'UTC') NOT IN (SELECT month FROM import_new_months))
+    -- In the order of the start time indexes, which then grow at their
+    -- right edge: half the time of inserting in the file's order.
+    ORDER BY s.start_time, s.batch_id;
+
+    -- In the file's order: ATTACH sorts for each index anyway.
+    INSERT INTO import_months
+    SELECT s.* FROM import_batches s
+    WHERE s.batch_id IN (
+        SELECT batch_id FROM import_classes
+        WHERE class = 'new'
+          AND date_trunc('month', start_time, 'UTC') IN (SELECT month FROM import_new_months));
+
+    INSERT INTO batch_imports (batch_id, content_digest)
+    SELECT batch_id, digest FROM import_classes
+    WHERE class = 'new' OR (class = 'present' AND NOT recorded)
+    -- In key order, for the same reason as the ids: a third of this
+    -- insert's time.
+    ORDER BY batch_id";
+
+/// Moves the loaded months into the batches.
+const MOVE_MONTHS: &str = "SELECT batches_move_months('import_months'); DROP TABLE import_months";
 
 /// A bulk load in progress: a transaction on a dedicated connection with a
-/// binary COPY into the staging table open. Batches stream in with
-/// [`BulkLoad::write`]; [`BulkLoad::finish`] writes those not stored yet, and
-/// dropping the load without finishing it writes nothing.
+/// binary COPY into the staging table open. Rows encoded by [`StagedRows`]
+/// stream in with [`BulkLoad::stage`]; [`BulkLoad::finish`] writes the
+/// batches not stored yet, and dropping the load without finishing it
+/// writes nothing.
 pub struct BulkLoad {
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
-    writer: Pin<Box<BinaryCopyInWriter>>,
+    sink: Pin<Box<CopyInSink<Bytes>>>,
     /// Batches written to the staging table so far.
     staged: u64,
+}
+
+/// Starts PostgreSQL's binary COPY format: signature, flags, no extension.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Ends the binary COPY: a field count of -1.
+const COPY_TRAILER: &[u8] = &[0xff, 0xff];
+
+/// Batches encoded as rows of the staging table's binary COPY, a chunk at a
+/// time, so that encoding can run on the thread that reads them and the
+/// connection is woken once per chunk, not once per row.
+#[derive(Default)]
+pub struct StagedRows {
+    encoded: BytesMut,
+    rows: u64,
+}
+
+/// A chunk of [`StagedRows`], ready to send.
+pub struct StagedChunk {
+    encoded: Bytes,
+    rows: u64,
+}
+
+impl StagedRows {
+    /// Size at which a chunk is worth sending.
+    const CHUNK_BYTES: usize = 1 << 20;
+
+    /// Encodes one batch.
+    pub(crate) fn push(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let values: [&(dyn ToSql + Sync); 20] = [
+            &batch.batch_id.as_str(),
+            &batch.state.as_str(),
+            &batch.provider,
+            &batch.model,
+            &batch.current_model,
+            &batch.topic_filter,
+            &batch.difficulty_filter,
+            &batch.reasoning_instruction,
+            &batch.target_count,
+            &batch.samples_generated,
+            &batch.total_tokens,
+            &Json(&batch.errors),
+            &batch.error_count,
+            &Json(&batch.model_switches),
+            &Json(&batch.metadata),
+            &batch.start_time,
+            &batch.end_time,
+            &batch.update_time,
+            &batch.version,
+            &Json(&batch.labels),
+        ];
+        self.encoded.put_i16(COLUMN_TYPES.len() as i16);
+        for (value, column_type) in values.into_iter().zip(COLUMN_TYPES) {
+            let at = self.encoded.len();
+            self.encoded.put_i32(0);
+            let length = match value
+                .to_sql_checked(column_type, &mut self.encoded)
+                .map_err(|e| StoreError::internal("encoding a batch to stage", e))?
+            {
+                tokio_postgres::types::IsNull::Yes => -1,
+                tokio_postgres::types::IsNull::No => {
+                    i32::try_from(self.encoded.len() - at - 4).map_err(|e| {
+                        StoreError::internal("encoding a batch to stage", e)
+                    })?
+                }
+            };
+            self.encoded[at..at + 4].copy_from_slice(&length.to_be_bytes());
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// The rows encoded so far, once they are worth sending.
+    pub(crate) fn full_chunk(&mut self) -> Option<StagedChunk> {
+        (self.encoded.len() >= Self::CHUNK_BYTES).then(|| self.take())
+    }
+
+    /// The rows encoded so far.
+    pub(crate) fn take(&mut self) -> StagedChunk {
+        StagedChunk {
+            encoded: self.encoded.split().freeze(),
+            rows: std::mem::take(&mut self.rows),
+        }
+    }
 }
 
 impl BulkLoad {
@@ -241,43 +347,22 @@ impl BulkLoad {
             )
             .await?;
         client.batch_execute(STAGE).await?;
-        let sink = client.copy_in(COPY_TO_STAGE).await?;
+        let mut sink = Box::pin(client.copy_in(COPY_TO_STAGE).await?);
+        sink.send(Bytes::from_static(COPY_HEADER)).await?;
         Ok(Self {
             client,
             connection,
-            writer: Box::pin(BinaryCopyInWriter::new(sink, COLUMN_TYPES)),
+            sink,
             staged: 0,
         })
     }
 
-    /// Stages one batch.
-    pub(crate) async fn write(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        self.writer
-            .as_mut()
-            .write(&[
-                &batch.batch_id.as_str(),
-                &batch.state.as_str(),
-                &batch.provider,
-                &batch.model,
-                &batch.current_model,
-                &batch.topic_filter,
-                &batch.difficulty_filter,
-                &batch.reasoning_instruction,
-                &batch.target_count,
-                &batch.samples_generated,
-                &batch.total_tokens,
-                &Json(&batch.errors),
-                &batch.error_count,
-                &Json(&batch.model_switches),
-                &Json(&batch.metadata),
-                &batch.start_time,
-                &batch.end_time,
-                &batch.update_time,
-                &batch.version,
-                &Json(&batch.labels),
-            ])
-            .await?;
-        self.staged += 1;
+    /// Stages a chunk of batches.
+    pub(crate) async fn stage(&mut self, chunk: StagedChunk) -> Result<(), StoreError> {
+        if !chunk.encoded.is_empty() {
+            self.sink.send(chunk.encoded).await?;
+        }
+        self.staged += chunk.rows;
         Ok(())
     }
 
@@ -288,37 +373,35 @@ impl BulkLoad {
         mut self,
         commit: impl FnOnce(&LoadOutcome) -> bool,
     ) -> Result<LoadOutcome, StoreError> {
-        self.writer.as_mut().finish().await?;
+        self.sink.send(Bytes::from_static(COPY_TRAILER)).await?;
+        self.sink.as_mut().finish().await?;
         tracing::info!(rows = self.staged, "staged");
 
+        self.client.batch_execute(LOCK_AND_PREPARE_MONTHS).await?;
         // Statistics, so that the statements below join by hashing.
-        self.client.batch_execute("ANALYZE import_batches").await?;
+        self.client.batch_execute("ANALYZE import_batches (batch_id)").await?;
         self.client.batch_execute(CLASSIFY).await?;
         self.client.batch_execute("ANALYZE import_classes").await?;
+        self.client.batch_execute(ADD_MONTHS).await?;
+        self.client.batch_execute(FORGET_STALE_IDS).await?;
+        self.register().await?;
+        self.client.batch_execute(WRITE).await?;
         let counts = self.client.query_one(COUNT_CLASSES, &[]).await?;
         let count = |index| Ok::<_, StoreError>(counts.try_get::<_, i64>(index)?.unsigned_abs());
         let mut outcome = LoadOutcome {
-            already_present: count(0)?,
-            changed_since_import: count(1)?,
-            conflicts_shifted_by_hours: count(2)?,
+            imported: count(0)?,
+            already_present: count(1)?,
+            changed_since_import: count(2)?,
+            conflicts_shifted_by_hours: count(3)?,
             conflicts: counts
-                .try_get::<_, Vec<String>>(3)?
+                .try_get::<_, Vec<String>>(4)?
                 .into_iter()
                 .map(|id| {
                     BatchId::parse(id).map_err(|e| StoreError::internal("reading a staged id", e))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            ..LoadOutcome::default()
+            committed: false,
         };
-        self.client.batch_execute(LOAD_WHOLE_MONTHS).await?;
-        self.client.batch_execute(ADD_MONTHS).await?;
-        self.client.batch_execute(FORGET_STALE_IDS).await?;
-        outcome.imported = self
-            .client
-            .query_one(INSERT, &[])
-            .await?
-            .try_get::<_, i64>(0)?
-            .unsigned_abs();
         self.client.batch_execute(MOVE_MONTHS).await?;
         tracing::info!(
             imported = outcome.imported,
@@ -337,13 +420,29 @@ impl BulkLoad {
         Ok(outcome)
     }
 
+    /// Registers the new batches' ids, leaving out any a call took since
+    /// they were sorted.
+    async fn register(&self) -> Result<(), StoreError> {
+        self.client.batch_execute("SAVEPOINT register").await?;
+        match self.client.batch_execute(REGISTER).await {
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                self.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT register")
+                    .await?;
+                self.client.batch_execute(REGISTER_UNTAKEN).await?;
+                Ok(())
+            }
+            registered => Ok(registered?),
+        }
+    }
+
     /// Gives up: nothing is written.
     pub(crate) async fn abandon(self) {
         self.close().await;
     }
 
     async fn close(self) {
-        drop(self.writer);
+        drop(self.sink);
         drop(self.client);
         // The connection task ends once the client is gone; its result adds nothing.
         let _ = self.connection.await;

@@ -47,7 +47,7 @@ pub use changes::{CHANGES_KEPT, ChangeLog, ChangeLogMarks, DeletedBatch, Notice}
 use connection::Connection;
 pub use connection::{Pooling, connect_dedicated, detect_pooling};
 pub(crate) use error::{Counter, StoreError, database_errors};
-pub use import::{BulkLoad, LoadOutcome, OnConflict};
+pub use import::{BulkLoad, LoadOutcome, OnConflict, StagedRows};
 use lanes::{Lane, Primary, ReplicaFirst};
 pub use migrate::{MIGRATION_LOCK_KEY, MigrateError, migrate, set_up};
 use params::Bind;
