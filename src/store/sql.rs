@@ -358,8 +358,7 @@ statement! {
     /// statement, they left the planner every month to join: at 100M
     /// batches it took over 5 s with no month to clear.
     pub(crate) struct ForgetDroppedIds { first: Timestamp, next: Timestamp, limit: i64 }
-        = concat!(
-        "WITH doomed AS (
+        = "WITH doomed AS (
         SELECT i.batch_id FROM batch_ids i
         WHERE i.start_time >= :first AND i.start_time < :next
           AND NOT EXISTS (SELECT FROM batches b
@@ -372,8 +371,7 @@ statement! {
           -- Kept while its table waits to be dropped, which it names.
           AND detached IS NULL
     )
-    DELETE FROM batch_ids WHERE batch_id IN (SELECT batch_id FROM doomed)"
-    );
+    DELETE FROM batch_ids WHERE batch_id IN (SELECT batch_id FROM doomed)";
 }
 
 statement! {

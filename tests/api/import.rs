@@ -563,6 +563,70 @@ async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
     assert_eq!(stored_count(&app).await, 151);
 }
 
+/// A call that registers one of the file's ids after the import sorted
+/// the file, and before the import registers it, makes that batch a
+/// conflict: the rest imports, and nothing is written twice.
+#[tokio::test]
+async fn an_id_taken_while_importing_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(40, 11);
+    let taken: String = rusqlite::Connection::open(&file.0)
+        .unwrap()
+        .query_row("SELECT batch_id FROM batch_history WHERE id = 9", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    // Uncommitted, so the import's sorting does not see it, and its
+    // registering waits for this session to end.
+    let rival = app.db.client().await;
+    rival
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO batch_ids VALUES ('{taken}', '2025-01-01T00:00:00Z')"
+        ))
+        .await
+        .unwrap();
+    let watcher = app.db.client().await;
+    let commit_once_waited_on = async {
+        loop {
+            let waiting: bool = watcher
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO batch_ids%')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rival.batch_execute("COMMIT").await.unwrap();
+    };
+    let (report, ()) = tokio::join!(
+        import(&app, &file, OnConflict::Skip, false),
+        commit_once_waited_on
+    );
+
+    assert!(report.succeeded(), "{}", report.to_text());
+    assert_eq!(report.conflicts, vec![taken.clone()]);
+    assert_eq!(report.imported, 39);
+    assert_adds_up(&report);
+    assert_eq!(stored_count(&app).await, 39);
+    assert_eq!(app.db.count_rows("batch_imports").await, 39);
+    let client = app.db.client().await;
+    let rival_kept: i64 = client
+        .query_one(
+            "SELECT count(*) FROM batch_ids WHERE batch_id = $1 AND start_time = '2025-01-01T00:00:00Z'",
+            &[&taken],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rival_kept, 1, "the rival's registration stands");
+}
+
 /// Months the history lacks are loaded apart, without indexes, and moved
 /// in whole (migration V14); once in, they must serve as any other month.
 #[tokio::test]
