@@ -19,9 +19,7 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::store::DatabaseConfig;
-use crate::store::{
-    self, BulkLoad, LoadOutcome, MigrateError, OnConflict, StagedRows, StoreError,
-};
+use crate::store::{self, BulkLoad, LoadOutcome, MigrateError, OnConflict, StagedRows, StoreError};
 
 pub use legacy::{ReadError, parse_legacy_time};
 

@@ -49,7 +49,18 @@ pub struct LoadOutcome {
     pub(crate) committed: bool,
 }
 
-const STAGE: &str = "CREATE TEMPORARY TABLE import_batches (LIKE batches) ON COMMIT DROP";
+/// Imports run one at a time: each sees what the one before committed, so
+/// `batch_imports` has one writer, and the staging table's name is free.
+/// The lock, held to the end, also keeps any other session from adding a
+/// month the import loads whole (see [`PREPARE_MONTHS`]). Writes go on.
+///
+/// The staging table is unlogged, not temporary, so that sorting its
+/// batches (whose digests are most of the work) runs in parallel: half
+/// the time on two cores. Created in the import's transaction, it goes
+/// with it if the import is rolled back or dies, and is dropped before it
+/// commits.
+const STAGE: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
+    CREATE UNLOGGED TABLE import_batches (LIKE batches)";
 
 /// A batch's content, as the digest an import compares and remembers, of
 /// the row `$t`. Update time and version are not content: they only say when
@@ -95,14 +106,11 @@ macro_rules! digest {
     };
 }
 
-/// Imports one at a time: each sees what the one before committed, so
-/// `batch_imports` has one writer. Months the history lacks are loaded
-/// whole (migration V14): into months of `import_months`, which has no
-/// indexes, then moved into the batches, whose indexes ATTACH then builds
-/// in one sorted pass each. The lock, held to the end, also keeps any other
-/// session from adding one of those months meanwhile. Writes go on.
-const LOCK_AND_PREPARE_MONTHS: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
-    CREATE TABLE import_months (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+/// Months the history lacks are loaded whole (migration V14): into months
+/// of `import_months`, which has no indexes, then moved into the batches,
+/// whose indexes ATTACH then builds in one sorted pass each.
+const PREPARE_MONTHS: &str = "CREATE TABLE import_months
+        (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
         PARTITION BY RANGE (start_time);
     -- Counted in the daily totals as the batches' writes are.
     CREATE TRIGGER import_months_totals AFTER INSERT ON import_months
@@ -221,8 +229,10 @@ const WRITE: &str = "INSERT INTO batches
     -- insert's time.
     ORDER BY batch_id";
 
-/// Moves the loaded months into the batches.
-const MOVE_MONTHS: &str = "SELECT batches_move_months('import_months'); DROP TABLE import_months";
+/// Moves the loaded months into the batches, and drops what only the
+/// import needed.
+const MOVE_MONTHS: &str = "SELECT batches_move_months('import_months');
+    DROP TABLE import_months, import_batches";
 
 /// A bulk load in progress: a transaction on a dedicated connection with a
 /// binary COPY into the staging table open. Rows encoded by [`StagedRows`]
@@ -295,11 +305,8 @@ impl StagedRows {
                 .map_err(|e| StoreError::internal("encoding a batch to stage", e))?
             {
                 tokio_postgres::types::IsNull::Yes => -1,
-                tokio_postgres::types::IsNull::No => {
-                    i32::try_from(self.encoded.len() - at - 4).map_err(|e| {
-                        StoreError::internal("encoding a batch to stage", e)
-                    })?
-                }
+                tokio_postgres::types::IsNull::No => i32::try_from(self.encoded.len() - at - 4)
+                    .map_err(|e| StoreError::internal("encoding a batch to stage", e))?,
             };
             self.encoded[at..at + 4].copy_from_slice(&length.to_be_bytes());
         }
@@ -338,12 +345,15 @@ impl BulkLoad {
         // Watchers are not told of each imported row (see migration V2).
         // Sorts, joins and index builds over millions of rows stay in
         // memory longer: 10M legacy rows took 479 s against 602 s with the
-        // defaults (docs/PERFORMANCE.md).
+        // defaults (docs/PERFORMANCE.md). The planner prices a digest like
+        // a comparison, so it would sort the batches on one core only to
+        // save handing a million rows over from the workers.
         client
             .batch_execute(
                 "SET LOCAL batch_history.bulk_load = 'on'; \
                  SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; \
-                 SET LOCAL work_mem = '256MB'; SET LOCAL maintenance_work_mem = '1GB'",
+                 SET LOCAL work_mem = '256MB'; SET LOCAL maintenance_work_mem = '1GB'; \
+                 SET LOCAL parallel_tuple_cost = 0.01",
             )
             .await?;
         client.batch_execute(STAGE).await?;
@@ -377,9 +387,11 @@ impl BulkLoad {
         self.sink.as_mut().finish().await?;
         tracing::info!(rows = self.staged, "staged");
 
-        self.client.batch_execute(LOCK_AND_PREPARE_MONTHS).await?;
+        self.client.batch_execute(PREPARE_MONTHS).await?;
         // Statistics, so that the statements below join by hashing.
-        self.client.batch_execute("ANALYZE import_batches (batch_id)").await?;
+        self.client
+            .batch_execute("ANALYZE import_batches (batch_id)")
+            .await?;
         self.client.batch_execute(CLASSIFY).await?;
         self.client.batch_execute("ANALYZE import_classes").await?;
         self.client.batch_execute(ADD_MONTHS).await?;
