@@ -9,7 +9,7 @@ use futures_util::SinkExt;
 use tokio_postgres::{
     CopyInSink,
     error::SqlState,
-    types::{Json, ToSql},
+    types::{IsNull, Json, ToSql},
 };
 
 use super::DatabaseConfig;
@@ -54,7 +54,7 @@ pub struct LoadOutcome {
 /// The lock, held to the end, also keeps any other session from adding a
 /// month the import loads whole (see [`PREPARE_MONTHS`]). Writes go on.
 ///
-/// The staging table is unlogged, not temporary, so that sorting its
+/// The staging table is unlogged, not temporary, so that classifying its
 /// batches (whose digests are most of the work) runs in parallel: half
 /// the time on two cores. Created in the import's transaction, it goes
 /// with it if the import is rolled back or dies, and is dropped before it
@@ -262,7 +262,9 @@ const COPY_TRAILER: &[u8] = &[0xff, 0xff];
 
 /// Batches encoded as rows of the staging table's binary COPY, a chunk at a
 /// time, so that encoding can run on the thread that reads them and the
-/// connection is woken once per chunk, not once per row.
+/// connection is woken once per chunk, not once per row. tokio-postgres's
+/// `BinaryCopyInWriter` encodes the same format, but only inside the async
+/// COPY, flushing every 4 kB.
 #[derive(Default)]
 pub struct StagedRows {
     encoded: BytesMut,
@@ -281,7 +283,9 @@ impl StagedRows {
 
     /// Encodes one batch.
     pub(crate) fn push(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        let values: [&(dyn ToSql + Sync); 20] = [
+        // One value per column: a column added to the COPY without its value
+        // here does not compile.
+        let values: [&(dyn ToSql + Sync); COLUMN_TYPES.len()] = [
             &batch.batch_id.as_str(),
             &batch.state.as_str(),
             &batch.provider,
@@ -311,8 +315,8 @@ impl StagedRows {
                 .to_sql_checked(column_type, &mut self.encoded)
                 .map_err(|e| StoreError::internal("encoding a batch to stage", e))?
             {
-                tokio_postgres::types::IsNull::Yes => -1,
-                tokio_postgres::types::IsNull::No => i32::try_from(self.encoded.len() - at - 4)
+                IsNull::Yes => -1,
+                IsNull::No => i32::try_from(self.encoded.len() - at - 4)
                     .map_err(|e| StoreError::internal("encoding a batch to stage", e))?,
             };
             self.encoded[at..at + 4].copy_from_slice(&length.to_be_bytes());
