@@ -2,7 +2,7 @@
 //! or from the PostgreSQL database its `DATABASE_URL` named, and mapped onto
 //! the Batch resource.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use jiff::{
@@ -19,6 +19,12 @@ use crate::domain::{
     MAX_KEPT_ERRORS, MAX_KEPT_SWITCH_BYTES, MAX_KEPT_SWITCHES, ModelSwitch, NonNegative, Prose,
     State, keep_newest,
 };
+
+/// Every row's start time, for the months pass.
+const SELECT_STARTS: &str = "SELECT started_at FROM batch_history";
+
+/// The same from PostgreSQL.
+pub(super) const SELECT_STARTS_POSTGRES: &str = "SELECT started_at::text FROM batch_history";
 
 /// Columns of `batch_history`, in the order the queries below select them.
 const SELECT: &str = "SELECT id, batch_id, started_at, completed_at, model, topic_filter, \
@@ -220,47 +226,115 @@ pub(crate) struct Mapped {
     pub(crate) skipped_times: u64,
 }
 
-/// Reads and maps every row of `path`'s `batch_history`, interpreting times
-/// without an offset in `zone`, and hands each batch that has no problem to
-/// `deliver`. Stops early if `deliver` returns false. The file is opened
-/// read-only.
-pub(crate) fn read(
-    path: &Path,
-    zone: &TimeZone,
-    mut deliver: impl FnMut(Batch) -> bool,
-) -> Result<Mapped, ReadError> {
-    let shown = path.display().to_string();
-    let opened = open(path)?;
-    let connection = &opened.connection;
-    let has_table = connection
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'batch_history'",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
-        .map_err(|source| ReadError::Open {
+/// The legacy dashboard's SQLite file, open for reading in one read
+/// transaction, so that its two passes (the months, then the batches) see
+/// the same rows.
+pub(crate) struct File {
+    opened: Opened,
+}
+
+impl File {
+    /// Opens `path` read-only, if it holds the dashboard's history.
+    pub(crate) fn open(path: &Path) -> Result<Self, ReadError> {
+        let shown = path.display().to_string();
+        let opened = open(path)?;
+        let failed = |source| ReadError::Open {
             path: shown.clone(),
             source,
-        })?;
-    if has_table == 0 {
-        return Err(ReadError::NoHistoryTable { path: shown });
+        };
+        let has_table = opened
+            .connection
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'batch_history'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(failed)?;
+        if has_table == 0 {
+            return Err(ReadError::NoHistoryTable { path: shown });
+        }
+        opened.connection.execute_batch("BEGIN").map_err(failed)?;
+        Ok(Self { opened })
     }
 
-    let mut reader = Reader::new(zone);
-    let mut statement = connection.prepare(SELECT)?;
-    let mut rows = statement.query([])?;
-    while let Some(row) = rows.next()? {
-        let mut cells = [Cell::Null; COLUMNS];
-        for (index, cell) in cells.iter_mut().enumerate() {
-            *cell = row.get_ref(index)?.into();
+    /// The months the batches start in, times without an offset read in
+    /// `zone`.
+    pub(crate) fn start_months(&self, zone: &TimeZone) -> Result<StartMonths, ReadError> {
+        let mut months = StartMonths::default();
+        let mut statement = self.opened.connection.prepare(SELECT_STARTS)?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            if let ValueRef::Text(text) = row.get_ref(0)? {
+                months.add(text, zone);
+            }
         }
-        if let Some(batch) = reader.row(&cells)
-            && !deliver(batch)
-        {
-            break;
+        Ok(months)
+    }
+
+    /// Reads and maps every row, and hands each batch that has no problem
+    /// to `deliver`. Stops early if `deliver` returns false.
+    pub(crate) fn read(
+        &self,
+        zone: &TimeZone,
+        mut deliver: impl FnMut(Batch) -> bool,
+    ) -> Result<Mapped, ReadError> {
+        let mut reader = Reader::new(zone);
+        let mut statement = self.opened.connection.prepare(SELECT)?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let mut cells = [Cell::Null; COLUMNS];
+            for (index, cell) in cells.iter_mut().enumerate() {
+                *cell = row.get_ref(index)?.into();
+            }
+            if let Some(batch) = reader.row(&cells)
+                && !deliver(batch)
+            {
+                break;
+            }
+        }
+        Ok(reader.mapped)
+    }
+}
+
+/// The months (first instants, UTC) that the batches of a history start
+/// in, by every reading of each start time: found in a pass of their own,
+/// so that the load makes room for the months it loads whole before the
+/// batches arrive (see `BulkLoad::begin`). A start time that cannot be read
+/// names no month: its row is invalid.
+#[derive(Debug, Default)]
+pub(crate) struct StartMonths {
+    months: BTreeSet<Timestamp>,
+}
+
+impl StartMonths {
+    /// Adds the months `started_at` may fall in.
+    pub(crate) fn add(&mut self, started_at: &[u8], zone: &TimeZone) {
+        let Some(time) = std::str::from_utf8(started_at)
+            .ok()
+            .and_then(|text| parse_legacy_time(text, zone).ok())
+        else {
+            return;
+        };
+        let (first, second) = match time {
+            LegacyTime::Exact(time) | LegacyTime::Skipped(time) => (time, None),
+            LegacyTime::Ambiguous { earlier, later } => (earlier, Some(later)),
+        };
+        for time in std::iter::once(first).chain(second) {
+            if let Ok(month) = time
+                .to_zoned(TimeZone::UTC)
+                .date()
+                .first_of_month()
+                .to_zoned(TimeZone::UTC)
+            {
+                self.months.insert(month.timestamp());
+            }
         }
     }
-    Ok(reader.mapped)
+
+    /// The months, in order.
+    pub(crate) fn into_vec(self) -> Vec<Timestamp> {
+        self.months.into_iter().collect()
+    }
 }
 
 /// Maps rows one at a time, keeping the tallies of the whole table.

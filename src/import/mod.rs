@@ -15,7 +15,7 @@ use std::{path::PathBuf, time::Instant};
 
 use futures_util::TryStreamExt;
 
-use jiff::tz::TimeZone;
+use jiff::{Timestamp, tz::TimeZone};
 use serde::Serialize;
 
 use crate::store::DatabaseConfig;
@@ -184,23 +184,19 @@ pub enum ImportError {
 /// each): enough to keep both busy.
 const READ_AHEAD: usize = 8;
 
-/// Migrates, then reads and checks the whole history while streaming it
-/// into a staging table, and writes it in one transaction unless a row is
-/// invalid.
+/// Migrates, reads the months the history's batches start in, then reads
+/// and checks the whole history while streaming it into the load, and
+/// writes it in one transaction unless a row is invalid.
 pub async fn import_history(
     options: &ImportOptions,
     database: &DatabaseConfig,
 ) -> Result<Report, ImportError> {
     let started = Instant::now();
     store::set_up(database).await?;
-    let mut load = BulkLoad::begin(database).await?;
-    let read = match &options.source {
-        Source::Sqlite(path) => read_sqlite(path, &options.source_timezone, &mut load).await,
-        Source::Postgres { config, shown } => {
-            read_postgres(config, shown, database, &options.source_timezone, &mut load).await
-        }
-    };
-    let mapped = match read {
+    let zone = &options.source_timezone;
+    let (history, months) = History::open(&options.source, zone, database).await?;
+    let mut load = BulkLoad::begin(database, &months).await?;
+    let mapped = match history.read(zone, &mut load).await {
         Ok(mapped) => mapped,
         Err(error) => {
             load.abandon().await;
@@ -235,7 +231,7 @@ pub async fn import_history(
         imported: outcome.imported,
         already_present: outcome.already_present,
         changed_since_import: outcome.changed_since_import,
-        hint: zone_hint(&outcome, &options.source_timezone),
+        hint: zone_hint(&outcome, zone),
         conflicts: outcome.conflicts.iter().map(ToString::to_string).collect(),
         invalid,
         problems: mapped.problems,
@@ -252,20 +248,110 @@ pub async fn import_history(
     })
 }
 
+/// A legacy history open for reading, in one snapshot: read twice, first
+/// for the months its batches start in, then for the batches.
+enum History {
+    Sqlite(legacy::File),
+    Postgres {
+        client: tokio_postgres::Client,
+        shown: String,
+    },
+}
+
+impl History {
+    /// Opens the history and reads the months its batches start in.
+    async fn open(
+        source: &Source,
+        zone: &TimeZone,
+        database: &DatabaseConfig,
+    ) -> Result<(Self, Vec<Timestamp>), ImportError> {
+        match source {
+            Source::Sqlite(path) => {
+                let (path, zone) = (path.to_owned(), zone.clone());
+                tokio::task::spawn_blocking(move || {
+                    let file = legacy::File::open(&path)?;
+                    let months = file.start_months(&zone)?;
+                    Ok((Self::Sqlite(file), months.into_vec()))
+                })
+                .await?
+            }
+            Source::Postgres { config, shown } => {
+                let failed = |source| ReadError::Postgres {
+                    path: shown.clone(),
+                    source,
+                };
+                let timeout = database.startup_timeout.max(database.timeout);
+                let (client, connection) =
+                    tokio::time::timeout(timeout, config.connect(store::connector()?))
+                        .await
+                        .map_err(|_| ReadError::Unreachable {
+                            path: shown.clone(),
+                            timeout,
+                        })?
+                        .map_err(failed)?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(failed)?;
+                let has_table: bool = client
+                    .query_one(legacy::HAS_TABLE_POSTGRES, &[])
+                    .await
+                    .map_err(failed)?
+                    .get(0);
+                if !has_table {
+                    return Err(ReadError::NoHistoryTable {
+                        path: shown.clone(),
+                    }
+                    .into());
+                }
+                let starts = client
+                    .query_raw(legacy::SELECT_STARTS_POSTGRES, std::iter::empty::<i64>())
+                    .await
+                    .map_err(failed)?;
+                futures_util::pin_mut!(starts);
+                let mut months = legacy::StartMonths::default();
+                while let Some(row) = starts.try_next().await.map_err(failed)? {
+                    if let Some(text) = row.get::<_, Option<&str>>(0) {
+                        months.add(text.as_bytes(), zone);
+                    }
+                }
+                let history = Self::Postgres {
+                    client,
+                    shown: shown.clone(),
+                };
+                Ok((history, months.into_vec()))
+            }
+        }
+    }
+
+    /// Reads and checks every batch into the load.
+    async fn read(
+        self,
+        zone: &TimeZone,
+        load: &mut BulkLoad,
+    ) -> Result<legacy::Mapped, ImportError> {
+        match self {
+            Self::Sqlite(file) => read_sqlite(file, zone, load).await,
+            Self::Postgres { client, shown } => read_postgres(&client, &shown, zone, load).await,
+        }
+    }
+}
+
 /// Reads the file and encodes its batches on a thread of its own, the load
 /// staging what has been read meanwhile.
 async fn read_sqlite(
-    path: &std::path::Path,
+    file: legacy::File,
     zone: &TimeZone,
     load: &mut BulkLoad,
 ) -> Result<legacy::Mapped, ImportError> {
     let (sender, mut chunks) = tokio::sync::mpsc::channel(READ_AHEAD);
     let reader = {
-        let (path, zone) = (path.to_owned(), zone.clone());
+        let zone = zone.clone();
         tokio::task::spawn_blocking(move || {
             let mut rows = StagedRows::default();
             let mut encoded = Ok(());
-            let mapped = legacy::read(&path, &zone, |batch| {
+            let mapped = file.read(&zone, |batch| {
                 encoded = rows.push(&batch);
                 encoded.is_ok()
                     && rows
@@ -288,12 +374,11 @@ async fn read_sqlite(
     reader.await?
 }
 
-/// Streams the table from the dashboard's PostgreSQL (read only: one
-/// SELECT) into the load.
+/// Streams the table from the dashboard's PostgreSQL into the load, in the
+/// read-only snapshot the months were read in.
 async fn read_postgres(
-    config: &tokio_postgres::Config,
+    client: &tokio_postgres::Client,
     shown: &str,
-    database: &DatabaseConfig,
     zone: &TimeZone,
     load: &mut BulkLoad,
 ) -> Result<legacy::Mapped, ImportError> {
@@ -301,26 +386,6 @@ async fn read_postgres(
         path: shown.to_owned(),
         source,
     };
-    let timeout = database.startup_timeout.max(database.timeout);
-    let (client, connection) = tokio::time::timeout(timeout, config.connect(store::connector()?))
-        .await
-        .map_err(|_| ReadError::Unreachable {
-            path: shown.to_owned(),
-            timeout,
-        })?
-        .map_err(failed)?;
-    tokio::spawn(connection);
-    let has_table: bool = client
-        .query_one(legacy::HAS_TABLE_POSTGRES, &[])
-        .await
-        .map_err(failed)?
-        .get(0);
-    if !has_table {
-        return Err(ReadError::NoHistoryTable {
-            path: shown.to_owned(),
-        }
-        .into());
-    }
     let rows = client
         .query_raw(legacy::SELECT_POSTGRES, std::iter::empty::<i64>())
         .await

@@ -1,11 +1,12 @@
 //! Bulk loading of whole batches (the SQLite importer's write side): one
-//! binary COPY into a staging table, then set-based statements, all in one
-//! transaction.
+//! binary COPY into the months the history lacks and a staging table for
+//! the others, then set-based statements, all in one transaction.
 
 use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
+use jiff::Timestamp;
 use tokio_postgres::{
     CopyInSink,
     error::SqlState,
@@ -50,17 +51,31 @@ pub struct LoadOutcome {
 }
 
 /// Imports run one at a time: each sees what the one before committed, so
-/// `batch_imports` has one writer, and the staging table's name is free.
-/// The lock, held to the end, also keeps any other session from adding a
-/// month the import loads whole (see [`PREPARE_MONTHS`]). Writes go on.
+/// `batch_imports` has one writer, and the load's table names are free. The
+/// lock, held to the end, also keeps any other session from adding a month
+/// the import loads whole. Writes go on.
 ///
-/// The staging table is unlogged, not temporary, so that classifying its
-/// batches (whose digests are most of the work) runs in parallel: half
-/// the time on two cores. Created in the import's transaction, it goes
-/// with it if the import is rolled back or dies, and is dropped before it
-/// commits.
+/// The batches arrive in one COPY into `import_months`, which routes each
+/// to its month: the months the history lacks are loaded whole (migration
+/// V14), straight into tables of their own without indexes, which then
+/// move into the batches, so their rows are written once; the batches of
+/// the months the history has are staged in `import_batches`, unlogged
+/// (it never outlives the import), and inserted from there.
+///
+/// These tables are not temporary, so that classifying their batches
+/// (whose digests are most of the work) runs in parallel: half the time on
+/// two cores. Created in the import's transaction, they go with it if the
+/// import is rolled back or dies, and are dropped before it commits.
 const STAGE: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
-    CREATE UNLOGGED TABLE import_batches (LIKE batches)";
+    CREATE TABLE import_months (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+        PARTITION BY RANGE (start_time);
+    CREATE UNLOGGED TABLE import_batches PARTITION OF import_months DEFAULT";
+
+/// Adds to `import_months` the months of `$1` that the history lacks,
+/// before any batch is staged: a month added later would have to be
+/// checked against every batch staged by then.
+const ADD_MONTHS: &str = "SELECT count(*) FILTER (WHERE batches_add_month(month, 'import_months'))
+    FROM unnest($1::timestamptz[]) month";
 
 /// A batch's content, as the digest an import compares and remembers, of
 /// the row `$t`. Update time and version are not content: they only say when
@@ -106,22 +121,16 @@ macro_rules! digest {
     };
 }
 
-/// Months the history lacks are loaded whole (migration V14): into months
-/// of `import_months`, which has no indexes, then moved into the batches,
-/// whose indexes ATTACH then builds in one sorted pass each.
-const PREPARE_MONTHS: &str = "CREATE TABLE import_months
-        (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
-        PARTITION BY RANGE (start_time)";
-
-/// Sorts every staged batch (s) by what is stored under its id (b, found
-/// through the id's registration r) and what an earlier import recorded of
-/// it (i). A batch whose content is what was imported before is never a
-/// conflict, however the service changed it since; `shifted` marks stored
-/// batches that differ from the staged one only in their times, by whole
-/// hours.
+/// Sorts every batch the load holds (s) by what is stored under its id (b,
+/// found through the id's registration r) and what an earlier import
+/// recorded of it (i). A batch whose content is what was imported before is
+/// never a conflict, however the service changed it since; `shifted` marks
+/// stored batches that differ from the staged one only in their times, by
+/// whole hours; `whole_month` those in a month loaded whole.
 const CLASSIFY: &str = concat!(
     "CREATE TEMPORARY TABLE import_classes ON COMMIT DROP AS
     SELECT s.batch_id, s.start_time, digest, i.batch_id IS NOT NULL AS recorded,
+        whole_month,
         CASE
             WHEN i.batch_id IS NOT NULL AND i.content_digest <> digest THEN 'conflict'
             WHEN b.batch_id IS NULL AND i.batch_id IS NOT NULL THEN 'changed'
@@ -141,35 +150,27 @@ const CLASSIFY: &str = concat!(
                  s.reasoning_instruction, s.target_count, s.samples_generated, s.total_tokens,
                  s.error_count) AS shifted
     FROM (SELECT *, ",
-    digest!("import_batches"),
-    " AS digest FROM import_batches) s
+    digest!("import_months"),
+    " AS digest, tableoid <> 'import_batches'::regclass AS whole_month
+          FROM import_months) s
     LEFT JOIN batch_ids r ON r.batch_id = s.batch_id
     LEFT JOIN batches b ON b.start_time = r.start_time AND b.batch_id = r.batch_id
     LEFT JOIN batch_imports i ON i.batch_id = s.batch_id"
 );
 
-/// How many staged batches fell in each class, and how many conflicts
-/// differ by whole hours. A batch a call created with one of the file's
-/// ids while it was being imported is a conflict too: the import did not
-/// compare it.
+/// How many batches fell in each class, how many conflicts differ by whole
+/// hours, and how many batches of the months loaded whole are not new. A
+/// batch a call created with one of the file's ids while it was being
+/// imported is a conflict too: the import did not compare it.
 const COUNT_CLASSES: &str = "SELECT
         count(*) FILTER (WHERE class = 'new'),
         count(*) FILTER (WHERE class = 'present'),
         count(*) FILTER (WHERE class = 'changed'),
         count(*) FILTER (WHERE class = 'conflict' AND shifted),
         coalesce(array_agg(batch_id ORDER BY batch_id)
-            FILTER (WHERE class IN ('conflict', 'taken')), '{}')
+            FILTER (WHERE class IN ('conflict', 'taken')), '{}'),
+        count(*) FILTER (WHERE whole_month AND class <> 'new')
     FROM import_classes";
-
-/// Adds the months the new batches start in that the history lacks, to
-/// `import_months`, and remembers which they are.
-const ADD_MONTHS: &str = "CREATE TEMPORARY TABLE import_new_months ON COMMIT DROP AS
-    SELECT month FROM (
-        SELECT DISTINCT date_trunc('month', start_time, 'UTC') AS month
-        FROM import_classes
-        WHERE class = 'new'
-    ) months
-    WHERE batches_add_month(month, 'import_months')";
 
 /// Clears the ids of the new batches that are registered to no batch (their
 /// month was dropped whole, and the upkeep has yet to clear them).
@@ -198,36 +199,17 @@ const REGISTER_UNTAKEN: &str = "WITH registered AS (
     UPDATE import_classes SET class = 'taken'
     WHERE class = 'new' AND batch_id NOT IN (SELECT batch_id FROM registered)";
 
-/// Writes the registered batches, and records what this import holds true
-/// of every batch it wrote or found as it is in the file.
+/// Writes the registered batches staged for months the history has (every
+/// such month is one: the load added the others to `import_months`), and
+/// records what this import holds true of every batch it wrote or found as
+/// it is in the file.
 const WRITE: &str = "INSERT INTO batches
     SELECT s.* FROM import_batches s
     WHERE s.batch_id IN (
-        SELECT batch_id FROM import_classes
-        WHERE class = 'new'
-          AND date_trunc('month', start_time, 'UTC') NOT IN (SELECT month FROM import_new_months))
+        SELECT batch_id FROM import_classes WHERE class = 'new' AND NOT whole_month)
     -- In the order of the start time indexes, which then grow at their
     -- right edge: half the time of inserting in the file's order.
     ORDER BY s.start_time, s.batch_id;
-
-    -- In the file's order: ATTACH sorts for each index anyway. Counted in
-    -- the daily totals as batch_totals_record (migration V9) counts the
-    -- batches' inserts, from the few columns the totals need: a trigger's
-    -- transition table would hold every row whole (6.5 GB at 10M).
-    WITH loaded AS (
-        INSERT INTO import_months
-        SELECT s.* FROM import_batches s
-        WHERE s.batch_id IN (
-            SELECT batch_id FROM import_classes
-            WHERE class = 'new'
-              AND date_trunc('month', start_time, 'UTC') IN (SELECT month FROM import_new_months))
-        RETURNING start_time, state, provider, model, samples_generated, total_tokens
-    )
-    INSERT INTO batch_total_changes
-    SELECT (start_time AT TIME ZONE 'UTC')::date, state, provider, model,
-           count(*), sum(samples_generated), sum(total_tokens)
-    FROM loaded
-    GROUP BY 1, 2, 3, 4;
 
     INSERT INTO batch_imports (batch_id, content_digest)
     SELECT batch_id, digest FROM import_classes
@@ -236,13 +218,25 @@ const WRITE: &str = "INSERT INTO batches
     -- insert's time.
     ORDER BY batch_id";
 
-/// Moves the loaded months into the batches, and drops what only the
-/// import needed.
-const MOVE_MONTHS: &str = "SELECT batches_move_months('import_months');
-    DROP TABLE import_months, import_batches";
+/// Takes out of the months loaded whole the batches that are not new there:
+/// ids stored (or taken meanwhile) in another month.
+const UNLOAD_NOT_NEW: &str = "DELETE FROM import_months m USING import_classes c
+    WHERE c.whole_month AND c.class <> 'new' AND m.batch_id = c.batch_id";
+
+/// Counts the months loaded whole in the daily totals, as
+/// batch_totals_record (migration V9) counts the batches' inserts, moves
+/// them into the batches, and drops what only the import needed.
+const MOVE_MONTHS: &str = "DROP TABLE import_batches;
+    INSERT INTO batch_total_changes
+    SELECT (start_time AT TIME ZONE 'UTC')::date, state, provider, model,
+           count(*), sum(samples_generated), sum(total_tokens)
+    FROM import_months
+    GROUP BY 1, 2, 3, 4;
+    SELECT batches_move_months('import_months');
+    DROP TABLE import_months";
 
 /// A bulk load in progress: a transaction on a dedicated connection with a
-/// binary COPY into the staging table open. Rows encoded by [`StagedRows`]
+/// binary COPY into `import_months` open. Rows encoded by [`StagedRows`]
 /// stream in with [`BulkLoad::stage`]; [`BulkLoad::finish`] writes the
 /// batches not stored yet, and dropping the load without finishing it
 /// writes nothing.
@@ -250,7 +244,7 @@ pub struct BulkLoad {
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     sink: Pin<Box<CopyInSink<Bytes>>>,
-    /// Batches written to the staging table so far.
+    /// Batches copied so far.
     staged: u64,
 }
 
@@ -260,7 +254,7 @@ const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// Ends the binary COPY: a field count of -1.
 const COPY_TRAILER: &[u8] = &[0xff, 0xff];
 
-/// Batches encoded as rows of the staging table's binary COPY, a chunk at a
+/// Batches encoded as rows of the load's binary COPY, a chunk at a
 /// time, so that encoding can run on the thread that reads them and the
 /// connection is woken once per chunk, not once per row. tokio-postgres's
 /// `BinaryCopyInWriter` encodes the same format, but only inside the async
@@ -340,8 +334,13 @@ impl StagedRows {
 }
 
 impl BulkLoad {
-    /// Connects, opens the transaction and starts the COPY.
-    pub(crate) async fn begin(config: &DatabaseConfig) -> Result<Self, StoreError> {
+    /// Connects, opens the transaction, makes room for the batches that
+    /// start in `months` (every month they may start in; see [`STAGE`]),
+    /// and starts the COPY.
+    pub(crate) async fn begin(
+        config: &DatabaseConfig,
+        months: &[Timestamp],
+    ) -> Result<Self, StoreError> {
         let (client, connection) = tokio::time::timeout(
             config.timeout,
             config.session().connect(super::connector()?),
@@ -368,6 +367,7 @@ impl BulkLoad {
             )
             .await?;
         client.batch_execute(STAGE).await?;
+        client.execute(ADD_MONTHS, &[&months]).await?;
         let mut sink = Box::pin(client.copy_in(COPY_TO_STAGE).await?);
         sink.send(Bytes::from_static(COPY_HEADER)).await?;
         Ok(Self {
@@ -398,14 +398,12 @@ impl BulkLoad {
         self.sink.as_mut().finish().await?;
         tracing::info!(rows = self.staged, "staged");
 
-        self.client.batch_execute(PREPARE_MONTHS).await?;
         // Statistics, so that the statements below join by hashing.
         self.client
-            .batch_execute("ANALYZE import_batches (batch_id)")
+            .batch_execute("ANALYZE import_months (batch_id)")
             .await?;
         self.client.batch_execute(CLASSIFY).await?;
         self.client.batch_execute("ANALYZE import_classes").await?;
-        self.client.batch_execute(ADD_MONTHS).await?;
         self.client.batch_execute(FORGET_STALE_IDS).await?;
         self.register().await?;
         self.client.batch_execute(WRITE).await?;
@@ -425,6 +423,9 @@ impl BulkLoad {
                 .collect::<Result<Vec<_>, _>>()?,
             committed: false,
         };
+        if count(5)? > 0 {
+            self.client.batch_execute(UNLOAD_NOT_NEW).await?;
+        }
         self.client.batch_execute(MOVE_MONTHS).await?;
         tracing::info!(
             imported = outcome.imported,

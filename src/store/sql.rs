@@ -153,10 +153,10 @@ macro_rules! changed_or_stored {
     };
 }
 
-/// The import's bulk load into its staging table: every column, in the
-/// order `BulkLoad::write` writes them.
+/// The import's bulk load into its months and staging table: every
+/// column, in the order `StagedRows::push` encodes them.
 pub(crate) const COPY_TO_STAGE: &str = concat!(
-    "COPY import_batches (",
+    "COPY import_months (",
     columns!(),
     ") FROM STDIN (FORMAT binary)"
 );

@@ -758,6 +758,81 @@ async fn months_loaded_whole_serve_as_any_other() {
     assert_eq!((stats.batch_count, stats.samples_generated), (2, 24));
 }
 
+/// A file row in a month the history lacks is loaded with that month only
+/// if it is new: one whose id is stored in another month stays out.
+#[tokio::test]
+async fn a_conflict_in_a_month_loaded_whole_stays_out_of_it() {
+    let app = TestApp::spawn().await;
+    let stored = (
+        1,
+        "moved",
+        "2019-03-05T10:00:00",
+        Some("2019-03-05T10:30:00"),
+        "completed",
+        None,
+        None,
+    );
+    assert!(
+        import(&app, &legacy_file(&[stored]), OnConflict::Fail, false)
+            .await
+            .committed
+    );
+    let file = legacy_file(&[
+        (
+            1,
+            "moved",
+            "2019-06-10T10:00:00",
+            Some("2019-06-10T10:30:00"),
+            "completed",
+            None,
+            None,
+        ),
+        (
+            2,
+            "june-b",
+            "2019-06-11T08:00:00",
+            None,
+            "running",
+            None,
+            None,
+        ),
+    ]);
+    let report = import(&app, &file, OnConflict::Skip, false).await;
+    assert_eq!(
+        (report.imported, report.conflicts.as_slice()),
+        (1, ["moved".to_owned()].as_slice()),
+        "{}",
+        report.to_text()
+    );
+    assert!(report.committed);
+
+    let db = app.db.client().await;
+    let june: Vec<String> = db
+        .query(
+            "SELECT batch_id FROM batches_y2019m06 ORDER BY batch_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(june, ["june-b"]);
+    assert_eq!(
+        micros(&get(&app, "moved").await.start_time),
+        Some(1_551_780_000_000_000),
+        "the stored batch stands"
+    );
+    let stats = app
+        .client
+        .clone()
+        .get_batch_stats(GetBatchStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.batch_count, 2);
+}
+
 #[tokio::test]
 async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
     let app = TestApp::spawn().await;
