@@ -195,6 +195,11 @@ pub async fn import_history(
     store::set_up(database).await?;
     let zone = &options.source_timezone;
     let (history, months) = History::open(&options.source, zone, database).await?;
+    tracing::info!(
+        months = months.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "read the months the batches start in"
+    );
     let mut load = BulkLoad::begin(database, &months).await?;
     let mapped = match history.read(zone, &mut load).await {
         Ok(mapped) => mapped,
