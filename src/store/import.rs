@@ -74,7 +74,7 @@ const STAGE: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
 /// Adds to `import_months` the months of `$1` that the history lacks,
 /// before any batch is staged: a month added later would have to be
 /// checked against every batch staged by then.
-const ADD_MONTHS: &str = "SELECT count(*) FILTER (WHERE batches_add_month(month, 'import_months'))
+const ADD_MONTHS: &str = "SELECT batches_add_month(month, 'import_months')
     FROM unnest($1::timestamptz[]) month";
 
 /// A batch's content, as the digest an import compares and remembers, of
