@@ -254,8 +254,10 @@ impl File {
             return Err(ReadError::NoHistoryTable { path: shown });
         }
         // Pages read through a memory map, not a system call each. Safe
-        // against the file shrinking under the map: the read transaction
-        // keeps out writers, the only ones who could shrink it.
+        // against the file shrinking under the map: in rollback-journal
+        // mode the read transaction keeps writers out; a file in WAL mode
+        // is read as immutable only when no log says anyone writes to it,
+        // else from a private copy.
         opened
             .connection
             .pragma_update(None, "mmap_size", i64::MAX)
@@ -356,8 +358,7 @@ impl StartMonths {
 
 /// The month of a time written `YYYY-MM-DD` and more, on the 3rd to the
 /// 26th: no offset moves it out of its month (jiff's stay under 26 hours),
-/// so most start times need no parsing (which was most of the months
-/// pass: about 15 s of 18 at 10M rows). A text that only looks like a time
+/// so most start times need no parsing. A text that only looks like a time
 /// may add a month no batch starts in; its row is invalid, and an import
 /// with an invalid row writes nothing.
 fn mid_month(text: &[u8]) -> Option<Timestamp> {
