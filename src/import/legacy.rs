@@ -316,18 +316,8 @@ pub(crate) struct StartMonths {
 }
 
 impl StartMonths {
-    /// Adds the months `started_at` may fall in.
-    pub(crate) fn add(&mut self, started_at: &[u8], zone: &TimeZone) {
-        match mid_month(started_at) {
-            Some(month) => {
-                self.months.insert(month);
-            }
-            None => self.add_parsed(started_at, zone),
-        }
-    }
-
     /// Adds the months of every reading of `started_at`.
-    fn add_parsed(&mut self, started_at: &[u8], zone: &TimeZone) {
+    pub(crate) fn add(&mut self, started_at: &[u8], zone: &TimeZone) {
         let Some(time) = std::str::from_utf8(started_at)
             .ok()
             .and_then(|text| parse_legacy_time(text, zone).ok())
@@ -354,31 +344,6 @@ impl StartMonths {
     pub(crate) fn into_vec(self) -> Vec<Timestamp> {
         self.months.into_iter().collect()
     }
-}
-
-/// The month of a time written `YYYY-MM-DD` and more, on the 3rd to the
-/// 26th: no offset moves it out of its month (jiff's stay under 26 hours),
-/// so most start times need no parsing. A text that only looks like a time
-/// may add a month no batch starts in; its row is invalid, and an import
-/// with an invalid row writes nothing.
-fn mid_month(text: &[u8]) -> Option<Timestamp> {
-    let text = text.trim_ascii_start();
-    let number = |from: usize, to: usize| -> Option<i16> {
-        let digits = text.get(from..to)?;
-        digits
-            .iter()
-            .all(u8::is_ascii_digit)
-            .then(|| std::str::from_utf8(digits).ok()?.parse().ok())?
-    };
-    if text.get(4) != Some(&b'-')
-        || text.get(7) != Some(&b'-')
-        || !matches!(text.get(10), Some(b'T' | b't' | b' '))
-        || !(3..=26).contains(&number(8, 10)?)
-    {
-        return None;
-    }
-    let first = jiff::civil::Date::new(number(0, 4)?, i8::try_from(number(5, 7)?).ok()?, 1).ok()?;
-    Some(first.to_zoned(TimeZone::UTC).ok()?.timestamp())
 }
 
 /// Maps rows one at a time, keeping the tallies of the whole table.
@@ -977,33 +942,23 @@ mod tests {
     }
 
     #[test]
-    fn a_time_mid_month_is_in_its_month_in_any_zone_and_at_any_offset() {
-        let zones = ["Pacific/Kiritimati", "Etc/GMT+12", "Europe/London"]
-            .map(|name| TimeZone::get(name).unwrap());
-        let mut mid = 0;
-        for day in 1..=31 {
-            for time in [
-                "T00:00:00",
-                " 23:59:59.999999",
-                "T00:00:00+14:00",
-                "T23:59:59-12:00",
-                "T12:00:00Z",
-            ] {
-                let text = format!("2025-03-{day:02}{time}");
-                let Some(month) = mid_month(text.as_bytes()) else {
-                    assert!(!(3..=26).contains(&day), "{text}");
-                    continue;
-                };
-                mid += 1;
-                for zone in &zones {
-                    let mut parsed = StartMonths::default();
-                    parsed.add_parsed(text.as_bytes(), zone);
-                    assert_eq!(parsed.into_vec(), [month], "{text} in {zone:?}");
-                }
-            }
+    fn start_months_are_the_utc_months_of_the_times() {
+        let london = TimeZone::get("Europe/London").unwrap();
+        let mut months = StartMonths::default();
+        for text in [
+            "2025-04-01T00:30:00",
+            "2025-04-01 01:30:00+02:00",
+            "2025-05-31T23:59:59Z",
+            "2025-05-15T12:00:00",
+            "not a time",
+        ] {
+            months.add(text.as_bytes(), &london);
         }
-        assert_eq!(mid, 24 * 5);
-        assert_eq!(mid_month(b"not a time"), None);
+        assert_eq!(
+            months.into_vec(),
+            [at("2025-03-01T00:00:00Z"), at("2025-05-01T00:00:00Z")],
+            "London's first half hour of April is March in UTC"
+        );
     }
 
     #[test]
