@@ -281,51 +281,13 @@ impl History {
                 .await?
             }
             Source::Postgres { config, shown } => {
-                let failed = |source| ReadError::Postgres {
-                    path: shown.clone(),
-                    source,
-                };
-                let timeout = database.startup_timeout.max(database.timeout);
-                let (client, connection) =
-                    tokio::time::timeout(timeout, config.connect(store::connector()?))
-                        .await
-                        .map_err(|_| ReadError::Unreachable {
-                            path: shown.clone(),
-                            timeout,
-                        })?
-                        .map_err(failed)?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await
-                    .map_err(failed)?;
-                let has_table: bool = client
-                    .query_one(legacy::HAS_TABLE_POSTGRES, &[])
-                    .await
-                    .map_err(failed)?
-                    .get(0);
-                if !has_table {
-                    return Err(ReadError::NoHistoryTable {
-                        path: shown.clone(),
-                    }
-                    .into());
-                }
-                let starts = client
-                    .query_raw(legacy::SELECT_STARTS_POSTGRES, std::iter::empty::<i64>())
-                    .await
-                    .map_err(failed)?;
-                futures_util::pin_mut!(starts);
-                let mut months = legacy::StartMonths::default();
-                while let Some(row) = starts.try_next().await.map_err(failed)? {
-                    if let Some(text) = row.get::<_, Option<&str>>(0) {
-                        months.add(text.as_bytes(), zone);
-                    }
-                }
+                let client = connect_postgres(config, shown, database).await?;
+                let months = postgres_start_months(&client, shown, zone).await?;
                 let history = Self::Postgres {
                     client,
                     shown: shown.clone(),
                 };
-                Ok((history, months.into_vec()))
+                Ok((history, months))
             }
         }
     }
@@ -341,6 +303,70 @@ impl History {
             Self::Postgres { client, shown } => read_postgres(&client, &shown, zone, load).await,
         }
     }
+}
+
+/// A failure reading the dashboard's PostgreSQL, named without its password.
+fn source_failed(shown: &str) -> impl Fn(tokio_postgres::Error) -> ReadError + Copy + '_ {
+    move |source| ReadError::Postgres {
+        path: shown.to_owned(),
+        source,
+    }
+}
+
+/// Connects to the dashboard's PostgreSQL and opens the read-only snapshot
+/// both passes read, if the history is there.
+async fn connect_postgres(
+    config: &tokio_postgres::Config,
+    shown: &str,
+    database: &DatabaseConfig,
+) -> Result<tokio_postgres::Client, ImportError> {
+    let failed = source_failed(shown);
+    let timeout = database.startup_timeout.max(database.timeout);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(store::connector()?))
+        .await
+        .map_err(|_| ReadError::Unreachable {
+            path: shown.to_owned(),
+            timeout,
+        })?
+        .map_err(failed)?;
+    tokio::spawn(connection);
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(failed)?;
+    let has_table: bool = client
+        .query_one(legacy::HAS_TABLE_POSTGRES, &[])
+        .await
+        .map_err(failed)?
+        .get(0);
+    if !has_table {
+        return Err(ReadError::NoHistoryTable {
+            path: shown.to_owned(),
+        }
+        .into());
+    }
+    Ok(client)
+}
+
+/// The months the batches of the dashboard's PostgreSQL start in.
+async fn postgres_start_months(
+    client: &tokio_postgres::Client,
+    shown: &str,
+    zone: &TimeZone,
+) -> Result<Vec<Timestamp>, ImportError> {
+    let failed = source_failed(shown);
+    let starts = client
+        .query_raw(legacy::SELECT_STARTS_POSTGRES, std::iter::empty::<i64>())
+        .await
+        .map_err(failed)?;
+    futures_util::pin_mut!(starts);
+    let mut months = legacy::StartMonths::default();
+    while let Some(row) = starts.try_next().await.map_err(failed)? {
+        if let Some(text) = row.get::<_, Option<&str>>(0) {
+            months.add(text.as_bytes(), zone);
+        }
+    }
+    Ok(months.into_vec())
 }
 
 /// Reads the file and encodes its batches on a thread of its own, the load
@@ -387,10 +413,7 @@ async fn read_postgres(
     zone: &TimeZone,
     load: &mut BulkLoad,
 ) -> Result<legacy::Mapped, ImportError> {
-    let failed = |source| ReadError::Postgres {
-        path: shown.to_owned(),
-        source,
-    };
+    let failed = source_failed(shown);
     let rows = client
         .query_raw(legacy::SELECT_POSTGRES, std::iter::empty::<i64>())
         .await
