@@ -2,6 +2,7 @@
 //! or from the PostgreSQL database its `DATABASE_URL` named, and mapped onto
 //! the Batch resource.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
@@ -62,6 +63,29 @@ impl<'a> From<ValueRef<'a>> for Cell<'a> {
             ValueRef::Real(x) => Self::Real(x),
             ValueRef::Text(bytes) => Self::Text(bytes),
             ValueRef::Blob(_) => Self::Blob,
+        }
+    }
+}
+
+/// A column of the PostgreSQL source, all of which are read as text.
+impl<'a> From<Option<&'a str>> for Cell<'a> {
+    fn from(text: Option<&'a str>) -> Self {
+        text.map_or(Self::Null, |text| Self::Text(text.as_bytes()))
+    }
+}
+
+impl<'a> Cell<'a> {
+    /// The text a column is read as: numbers as written, NULL as none. The
+    /// error says why the cell holds no text.
+    fn text(self) -> Result<Option<Cow<'a, str>>, &'static str> {
+        match self {
+            Self::Null => Ok(None),
+            Self::Text(bytes) => std::str::from_utf8(bytes)
+                .map(|text| Some(Cow::Borrowed(text)))
+                .map_err(|_| "is not valid UTF-8"),
+            Self::Integer(n) => Ok(Some(Cow::Owned(n.to_string()))),
+            Self::Real(x) => Ok(Some(Cow::Owned(x.to_string()))),
+            Self::Blob => Err("holds binary data, not text"),
         }
     }
 }
@@ -273,9 +297,7 @@ impl File {
         let mut statement = self.opened.connection.prepare(SELECT_STARTS)?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
-            if let ValueRef::Text(text) = row.get_ref(0)? {
-                months.add(text, zone);
-            }
+            months.add(row.get_ref(0)?.into(), zone);
         }
         Ok(months)
     }
@@ -316,12 +338,13 @@ pub(crate) struct StartMonths {
 }
 
 impl StartMonths {
-    /// Adds the months of every reading of `started_at`.
-    pub(crate) fn add(&mut self, started_at: &[u8], zone: &TimeZone) {
-        let Some(time) = std::str::from_utf8(started_at)
-            .ok()
-            .and_then(|text| parse_legacy_time(text, zone).ok())
-        else {
+    /// Adds the months of every reading of `started_at`, read as the rows
+    /// read it.
+    pub(crate) fn add(&mut self, started_at: Cell<'_>, zone: &TimeZone) {
+        let Ok(Some(text)) = started_at.text() else {
+            return;
+        };
+        let Ok(time) = parse_legacy_time(&text, zone) else {
             return;
         };
         let (first, second) = match time {
@@ -539,22 +562,11 @@ impl RowMapper<'_> {
     /// A text column; SQLite's dynamic typing lets numbers in, so they are
     /// accepted in their decimal form.
     fn text(&mut self, cell: Cell<'_>, column: &'static str) -> Option<String> {
-        match cell {
-            Cell::Null => None,
-            Cell::Text(bytes) => match std::str::from_utf8(bytes) {
-                Ok(text) => Some(text.to_owned()),
-                Err(_) => {
-                    self.problem(column, "is not valid UTF-8");
-                    None
-                }
-            },
-            Cell::Integer(n) => Some(n.to_string()),
-            Cell::Real(x) => Some(x.to_string()),
-            Cell::Blob => {
-                self.problem(column, "holds binary data, not text");
-                None
-            }
-        }
+        cell.text()
+            .map_err(|message| self.problem(column, message))
+            .ok()
+            .flatten()
+            .map(Cow::into_owned)
     }
 
     fn label(&mut self, cell: Cell<'_>, column: &'static str) -> String {
@@ -952,7 +964,7 @@ mod tests {
             "2025-05-15T12:00:00",
             "not a time",
         ] {
-            months.add(text.as_bytes(), &london);
+            months.add(Cell::Text(text.as_bytes()), &london);
         }
         assert_eq!(
             months.into_vec(),

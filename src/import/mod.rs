@@ -362,9 +362,7 @@ async fn postgres_start_months(
     futures_util::pin_mut!(starts);
     let mut months = legacy::StartMonths::default();
     while let Some(row) = starts.try_next().await.map_err(failed)? {
-        if let Some(text) = row.get::<_, Option<&str>>(0) {
-            months.add(text.as_bytes(), zone);
-        }
+        months.add(row.get::<_, Option<&str>>(0).into(), zone);
     }
     Ok(months.into_vec())
 }
@@ -426,7 +424,7 @@ async fn read_postgres(
         let mut cells = [legacy::Cell::Null; legacy::COLUMNS];
         cells[0] = legacy::Cell::Integer(row.get(0));
         for (cell, text) in cells[1..].iter_mut().zip(&texts) {
-            *cell = text.map_or(legacy::Cell::Null, |t| legacy::Cell::Text(t.as_bytes()));
+            *cell = (*text).into();
         }
         if let Some(batch) = reader.row(&cells) {
             staged.push(&batch)?;

@@ -833,6 +833,35 @@ async fn a_conflict_in_a_month_loaded_whole_stays_out_of_it() {
     assert_eq!(stats.batch_count, 2);
 }
 
+/// A start time SQLite holds as a number (a hand-made table without column
+/// types) is read as the text it stands for, in the months pass as in the
+/// rows: its month is made ready like any other.
+#[tokio::test]
+async fn a_start_time_held_as_a_number_is_imported_into_its_month() {
+    let app = TestApp::spawn().await;
+    let file = TempFile::new();
+    let db = rusqlite::Connection::open(&file.0).unwrap();
+    db.execute_batch(
+        "CREATE TABLE batch_history (id INTEGER PRIMARY KEY, batch_id, started_at, completed_at,
+             model, topic_filter, difficulty_filter, reasoning_instruction, target_count,
+             samples_generated, total_tokens, status, errors, model_switches);
+         INSERT INTO batch_history (id, batch_id, started_at, status)
+             VALUES (1, 'numeric-start', 20190315, 'running');",
+    )
+    .unwrap();
+    let report = import(&app, &file, OnConflict::Fail, false).await;
+    assert_eq!(
+        (report.imported, report.committed),
+        (1, true),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(
+        micros(&get(&app, "numeric-start").await.start_time),
+        Some(1_552_608_000_000_000)
+    );
+}
+
 #[tokio::test]
 async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
     let app = TestApp::spawn().await;
