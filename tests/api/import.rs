@@ -952,6 +952,71 @@ async fn reimporting_after_the_service_changed_imported_batches_is_harmless() {
 }
 
 #[tokio::test]
+async fn records_of_earlier_imports_still_tell_present_changed_and_conflicting_batches_apart() {
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(50, 13);
+    assert!(import(&app, &file, OnConflict::Fail, false).await.committed);
+    let db = app.db.client().await;
+    let lengths: Vec<i32> = db
+        .query(
+            "SELECT DISTINCT length(content_digest) FROM batch_imports",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(lengths, [16]);
+    // The records as imports before migration V15 wrote them.
+    db.batch_execute(
+        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO';
+         UPDATE batch_imports i SET content_digest = md5((b.state, b.provider, b.model,
+             b.current_model, b.topic_filter, b.difficulty_filter, b.reasoning_instruction,
+             b.target_count, b.samples_generated, b.total_tokens, b.errors, b.error_count,
+             b.model_switches, b.metadata, b.start_time, b.end_time)::text)
+         FROM batches b WHERE b.batch_id = i.batch_id",
+    )
+    .await
+    .unwrap();
+
+    let legacy = rusqlite::Connection::open(&file.0).unwrap();
+    let edited: String = legacy
+        .query_row(
+            "UPDATE batch_history SET total_tokens = total_tokens + 1 WHERE id = 3 RETURNING batch_id",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let deleted: String = legacy
+        .query_row("SELECT batch_id FROM batch_history WHERE id = 5", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    app.client
+        .clone()
+        .delete_batch(DeleteBatchRequest {
+            batch_id: deleted,
+            force: true,
+        })
+        .await
+        .unwrap();
+
+    let again = import(&app, &file, OnConflict::Fail, false).await;
+    assert_eq!(
+        (
+            again.already_present,
+            again.changed_since_import,
+            again.conflicts.clone()
+        ),
+        (48, 1, vec![edited]),
+        "{}",
+        again.to_text()
+    );
+    assert_adds_up(&again);
+}
+
+#[tokio::test]
 async fn conflicts_shifted_by_whole_hours_point_at_the_source_time_zone() {
     let app = TestApp::spawn().await;
     let (file, _) = generated_file(60, 8);
