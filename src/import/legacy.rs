@@ -41,6 +41,28 @@ pub(super) const SELECT_POSTGRES: &str = "SELECT id::bigint, batch_id::text, sta
      total_tokens::text, status::text, errors::text, model_switches::text \
      FROM batch_history ORDER BY id";
 
+/// Whether the file keeps its batch ids distinct itself, as the dashboard's
+/// does (`unique=True` on `batch_id` in `backend/models/batch.py`): a unique
+/// index on that column alone, over every row, which holds text only (text
+/// affinity: a number stored there becomes text, so `5` and `'5'` cannot
+/// both be there to map to one id).
+const IDS_UNIQUE: &str = "SELECT EXISTS (
+        SELECT 1 FROM pragma_index_list('batch_history') l
+        WHERE l.\"unique\" AND NOT l.partial
+          AND (SELECT group_concat(coalesce(name, '')) FROM pragma_index_info(l.name)) = 'batch_id')
+    AND EXISTS (
+        SELECT 1 FROM pragma_table_info('batch_history')
+        WHERE name = 'batch_id' AND upper(type) NOT LIKE '%INT%'
+          AND (upper(type) LIKE '%CHAR%' OR upper(type) LIKE '%CLOB%' OR upper(type) LIKE '%TEXT%'))";
+
+/// The same of the PostgreSQL source: a unique index on `batch_id` alone,
+/// over every row (its text is the id).
+pub(super) const IDS_UNIQUE_POSTGRES: &str = "SELECT EXISTS (
+        SELECT FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = 'batch_history'::regclass AND i.indisunique AND i.indnkeyatts = 1
+          AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'batch_id')";
+
 /// Whether the PostgreSQL source has the table, on its search path.
 pub(super) const HAS_TABLE_POSTGRES: &str = "SELECT to_regclass('batch_history') IS NOT NULL";
 
@@ -309,7 +331,8 @@ impl File {
         zone: &TimeZone,
         mut deliver: impl FnMut(Batch) -> bool,
     ) -> Result<Mapped, ReadError> {
-        let mut reader = Reader::new(zone);
+        let ids_unique = self.opened.connection.query_row(IDS_UNIQUE, [], |row| row.get(0))?;
+        let mut reader = Reader::new(zone, ids_unique);
         let mut statement = self.opened.connection.prepare(SELECT)?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
@@ -372,15 +395,19 @@ impl StartMonths {
 /// Maps rows one at a time, keeping the tallies of the whole table.
 pub(super) struct Reader<'z> {
     zone: &'z TimeZone,
-    seen: HashSet<BatchId>,
+    /// Every id so far, unless the source keeps them distinct itself: a
+    /// hundred bytes a row, 10 GB at 100M rows.
+    seen: Option<HashSet<BatchId>>,
     pub(crate) mapped: Mapped,
 }
 
 impl<'z> Reader<'z> {
-    pub(crate) fn new(zone: &'z TimeZone) -> Self {
+    /// A reader of times without an offset in `zone`, that looks for ids
+    /// given twice unless the source keeps them distinct (`ids_unique`).
+    pub(crate) fn new(zone: &'z TimeZone, ids_unique: bool) -> Self {
         Self {
             zone,
-            seen: HashSet::new(),
+            seen: (!ids_unique).then(HashSet::new),
             mapped: Mapped::default(),
         }
     }
@@ -401,8 +428,8 @@ impl<'z> Reader<'z> {
             skipped_times: 0,
         };
         let batch = mapper.map(cells);
-        if let Some(batch) = &batch
-            && !self.seen.insert(batch.batch_id.clone())
+        if let (Some(batch), Some(seen)) = (&batch, &mut self.seen)
+            && !seen.insert(batch.batch_id.clone())
         {
             mapper.problem(
                 "batch_id",

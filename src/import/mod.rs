@@ -417,7 +417,12 @@ async fn read_postgres(
         .await
         .map_err(failed)?;
     futures_util::pin_mut!(rows);
-    let mut reader = legacy::Reader::new(zone);
+    let ids_unique = client
+        .query_one(legacy::IDS_UNIQUE_POSTGRES, &[])
+        .await
+        .map_err(failed)?
+        .get(0);
+    let mut reader = legacy::Reader::new(zone, ids_unique);
     let mut staged = StagedRows::default();
     while let Some(row) = rows.try_next().await.map_err(failed)? {
         let texts: Vec<Option<&str>> = (1..legacy::COLUMNS).map(|i| row.get(i)).collect();

@@ -478,6 +478,46 @@ async fn a_file_with_any_bad_row_imports_nothing_and_names_every_problem() {
 }
 
 #[tokio::test]
+async fn an_id_given_twice_is_found_where_the_files_own_index_lets_it_through() {
+    let app = TestApp::spawn().await;
+    // A unique index on more than the id; an untyped id column, where 5 and
+    // '5' are different values that are one id.
+    for (schema, index, second_id) in [
+        (
+            SCHEMA.to_owned(),
+            "CREATE UNIQUE INDEX ix ON batch_history (batch_id, started_at)",
+            "'twice'",
+        ),
+        (
+            SCHEMA.replace("batch_id VARCHAR(100)", "batch_id"),
+            "CREATE UNIQUE INDEX ix ON batch_history (batch_id)",
+            "5",
+        ),
+    ] {
+        let file = TempFile::new();
+        let first_id = if second_id == "5" { "'5'" } else { second_id };
+        rusqlite::Connection::open(&file.0)
+            .unwrap()
+            .execute_batch(&format!(
+                "{schema}; {index};
+                 INSERT INTO batch_history (id, batch_id, started_at, status) VALUES
+                     (1, {first_id}, '2025-06-01T09:00:00', 'running'),
+                     (2, {second_id}, '2025-06-02T09:00:00', 'running')"
+            ))
+            .unwrap();
+        let report = import(&app, &file, OnConflict::Fail, false).await;
+        let text = report.to_text();
+        let expected = format!(
+            "row id 2 column batch_id: {} appears more than once",
+            second_id.trim_matches('\'')
+        );
+        assert!(text.contains(&expected), "{schema}\n{text}");
+        assert_eq!((report.invalid, report.committed), (1, false), "{text}");
+    }
+    assert_eq!(stored_count(&app).await, 0);
+}
+
+#[tokio::test]
 async fn a_file_without_history_is_a_clear_error() {
     let app = TestApp::spawn().await;
     let file = TempFile::new();
