@@ -331,7 +331,10 @@ impl File {
         zone: &TimeZone,
         mut deliver: impl FnMut(Batch) -> bool,
     ) -> Result<Mapped, ReadError> {
-        let ids_unique = self.opened.connection.query_row(IDS_UNIQUE, [], |row| row.get(0))?;
+        let ids_unique = self
+            .opened
+            .connection
+            .query_row(IDS_UNIQUE, [], |row| row.get(0))?;
         let mut reader = Reader::new(zone, ids_unique);
         let mut statement = self.opened.connection.prepare(SELECT)?;
         let mut rows = statement.query([])?;

@@ -83,11 +83,39 @@ const ADD_MONTHS: &str = "SELECT batches_add_month(month, 'import_months')
 macro_rules! content {
     ($t:literal) => {
         concat!(
-            "(", $t, ".state, ", $t, ".provider, ", $t, ".model, ", $t, ".current_model, ",
-            $t, ".topic_filter, ", $t, ".difficulty_filter, ", $t, ".reasoning_instruction, ",
-            $t, ".target_count, ", $t, ".samples_generated, ", $t, ".total_tokens, ",
-            $t, ".errors, ", $t, ".error_count, ", $t, ".model_switches, ", $t, ".metadata, ",
-            $t, ".start_time, ", $t, ".end_time)"
+            "(",
+            $t,
+            ".state, ",
+            $t,
+            ".provider, ",
+            $t,
+            ".model, ",
+            $t,
+            ".current_model, ",
+            $t,
+            ".topic_filter, ",
+            $t,
+            ".difficulty_filter, ",
+            $t,
+            ".reasoning_instruction, ",
+            $t,
+            ".target_count, ",
+            $t,
+            ".samples_generated, ",
+            $t,
+            ".total_tokens, ",
+            $t,
+            ".errors, ",
+            $t,
+            ".error_count, ",
+            $t,
+            ".model_switches, ",
+            $t,
+            ".metadata, ",
+            $t,
+            ".start_time, ",
+            $t,
+            ".end_time)"
         )
     };
 }
@@ -99,7 +127,11 @@ macro_rules! content {
 /// legacy rows (docs/PERFORMANCE.md).
 macro_rules! digest {
     ($t:literal) => {
-        concat!("lpad(to_hex(hash_record_extended(", content!($t), ", 0)), 16, '0')")
+        concat!(
+            "lpad(to_hex(hash_record_extended(",
+            content!($t),
+            ", 0)), 16, '0')"
+        )
     };
 }
 

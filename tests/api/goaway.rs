@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 
-use crate::support::{TestApp, refused_by_goaway};
+use crate::support::{TestApp, column, refused_by_goaway};
 
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
@@ -163,13 +163,7 @@ async fn a_call_sent_after_the_servers_last_stream_is_refused_unprocessed() {
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert!(refused_by_goaway(&status), "{status:?}");
     let stored = app.db.client().await;
-    let ids: Vec<String> = stored
-        .query("SELECT batch_id FROM batches ORDER BY batch_id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let ids: Vec<String> = column(&stored, "SELECT batch_id FROM batches ORDER BY batch_id").await;
     assert_eq!(ids, ["before"], "the refused call wrote nothing");
     app.stop().await;
 }

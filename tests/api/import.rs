@@ -16,7 +16,7 @@ use jiff::tz::TimeZone;
 use prost_types::value::Kind;
 use serde_json::Value;
 
-use crate::support::{TestApp, rand_u64, timestamp};
+use crate::support::{TestApp, column, rand_u64, timestamp};
 
 /// The legacy schema, as flask-sqlalchemy created it (without the unique
 /// index, so that files with duplicate ids can be built).
@@ -719,18 +719,13 @@ async fn months_loaded_whole_serve_as_any_other() {
     );
 
     let db = app.db.client().await;
-    let indexes: Vec<i64> = db
-        .query(
-            "SELECT count(*) FROM pg_indexes
+    let indexes: Vec<i64> = column(
+        &db,
+        "SELECT count(*) FROM pg_indexes
              WHERE tablename IN ('batches', 'batches_y2019m03', 'batches_y2019m05')
              GROUP BY tablename ORDER BY tablename",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    )
+    .await;
     assert!(indexes[0] >= 4, "{indexes:?}");
     assert_eq!(
         indexes, [indexes[0]; 3],
@@ -847,16 +842,11 @@ async fn a_conflict_in_a_month_loaded_whole_stays_out_of_it() {
     assert!(report.committed);
 
     let db = app.db.client().await;
-    let june: Vec<String> = db
-        .query(
-            "SELECT batch_id FROM batches_y2019m06 ORDER BY batch_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let june: Vec<String> = column(
+        &db,
+        "SELECT batch_id FROM batches_y2019m06 ORDER BY batch_id",
+    )
+    .await;
     assert_eq!(june, ["june-b"]);
     assert_eq!(
         micros(&get(&app, "moved").await.start_time),
@@ -997,16 +987,11 @@ async fn records_of_earlier_imports_still_tell_present_changed_and_conflicting_b
     let (file, _) = generated_file(50, 13);
     assert!(import(&app, &file, OnConflict::Fail, false).await.committed);
     let db = app.db.client().await;
-    let lengths: Vec<i32> = db
-        .query(
-            "SELECT DISTINCT length(content_digest) FROM batch_imports",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let lengths: Vec<i32> = column(
+        &db,
+        "SELECT DISTINCT length(content_digest) FROM batch_imports",
+    )
+    .await;
     assert_eq!(lengths, [16]);
     // The records as imports before migration V15 wrote them.
     db.batch_execute(
@@ -1029,9 +1014,11 @@ async fn records_of_earlier_imports_still_tell_present_changed_and_conflicting_b
         )
         .unwrap();
     let deleted: String = legacy
-        .query_row("SELECT batch_id FROM batch_history WHERE id = 5", [], |row| {
-            row.get(0)
-        })
+        .query_row(
+            "SELECT batch_id FROM batch_history WHERE id = 5",
+            [],
+            |row| row.get(0),
+        )
         .unwrap();
     app.client
         .clone()

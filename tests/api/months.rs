@@ -15,7 +15,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::list::list_with;
-use crate::support::{Server, TestDb, serve_config, timestamp};
+use crate::support::{Server, TestDb, column, serve_config, timestamp};
 
 mod before_months {
     refinery::embed_migrations!("migrations");
@@ -74,16 +74,11 @@ async fn a_populated_single_table_moves_into_months_losing_nothing() {
     .await
     .unwrap();
     let before: String = sql.query_one(ALL_BATCHES, &[]).await.unwrap().get(0);
-    let expected_order: Vec<String> = sql
-        .query(
-            "SELECT batch_id FROM batches ORDER BY start_time DESC, batch_id DESC",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let expected_order: Vec<String> = column(
+        &sql,
+        "SELECT batch_id FROM batches ORDER BY start_time DESC, batch_id DESC",
+    )
+    .await;
 
     let server = start(&db, Upkeep::default()).await;
     let mut client = server.client().await;
@@ -276,13 +271,8 @@ async fn months_are_added_on_demand_and_dropped_whole_past_retention() {
         .unwrap()
         .get(0);
     assert_eq!(left_over, 0, "a month taken out was not dropped");
-    let registered: Vec<String> = sql
-        .query("SELECT batch_id FROM batch_ids ORDER BY batch_id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let registered: Vec<String> =
+        column(&sql, "SELECT batch_id FROM batch_ids ORDER BY batch_id").await;
     assert_eq!(registered, ["feb-running"]);
     assert_eq!(db.count_rows("batch_requests").await, 0);
     let status = client

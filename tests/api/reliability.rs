@@ -19,7 +19,9 @@ use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::support::process::ServerProcess;
-use crate::support::{TestApp, TestDb, error_info, health_client, refused_by_goaway, serve_config};
+use crate::support::{
+    TestApp, TestDb, column, error_info, health_client, refused_by_goaway, serve_config,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_racing_on_an_empty_database_all_serve_and_migrate_once() {
@@ -580,18 +582,13 @@ async fn one_replica_at_a_time_runs_the_upkeep_and_another_takes_over_when_it_di
     let client = db.client().await;
     // The upkeep lock, on this test's database ("bhupkeep").
     let holders = async || -> Vec<i32> {
-        client
-            .query(
-                "SELECT pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
-                 WHERE locktype = 'advisory' AND granted AND d.datname = current_database()
-                   AND classid = (x'62687570'::bigint)::oid AND objid = (x'6b656570'::bigint)::oid",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect()
+        column(
+            &client,
+            "SELECT pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+             WHERE locktype = 'advisory' AND granted AND d.datname = current_database()
+               AND classid = (x'62687570'::bigint)::oid AND objid = (x'6b656570'::bigint)::oid",
+        )
+        .await
     };
     let runs_upkeep = |server: &ServerProcess| {
         server
