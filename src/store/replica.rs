@@ -5,7 +5,9 @@
 //! oldest noted position it has not replayed yet (zero when it has replayed
 //! them all), so an idle primary does not look like a lagging replica. Reads
 //! go to the replica while that lag is within the configured maximum and it
-//! answers; otherwise to the primary.
+//! answers; otherwise to the primary. Not before it has replayed the first
+//! position noted, which the primary reached after this server migrated it:
+//! a replica a few seconds behind at boot may not have the tables yet.
 
 use std::{
     collections::VecDeque,
@@ -38,6 +40,10 @@ struct Seen {
     pending: VecDeque<(u64, Instant)>,
     /// `None` until the replica first answers, and while it does not.
     lag: Option<Duration>,
+    /// The primary's position when first noted, after the migrations.
+    migrated_at: Option<u64>,
+    /// Whether the replica has replayed `migrated_at`.
+    has_schema: bool,
 }
 
 /// What the monitor last saw of the replica, for metrics.
@@ -59,10 +65,10 @@ impl Replica {
     }
 
     pub(super) fn status(&self) -> ReplicaStatus {
-        let lag = self.seen().lag;
+        let seen = self.seen();
         ReplicaStatus {
-            in_use: lag.is_some_and(|lag| lag <= self.max_lag),
-            lag,
+            in_use: seen.has_schema && seen.lag.is_some_and(|lag| lag <= self.max_lag),
+            lag: seen.lag,
         }
     }
 
@@ -75,11 +81,14 @@ impl Replica {
     /// `replayed` (`None`: it is not in recovery, so it has been promoted).
     fn observe(&self, primary: u64, replayed: Option<u64>, now: Instant) {
         let mut seen = self.seen();
+        let migrated_at = *seen.migrated_at.get_or_insert(primary);
         let Some(replayed) = replayed else {
             seen.pending.clear();
             seen.lag = Some(Duration::ZERO);
+            seen.has_schema = true;
             return;
         };
+        seen.has_schema |= replayed >= migrated_at;
         if seen.pending.len() < MAX_NOTED {
             seen.pending.push_back((primary, now));
         }
@@ -213,5 +222,24 @@ mod tests {
         // Promoted: it is no longer behind anything.
         replica.observe(400, None, start + Duration::from_secs(70));
         assert_eq!(replica.status().lag, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn no_read_goes_to_the_replica_before_it_has_replayed_the_migrations() {
+        let replica = replica();
+        let start = Instant::now();
+        // The primary's position just after migrating, not replayed yet: the
+        // lag is still tiny, but the replica may lack the tables.
+        replica.observe(100, Some(40), start);
+        assert_eq!(replica.status().lag, Some(Duration::ZERO));
+        assert!(!replica.status().in_use);
+        replica.observe(120, Some(90), start + Duration::from_secs(1));
+        assert!(!replica.status().in_use);
+        replica.observe(150, Some(100), start + Duration::from_secs(2));
+        assert!(replica.status().in_use);
+        // Once it has the tables it keeps them, however far it falls behind.
+        replica.unreachable();
+        replica.observe(400, Some(120), start + Duration::from_secs(3));
+        assert!(replica.status().in_use);
     }
 }
