@@ -412,16 +412,18 @@ async fn read_postgres(
     load: &mut BulkLoad,
 ) -> Result<legacy::Mapped, ImportError> {
     let failed = source_failed(shown);
-    let rows = client
-        .query_raw(legacy::SELECT_POSTGRES, std::iter::empty::<i64>())
-        .await
-        .map_err(failed)?;
-    futures_util::pin_mut!(rows);
+    // Asked first: a second query while the rows stream in would wait
+    // behind rows nobody reads.
     let ids_unique = client
         .query_one(legacy::IDS_UNIQUE_POSTGRES, &[])
         .await
         .map_err(failed)?
         .get(0);
+    let rows = client
+        .query_raw(legacy::SELECT_POSTGRES, std::iter::empty::<i64>())
+        .await
+        .map_err(failed)?;
+    futures_util::pin_mut!(rows);
     let mut reader = legacy::Reader::new(zone, ids_unique);
     let mut staged = StagedRows::default();
     while let Some(row) = rows.try_next().await.map_err(failed)? {

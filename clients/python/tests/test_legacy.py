@@ -366,11 +366,13 @@ def test_the_older_state_shape_is_still_saved_and_a_lost_answer_is_sent_again(ow
 def test_the_dashboards_postgresql_history_imports_exactly_and_once(own_server):
     """A dashboard that set DATABASE_URL kept its table in PostgreSQL, made by
     flask-sqlalchemy's create_all: imported from there, it reads back as its
-    to_dict(), and importing again adds nothing."""
+    to_dict(), and importing again adds nothing. 5,000 rows: more than the
+    connection buffers, so an import that queried the source while its rows
+    stream in would hang here (it did, at 5,000)."""
     from conftest import scratch_database
     with scratch_database("legacy_pg") as source, serve(NO_SWEEP) as server:
         made = subprocess.run(
-            [sys.executable, REPO / "tests/legacy/make_real_history.py", source, "--rows", "200",
+            [sys.executable, REPO / "tests/legacy/make_real_history.py", source, "--rows", "5000",
              "--seed", "11", "--timezone", ZONE], capture_output=True, check=True)
         legacy = json.loads(made.stdout)
 
@@ -382,17 +384,17 @@ def test_the_dashboards_postgresql_history_imports_exactly_and_once(own_server):
             return json.loads(done.stdout)
 
         dry = run_import("--dry-run")
-        assert (dry["committed"], dry["imported"], dry["rows_read"]) == (False, 200, 200)
+        assert (dry["committed"], dry["imported"], dry["rows_read"]) == (False, 5000, 5000)
         first = run_import()
-        assert (first["committed"], first["imported"], first["invalid"]) == (True, 200, 0)
+        assert (first["committed"], first["imported"], first["invalid"]) == (True, 5000, 0)
         assert "password" not in first["path"] and first["path"].startswith("postgres")
         again = run_import()
-        assert (again["imported"], again["already_present"]) == (0, 200)
+        assert (again["imported"], again["already_present"]) == (0, 5000)
 
         with make_client(server) as history:
             rows = history.history()
         expected = {row["id"]: canonical(row) for row in legacy["history"]}
-        assert len(rows) == len(expected) == 200
+        assert len(rows) == len(expected) == 5000
         for row in rows:
             assert canonical(row) == expected[row["id"]], row["id"]
 
