@@ -737,6 +737,15 @@ async fn months_loaded_whole_serve_as_any_other() {
         .unwrap()
         .get(0);
     assert!(!loading_left);
+    let bounds_left: Vec<String> = column(
+        &db,
+        "SELECT conrelid::regclass::text FROM pg_constraint WHERE conname = 'loaded_bounds'",
+    )
+    .await;
+    assert!(
+        bounds_left.is_empty(),
+        "once attached, a month's bound is its partition bound alone: {bounds_left:?}"
+    );
 
     let mut client = app.client.clone();
     let listed: Vec<String> = client
