@@ -16,7 +16,7 @@ use jiff::tz::TimeZone;
 use prost_types::value::Kind;
 use serde_json::Value;
 
-use crate::support::{TestApp, column, rand_u64, timestamp};
+use crate::support::{TestApp, TestDb, column, rand_u64, timestamp};
 
 /// The legacy schema, as flask-sqlalchemy created it (without the unique
 /// index, so that files with duplicate ids can be built).
@@ -512,6 +512,50 @@ async fn an_id_given_twice_is_found_where_the_files_own_index_lets_it_through() 
             second_id.trim_matches('\'')
         );
         assert!(text.contains(&expected), "{schema}\n{text}");
+        assert_eq!((report.invalid, report.committed), (1, false), "{text}");
+    }
+    assert_eq!(stored_count(&app).await, 0);
+}
+
+/// The same for a dashboard's PostgreSQL table: only a unique index on the
+/// id alone, over every row, keeps ids distinct for the import.
+#[tokio::test]
+async fn an_id_given_twice_is_found_in_a_postgresql_source_whose_index_lets_it_through() {
+    let app = TestApp::spawn().await;
+    for index in [
+        "",
+        "CREATE UNIQUE INDEX ix ON batch_history (batch_id, started_at)",
+        "CREATE UNIQUE INDEX ix ON batch_history (batch_id) WHERE status = 'completed'",
+    ] {
+        let source = TestDb::create().await;
+        source
+            .client()
+            .await
+            .batch_execute(&format!(
+                "{SCHEMA}; {index};
+                 INSERT INTO batch_history (id, batch_id, started_at, status) VALUES
+                     (1, 'twice', '2025-06-01T09:00:00', 'running'),
+                     (2, 'twice', '2025-06-02T09:00:00', 'running')"
+            ))
+            .await
+            .unwrap();
+        let options = ImportOptions {
+            source: Source::Postgres {
+                config: Box::new(source.config.clone()),
+                shown: source.name.clone(),
+            },
+            source_timezone: TimeZone::UTC,
+            on_conflict: OnConflict::Fail,
+            dry_run: false,
+        };
+        let report = import_history(&options, &app.db.database_config(Duration::from_secs(10)))
+            .await
+            .expect("the import ran");
+        let text = report.to_text();
+        assert!(
+            text.contains("row id 2 column batch_id: twice appears more than once"),
+            "{index}\n{text}"
+        );
         assert_eq!((report.invalid, report.committed), (1, false), "{text}");
     }
     assert_eq!(stored_count(&app).await, 0);
