@@ -27,27 +27,19 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION batches_move_months(loaded regclass) RETURNS integer
+-- Drops the `loaded_bounds` of the months batches_move_months attached.
+CREATE FUNCTION batches_unbound_months() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     month regclass;
-    bounds text;
-    moved integer := 0;
 BEGIN
-    -- The bounds are read back as text: in a fixed style, for this call only.
-    PERFORM set_config('DateStyle', 'ISO', true), set_config('TimeZone', 'UTC', true);
-    FOR month, bounds IN
-        SELECT c.oid::regclass, pg_get_expr(c.relpartbound, c.oid)
-        FROM pg_inherits i
-        JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = loaded
+    FOR month IN
+        SELECT k.conrelid::regclass
+        FROM pg_constraint k
+        JOIN pg_inherits i ON i.inhrelid = k.conrelid AND i.inhparent = 'batches'::regclass
+        WHERE k.conname = 'loaded_bounds'
     LOOP
-        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', loaded, month);
-        EXECUTE format('ALTER TABLE batches ATTACH PARTITION %s %s', month, bounds);
-        -- IF EXISTS: an importer of the version before V16 bounds no month.
-        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS loaded_bounds', month);
-        moved := moved + 1;
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT loaded_bounds', month);
     END LOOP;
-    RETURN moved;
 END
 $$;
