@@ -599,6 +599,40 @@ fn assert_adds_up(report: &Report) {
 }
 
 #[tokio::test]
+async fn the_first_import_leaves_its_records_keyed_by_id() {
+    // The first import builds the records' key after writing them.
+    let app = TestApp::spawn().await;
+    let (file, _) = generated_file(150, 5);
+    let sql = app.db.client().await;
+    let key = async || {
+        sql.query_one(
+            "SELECT count(*) FROM pg_index
+             WHERE indrelid = 'batch_imports'::regclass AND indisprimary AND indisvalid
+               AND indkey::text = (SELECT attnum::text FROM pg_attribute
+                   WHERE attrelid = 'batch_imports'::regclass AND attname = 'batch_id')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    import(&app, &file, OnConflict::Fail, true).await;
+    assert_eq!(key().await, 1, "a dry run leaves the key");
+    assert_eq!(
+        import(&app, &file, OnConflict::Fail, false).await.imported,
+        150
+    );
+    assert_eq!(key().await, 1, "the first import leaves the key");
+    let again = sql
+        .execute(
+            "INSERT INTO batch_imports SELECT * FROM batch_imports LIMIT 1",
+            &[],
+        )
+        .await;
+    assert!(again.is_err(), "an id is recorded once");
+}
+
+#[tokio::test]
 async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
     let app = TestApp::spawn().await;
     let (file, _) = generated_file(150, 5);
