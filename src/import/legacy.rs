@@ -204,9 +204,9 @@ fn open(path: &Path) -> Result<Opened, ReadError> {
 /// Reads `path` once through on a thread of its own, so that the months'
 /// pass finds the file's pages in memory instead of faulting them in from
 /// disk a few at a time through the map: at 10M rows, with the file out of
-/// the page cache, that pass took 4.8 to 5.0 s with a sequential read
-/// beside it, 5.8 to 7.8 s without (docs/PERFORMANCE.md). Only a hint to
-/// the page cache: a file this cannot read fails where SQLite reads it.
+/// the page cache, that pass took 4.9 to 5.0 s with this, 6.7 to 7.0 s
+/// without (docs/PERFORMANCE.md). Only a hint to the page cache: a file
+/// this cannot read fails where SQLite reads it.
 fn read_ahead(path: &Path) {
     let Ok(mut file) = std::fs::File::open(path) else {
         return;
