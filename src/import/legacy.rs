@@ -206,15 +206,38 @@ fn open(path: &Path) -> Result<Opened, ReadError> {
 /// disk a few at a time through the map: at 10M rows, with the file out of
 /// the page cache, that pass took 4.9 to 5.0 s with this, 6.7 to 7.0 s
 /// without (docs/PERFORMANCE.md). Only a hint to the page cache: a file
-/// this cannot read fails where SQLite reads it.
+/// this cannot read fails where SQLite reads it. Not for a file that would
+/// fill half the memory free: read ahead, its first pages would be evicted
+/// before the pass reached them, and the disk read it twice.
 fn read_ahead(path: &Path) {
     let Ok(mut file) = std::fs::File::open(path) else {
         return;
     };
+    let fits = file
+        .metadata()
+        .is_ok_and(|meta| memory_available().is_some_and(|free| meta.len() <= free / 2));
+    if !fits {
+        return;
+    }
     std::thread::spawn(move || {
         let mut buffer = vec![0; 4 << 20];
         while matches!(std::io::Read::read(&mut file, &mut buffer), Ok(read) if read > 0) {}
     });
+}
+
+/// The memory Linux can hand out without swapping (`MemAvailable`), if
+/// this system says.
+fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Whether the file's header says WAL mode (format versions 2 and 2).
