@@ -47,6 +47,9 @@ def settings(argv):
         "rounds": 1 if smoke else int(env.get("ROUNDS", 3)),
         "port": int(env.get("BENCH_PORT", 50651)),
         "ops": env.get("OPS", " ".join(OPS)).split(),
+        # GetBatch and RecordProgress draw from the newest HOT_ROWS seeded
+        # batches, as a dashboard reads and writes its recent ones.
+        "hot": int(env["HOT_ROWS"]) if env.get("HOT_ROWS") else None,
     }
 
 
@@ -102,10 +105,11 @@ def rss_kb(pid, key):
     return 0
 
 
-def service_round(op, clients, rows, seconds, port, server, postmaster):
+def service_round(op, clients, rows, hot, seconds, port, server, postmaster):
     loadgen = subprocess.Popen(
         [LOADGEN, "--addr", f"http://127.0.0.1:{port}", "--clients", str(clients),
-         "--seconds", str(seconds), "--seeded", str(rows), "--ops", op, "--json"],
+         "--seconds", str(seconds), "--seeded", str(rows), "--ops", op, "--json",
+         *(["--hot", str(hot)] if hot else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Its set-up (connections; for list-deep, walking every page for tokens)
     # is not part of the calls measured.
@@ -136,7 +140,7 @@ def finish(child):
     return out, errors, child.returncode, children_cpu() - before
 
 
-def pgbench_round(op, clients, rows, seconds, database, postmaster):
+def pgbench_round(op, clients, rows, hot, seconds, database, postmaster):
     before = postgres_cpu(postmaster)
     # Each transaction's latency is logged, for percentiles comparable
     # with loadgen's.
@@ -145,7 +149,8 @@ def pgbench_round(op, clients, rows, seconds, database, postmaster):
             ["pgbench", "-n", "-M", "prepared", "-c", str(clients),
              "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
              "-l", "--log-prefix", f"{logs}/latency",
-             "-D", f"seeded={rows}", "-D", f"deep={min(rows, DEEPEST)}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
+             "-D", f"seeded={rows}", "-D", f"first={rows - min(hot or rows, rows)}",
+             "-D", f"deep={min(rows, DEEPEST)}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         out, _, status, client_cpu = finish(pgbench)
         if status:
@@ -254,9 +259,9 @@ def main(argv):
                 rounds = []
                 for round_ in range(s["rounds"]):
                     measure = {
-                        "service": lambda: service_round(op, clients, rows, s["seconds"],
+                        "service": lambda: service_round(op, clients, rows, s["hot"], s["seconds"],
                                                          s["port"], server.pid, postmaster),
-                        "pgbench": lambda: pgbench_round(op, clients, rows, s["seconds"],
+                        "pgbench": lambda: pgbench_round(op, clients, rows, s["hot"], s["seconds"],
                                                          database, postmaster),
                     }
                     order = ["service", "pgbench"] if round_ % 2 == 0 else ["pgbench", "service"]
@@ -275,7 +280,8 @@ def main(argv):
             psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
     print(f"\n{s['rounds']} rounds of {s['seconds']:g} s per operation, alternating which goes "
-          "first; medians (min-max); CPU in µs per call")
+          "first; medians (min-max); CPU in µs per call"
+          + (f"; get and progress on the newest {s['hot']} seeded batches" if s["hot"] else ""))
     print(f"{'operation':<14} {'rows':>8} {'cl':>3} {'service/s':>20} {'pgbench/s':>20} "
           f"{'ratio':>17} {'server CPU':>18} {'PG CPU (service)':>18} {'PG CPU (pgbench)':>18} "
           f"{'loadgen CPU':>14} {'pgbench CPU':>14} {'p50 ms':>7} {'p99 ms':>7} "

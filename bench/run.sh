@@ -14,10 +14,12 @@
 # server on this machine where a scratch database may be created; SIZES,
 # CLIENTS, STATS_CLIENTS (default 1: GetBatchStats reads the whole table),
 # ROUNDS, BENCH_SECONDS (bash reserves SECONDS), BENCH_PORT, OPS (a subset
-# of the operations), DB_POOLER (`transaction`: the statements sent behind a
-# transaction pooler, against PostgreSQL itself), SERVER_ENV (`NAME=value`
-# settings for the server alone, e.g. `TOKIO_WORKER_THREADS=1`), BENCH_BIN
-# (another server binary, e.g. an earlier commit's, to compare in one run).
+# of the operations), HOT_ROWS (get and progress on the newest N seeded
+# batches, as a dashboard uses its recent ones; all by default), DB_POOLER
+# (`transaction`: the statements sent behind a transaction pooler, against
+# PostgreSQL itself), SERVER_ENV (`NAME=value` settings for the server alone,
+# e.g. `TOKIO_WORKER_THREADS=1`), BENCH_BIN (another server binary, e.g. an
+# earlier commit's, to compare in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 bench/harness.py "$@"

@@ -39,6 +39,11 @@ struct Args {
     /// Number of seeded batches (ids seed-0000000 onwards).
     #[arg(long)]
     seeded: u64,
+    /// Draw GetBatch's and RecordProgress's ids from the newest N seeded
+    /// batches only, as a dashboard reads and writes its recent ones; all
+    /// of them by default.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..))]
+    hot: Option<u64>,
     /// Operations to run, in order.
     #[arg(
         long,
@@ -135,6 +140,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "operation", "clients", "ops/s", "p50 ms", "p99 ms", "p99.9 ms"
         );
     }
+    let drawn = Drawn {
+        first: args.seeded - args.hot.unwrap_or(args.seeded).min(args.seeded),
+        end: args.seeded,
+    };
     for &op in &args.ops {
         let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
         let started = Instant::now();
@@ -144,9 +153,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|(n, client)| {
                 let client = client.clone();
                 let tokens = tokens.clone();
-                let seeded = args.seeded;
                 tokio::spawn(async move {
-                    drive(op, client, seeded, &tokens, deadline, seed_for(n)).await
+                    drive(op, client, drawn, &tokens, deadline, seed_for(n)).await
                 })
             })
             .collect();
@@ -193,7 +201,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn drive(
     op: Op,
     mut client: BatchHistoryClient<Channel>,
-    seeded: u64,
+    drawn: Drawn,
     tokens: &Tokens,
     deadline: Instant,
     seed: u64,
@@ -220,8 +228,7 @@ async fn drive(
                 .map(drop),
             Op::Progress => client
                 .record_progress(RecordProgressRequest {
-                    // Every tenth seeded batch is RUNNING.
-                    batch_id: seed_id(random.below(seeded.div_ceil(10)) * 10),
+                    batch_id: seed_id(drawn.running(&mut random)),
                     samples_delta: 1,
                     tokens_delta: 1_500,
                     ..Default::default()
@@ -230,7 +237,7 @@ async fn drive(
                 .map(drop),
             Op::Get => client
                 .get_batch(GetBatchRequest {
-                    batch_id: seed_id(random.below(seeded)),
+                    batch_id: seed_id(drawn.any(&mut random)),
                 })
                 .await
                 .map(drop),
@@ -340,6 +347,26 @@ struct Tokens {
 
 /// How many pages of 1,000 [`page_tokens`] walks at most.
 const DEEPEST_PAGES: usize = 1_000;
+
+/// The seeded batches GetBatch and RecordProgress draw from: numbers
+/// `first..end`.
+#[derive(Debug, Clone, Copy)]
+struct Drawn {
+    first: u64,
+    end: u64,
+}
+
+impl Drawn {
+    fn any(self, random: &mut XorShift) -> u64 {
+        self.first + random.below(self.end - self.first)
+    }
+
+    /// Every tenth seeded batch is RUNNING.
+    fn running(self, random: &mut XorShift) -> u64 {
+        let first = self.first.div_ceil(10);
+        (first + random.below(self.end.div_ceil(10) - first)) * 10
+    }
+}
 
 fn seed_id(n: u64) -> String {
     format!("seed-{n:07}")

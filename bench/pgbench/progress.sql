@@ -1,6 +1,6 @@
 -- RecordProgress's statement (src/store/sql.rs, RECORD_PROGRESS) on a random
--- seeded RUNNING batch (every tenth).
-\set n 10 * random(0, (:seeded - 1) / 10)
+-- seeded RUNNING batch (every tenth), from number :first on (loadgen's --hot).
+\set n 10 * random((:first + 9) / 10, (:seeded - 1) / 10)
 WITH updated AS (
     UPDATE batches SET
         samples_generated = samples_generated + 1,
