@@ -49,8 +49,18 @@ def settings(argv):
         "ops": env.get("OPS", " ".join(OPS)).split(),
         # GetBatch and RecordProgress draw from the newest HOT_ROWS seeded
         # batches, as a dashboard reads and writes its recent ones.
-        "hot": int(env["HOT_ROWS"]) if env.get("HOT_ROWS") else None,
+        "hot": hot_rows(env.get("HOT_ROWS")),
     }
+
+
+def hot_rows(value):
+    """HOT_ROWS as a count, None when unset; at least ten, so that a tenth
+    of them (the RUNNING ones) is never empty."""
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 10:
+        sys.exit(f"HOT_ROWS={value!r}: give a whole number of seeded batches, at least 10")
+    return int(value)
 
 
 def run(*command, **options):
@@ -149,7 +159,7 @@ def pgbench_round(op, clients, rows, hot, seconds, database, postmaster):
             ["pgbench", "-n", "-M", "prepared", "-c", str(clients),
              "-j", str(1 if clients < 2 else 2), "-T", str(int(max(seconds, 1))),
              "-l", "--log-prefix", f"{logs}/latency",
-             "-D", f"seeded={rows}", "-D", f"first={rows - min(hot or rows, rows)}",
+             "-D", f"seeded={rows}", "-D", f"hot={hot or rows}",
              "-D", f"deep={min(rows, DEEPEST)}", "-f", f"bench/pgbench/{PGBENCH_SCRIPT.get(op, op)}.sql", database],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         out, _, status, client_cpu = finish(pgbench)

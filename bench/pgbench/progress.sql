@@ -1,5 +1,6 @@
 -- RecordProgress's statement (src/store/sql.rs, RECORD_PROGRESS) on a random
--- seeded RUNNING batch (every tenth), from number :first on (loadgen's --hot).
+-- seeded RUNNING batch (every tenth) of the newest :hot (loadgen's --hot).
+\set first :seeded - least(:hot, :seeded)
 \set n 10 * random((:first + 9) / 10, (:seeded - 1) / 10)
 WITH updated AS (
     UPDATE batches SET
