@@ -1,6 +1,7 @@
 //! Bulk loading of whole batches (the SQLite importer's write side): one
 //! binary COPY into the months the history lacks and a staging table for
-//! the others, then set-based statements, all in one transaction.
+//! the others, committed on a connection of its own, then set-based
+//! statements in one transaction, while that connection indexes the months.
 
 use std::pin::Pin;
 
@@ -52,24 +53,52 @@ pub struct LoadOutcome {
 
 /// Imports run one at a time: each sees what the one before committed, so
 /// `batch_imports` has one writer, and the load's table names are free. The
-/// lock, held to the end, also keeps any other session from adding a month
-/// the import loads whole. Writes go on.
-///
+/// lock, held by the import's transaction from before it stages anything
+/// until it ends, also keeps any other session from adding a month the
+/// import loads whole (migration V17: such a session waits). Writes go on.
+const LOCK: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE; SAVEPOINT locked";
+
 /// The batches arrive in one COPY into `import_months`, which routes each
 /// to its month: the months the history lacks are loaded whole (migration
 /// V14), straight into tables of their own without indexes, which then
 /// move into the batches, so their rows are written once; the batches of
-/// the months the history has are staged in `import_batches`, unlogged
-/// (it never outlives the import), and inserted from there.
+/// the months the history has are staged in `import_batches`, unlogged,
+/// and inserted from there.
 ///
-/// These tables are not temporary, so that classifying their batches
-/// (whose digests are most of the work) runs in parallel: half the time on
-/// two cores. Created in the import's transaction, they go with it if the
-/// import is rolled back or dies, and are dropped before it commits.
-const STAGE: &str = "LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE;
+/// These tables are created, filled and committed on a second connection
+/// beside the import's transaction, which then reads them: classifying
+/// their batches runs in parallel (half the time on two cores), and that
+/// connection builds the months' indexes while the transaction registers
+/// the ids and records the batches on one core (migration V17). Tables an
+/// import leaves when it dies, before its transaction moved them in or
+/// dropped them, the next import drops first, or the first write into one
+/// of their months (batches_add_month, V17).
+const STAGE: &str = "BEGIN;
+    DROP TABLE IF EXISTS import_months;
     CREATE TABLE import_months (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
         PARTITION BY RANGE (start_time);
     CREATE UNLOGGED TABLE import_batches PARTITION OF import_months DEFAULT";
+
+/// Ends the staging: statistics, so that the statements that read the
+/// staged batches join by hashing, then the commit that shows them to the
+/// import's transaction. They need only how many rows there are and that
+/// the ids are distinct, which a tenth of the default sample tells as
+/// well: ANALYZE samples every month apart, 30,000 rows each by default,
+/// 1.4 s at 1M rows.
+const STAGED: &str = "SET LOCAL default_statistics_target = 10;
+    ANALYZE import_months (batch_id);
+    COMMIT";
+
+/// Builds the indexes of the months loaded whole, once staged, on the
+/// staging connection: one build at a time, on one core, beside the
+/// import's transaction.
+const INDEX_MONTHS: &str = "SET maintenance_work_mem = '1GB';
+    SET max_parallel_maintenance_workers = 0;
+    SELECT batches_index_months('import_months')";
+
+/// Undoes all the import's transaction did, in the rollback of a load
+/// that is not to be committed, and drops what it staged.
+const UNSTAGE: &str = "ROLLBACK TO SAVEPOINT locked; DROP TABLE import_months; COMMIT";
 
 /// Adds to `import_months` the months of `$1` that the history lacks,
 /// before any batch is staged: a month added later would have to be
@@ -291,17 +320,48 @@ const MOVE_MONTHS: &str = "DROP TABLE import_batches;
     SELECT batches_unbound_months();
     DROP TABLE import_months";
 
-/// A bulk load in progress: a transaction on a dedicated connection with a
-/// binary COPY into `import_months` open. Rows encoded by [`StagedRows`]
-/// stream in with [`BulkLoad::stage`]; [`BulkLoad::finish`] writes the
-/// batches not stored yet, and dropping the load without finishing it
-/// writes nothing.
+/// A bulk load in progress: a transaction on a dedicated connection that
+/// holds the batches' import lock, and a second connection with a binary
+/// COPY into `import_months` open in its own transaction (see [`STAGE`]).
+/// Rows encoded by [`StagedRows`] stream in with [`BulkLoad::stage`];
+/// [`BulkLoad::finish`] writes the batches not stored yet, and dropping
+/// the load without finishing it writes nothing to the history.
 pub struct BulkLoad {
-    client: tokio_postgres::Client,
-    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    /// The import's transaction.
+    main: Session,
+    /// Stages the batches and indexes the months loaded whole.
+    staging: Session,
     sink: Pin<Box<CopyInSink<Bytes>>>,
     /// Batches copied so far.
     staged: u64,
+}
+
+/// A dedicated connection. Transactions on it are driven by hand so that
+/// the load can own it; closing it rolls back any still open.
+struct Session {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl Session {
+    async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
+        let (client, connection) = tokio::time::timeout(
+            config.timeout,
+            config.session().connect(super::connector()?),
+        )
+        .await
+        .map_err(|_| StoreError::TimedOut(config.timeout))??;
+        Ok(Self {
+            client,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    async fn close(self) {
+        drop(self.client);
+        // The connection task ends once the client is gone; its result adds nothing.
+        let _ = self.connection.await;
+    }
 }
 
 /// Starts PostgreSQL's binary COPY format: signature, flags, no extension.
@@ -397,39 +457,34 @@ impl BulkLoad {
         config: &DatabaseConfig,
         months: &[Timestamp],
     ) -> Result<Self, StoreError> {
-        let (client, connection) = tokio::time::timeout(
-            config.timeout,
-            config.session().connect(super::connector()?),
-        )
-        .await
-        .map_err(|_| StoreError::TimedOut(config.timeout))??;
-        let connection = tokio::spawn(connection);
-        // The transaction is driven by hand so that the load can own its
-        // connection; if the load is dropped midway, closing the connection
-        // rolls it back.
-        client.batch_execute("BEGIN").await?;
+        let main = Session::open(config).await?;
         // Watchers are not told of each imported row (see migration V2).
         // Sorts, joins and index builds over millions of rows stay in
         // memory longer: 10M legacy rows took 479 s against 602 s with the
         // defaults (docs/PERFORMANCE.md). The planner prices a digest like
         // a comparison, so it would sort the batches on one core only to
-        // save handing a million rows over from the workers.
-        client
+        // save handing a million rows over from the workers. The classes'
+        // ANALYZE takes the smaller sample that [`STAGED`] explains.
+        main.client
             .batch_execute(
-                "SET LOCAL batch_history.bulk_load = 'on'; \
+                "BEGIN; \
+                 SET LOCAL batch_history.bulk_load = 'on'; \
                  SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; \
                  SET LOCAL work_mem = '256MB'; SET LOCAL maintenance_work_mem = '1GB'; \
-                 SET LOCAL parallel_tuple_cost = 0.01",
+                 SET LOCAL parallel_tuple_cost = 0.01; \
+                 SET LOCAL default_statistics_target = 10",
             )
             .await?;
-        client.batch_execute(STAGE).await?;
-        client.execute(ADD_MONTHS, &[&months]).await?;
-        client.batch_execute(BOUND_MONTHS).await?;
-        let mut sink = Box::pin(client.copy_in(COPY_TO_STAGE).await?);
+        main.client.batch_execute(LOCK).await?;
+        let staging = Session::open(config).await?;
+        staging.client.batch_execute(STAGE).await?;
+        staging.client.execute(ADD_MONTHS, &[&months]).await?;
+        staging.client.batch_execute(BOUND_MONTHS).await?;
+        let mut sink = Box::pin(staging.client.copy_in(COPY_TO_STAGE).await?);
         sink.send(Bytes::from_static(COPY_HEADER)).await?;
         Ok(Self {
-            client,
-            connection,
+            main,
+            staging,
             sink,
             staged: 0,
         })
@@ -453,25 +508,10 @@ impl BulkLoad {
     ) -> Result<LoadOutcome, StoreError> {
         self.sink.send(Bytes::from_static(COPY_TRAILER)).await?;
         self.sink.as_mut().finish().await?;
+        self.staging.client.batch_execute(STAGED).await?;
         tracing::info!(rows = self.staged, "staged");
 
-        // Statistics, so that the statements below join by hashing. They
-        // need only how many rows there are and that the ids are distinct,
-        // which a tenth of the default sample tells as well: ANALYZE samples
-        // every month apart, 30,000 rows each by default, 1.4 s at 1M rows.
-        // The classes' ANALYZE below takes the same smaller sample.
-        self.client
-            .batch_execute(
-                "SET LOCAL default_statistics_target = 10; ANALYZE import_months (batch_id)",
-            )
-            .await?;
-        self.client.batch_execute(CLASSIFY).await?;
-        self.client.batch_execute("ANALYZE import_classes").await?;
-        self.client.batch_execute(FORGET_STALE_IDS).await?;
-        self.register().await?;
-        self.client.batch_execute(WRITE).await?;
-        self.record().await?;
-        let counts = self.client.query_one(COUNT_CLASSES, &[]).await?;
+        let (counts, ()) = tokio::try_join!(self.compare_and_write(), self.index_months())?;
         let count = |index| Ok::<_, StoreError>(counts.try_get::<_, i64>(index)?.unsigned_abs());
         let mut outcome = LoadOutcome {
             imported: count(0)?,
@@ -488,9 +528,9 @@ impl BulkLoad {
             committed: false,
         };
         if count(5)? > 0 {
-            self.client.batch_execute(UNLOAD_NOT_NEW).await?;
+            self.main.client.batch_execute(UNLOAD_NOT_NEW).await?;
         }
-        self.client.batch_execute(MOVE_MONTHS).await?;
+        self.main.client.batch_execute(MOVE_MONTHS).await?;
         tracing::info!(
             imported = outcome.imported,
             already_present = outcome.already_present,
@@ -499,25 +539,45 @@ impl BulkLoad {
             "compared with stored batches"
         );
         if commit(&outcome) {
-            self.client.batch_execute("COMMIT").await?;
+            self.main.client.batch_execute("COMMIT").await?;
             outcome.committed = true;
         } else {
-            self.client.batch_execute("ROLLBACK").await?;
+            self.main.client.batch_execute(UNSTAGE).await?;
         }
         self.close().await;
         Ok(outcome)
     }
 
+    /// Sorts the staged batches into classes, writes the new ones and
+    /// records what was found; returns the classes' counts
+    /// ([`COUNT_CLASSES`]).
+    async fn compare_and_write(&self) -> Result<tokio_postgres::Row, StoreError> {
+        let main = &self.main.client;
+        main.batch_execute(CLASSIFY).await?;
+        main.batch_execute("ANALYZE import_classes").await?;
+        main.batch_execute(FORGET_STALE_IDS).await?;
+        self.register().await?;
+        main.batch_execute(WRITE).await?;
+        self.record().await?;
+        Ok(main.query_one(COUNT_CLASSES, &[]).await?)
+    }
+
+    /// Builds the indexes of the months loaded whole (see [`INDEX_MONTHS`]).
+    async fn index_months(&self) -> Result<(), StoreError> {
+        Ok(self.staging.client.batch_execute(INDEX_MONTHS).await?)
+    }
+
     /// Registers the new batches' ids, leaving out any a call took since
     /// they were sorted.
     async fn register(&self) -> Result<(), StoreError> {
-        self.client.batch_execute("SAVEPOINT register").await?;
-        match self.client.batch_execute(REGISTER).await {
+        self.main.client.batch_execute("SAVEPOINT register").await?;
+        match self.main.client.batch_execute(REGISTER).await {
             Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                self.client
+                self.main
+                    .client
                     .batch_execute("ROLLBACK TO SAVEPOINT register")
                     .await?;
-                self.client.batch_execute(REGISTER_UNTAKEN).await?;
+                self.main.client.batch_execute(REGISTER_UNTAKEN).await?;
                 Ok(())
             }
             registered => Ok(registered?),
@@ -527,16 +587,17 @@ impl BulkLoad {
     /// Records what the import found of each batch it wrote or found.
     async fn record(&self) -> Result<(), StoreError> {
         let first: bool = self
+            .main
             .client
             .query_one(NONE_RECORDED, &[])
             .await?
             .try_get(0)?;
         if first {
-            self.client.batch_execute(UNKEY_RECORDS).await?;
+            self.main.client.batch_execute(UNKEY_RECORDS).await?;
         }
-        self.client.batch_execute(RECORD).await?;
+        self.main.client.batch_execute(RECORD).await?;
         if first {
-            self.client.batch_execute(KEY_RECORDS).await?;
+            self.main.client.batch_execute(KEY_RECORDS).await?;
         }
         Ok(())
     }
@@ -548,8 +609,7 @@ impl BulkLoad {
 
     async fn close(self) {
         drop(self.sink);
-        drop(self.client);
-        // The connection task ends once the client is gone; its result adds nothing.
-        let _ = self.connection.await;
+        self.staging.close().await;
+        self.main.close().await;
     }
 }

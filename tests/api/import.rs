@@ -8,8 +8,8 @@ use std::{
 
 use batch_history::import::{ImportOptions, Report, Source, import_history, parse_legacy_time};
 use batch_history::proto::{
-    DeleteBatchRequest, GetBatchRequest, GetBatchStatsRequest, ListBatchesRequest,
-    WatchBatchesRequest, batch::State, batch_event::Kind as EventKind,
+    CreateBatchRequest, DeleteBatchRequest, GetBatchRequest, GetBatchStatsRequest,
+    ListBatchesRequest, WatchBatchesRequest, batch::State, batch_event::Kind as EventKind,
 };
 use batch_history::store::OnConflict;
 use jiff::tz::TimeZone;
@@ -882,6 +882,118 @@ async fn months_loaded_whole_serve_as_any_other() {
 
 /// A file row in a month the history lacks is loaded with that month only
 /// if it is new: one whose id is stored in another month stays out.
+/// What an import's staging connection commits for a month the history
+/// lacks (migration V17), before the import's transaction moves it in.
+fn staged_month(first: &str) -> String {
+    format!(
+        "CREATE TABLE import_months (LIKE batches INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+             PARTITION BY RANGE (start_time);
+         SELECT batches_add_month('{first}', 'import_months');
+         SELECT batches_index_months('import_months')"
+    )
+}
+
+/// Months an import loads whole are committed, staged, before its
+/// transaction moves them in (migration V17). A write into such a month
+/// waits for the import and lands in the month it moved in; a month left
+/// staged by an import that died goes at the first write that needs it.
+#[tokio::test]
+async fn a_write_into_a_month_an_import_stages_waits_for_it() {
+    let app = TestApp::spawn().await;
+    let db = app.db.client().await;
+    let importing = app.db.client().await;
+    importing
+        .batch_execute("BEGIN; LOCK TABLE batches IN SHARE UPDATE EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    db.batch_execute(&staged_month("2019-03-01T00:00:00Z"))
+        .await
+        .unwrap();
+    let create_in = |batch_id: &'static str, start: &str| {
+        let mut client = app.client.clone();
+        let start = start.parse::<jiff::Timestamp>().unwrap().as_second();
+        async move {
+            client
+                .create_batch(CreateBatchRequest {
+                    batch_id: batch_id.into(),
+                    batch: Some(batch_history::proto::Batch {
+                        start_time: Some(timestamp(start)),
+                        ..Default::default()
+                    }),
+                })
+                .await
+        }
+    };
+    let moved_in_once_waited_on = async {
+        loop {
+            let waiting: bool = db
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%batches_add_month%')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        importing
+            .batch_execute(
+                "SELECT batches_move_months('import_months'); DROP TABLE import_months; COMMIT",
+            )
+            .await
+            .unwrap();
+    };
+    let (created, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(
+            create_in("into-staged", "2019-03-15T00:00:00Z"),
+            moved_in_once_waited_on
+        )
+    })
+    .await
+    .expect("the write waits for the import to move the month in");
+    created.unwrap();
+    let in_month: Vec<String> = column(&db, "SELECT batch_id FROM batches_y2019m03").await;
+    assert_eq!(in_month, ["into-staged"]);
+    let keyed: Vec<String> = column(
+        &db,
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = 'batches_y2019m03'::regclass
+             AND contype = 'p'",
+    )
+    .await;
+    assert_eq!(
+        keyed,
+        ["batches_y2019m03_pkey"],
+        "keyed by the index built for it"
+    );
+    let indexes: Vec<i64> = column(
+        &db,
+        "SELECT count(*) FROM pg_indexes WHERE tablename IN ('batches', 'batches_y2019m03')
+             GROUP BY tablename",
+    )
+    .await;
+    assert_eq!(indexes.len(), 2);
+    assert_eq!(indexes[0], indexes[1], "the indexes built, and no others");
+
+    db.batch_execute(&staged_month("2019-04-01T00:00:00Z"))
+        .await
+        .unwrap();
+    create_in("into-left", "2019-04-15T00:00:00Z")
+        .await
+        .unwrap();
+    let in_month: Vec<String> = column(&db, "SELECT batch_id FROM batches_y2019m04").await;
+    assert_eq!(in_month, ["into-left"]);
+    let staging_left: bool = db
+        .query_one("SELECT to_regclass('import_months') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!staging_left);
+}
+
 #[tokio::test]
 async fn a_conflict_in_a_month_loaded_whole_stays_out_of_it() {
     let app = TestApp::spawn().await;
@@ -1155,6 +1267,15 @@ async fn a_dry_run_reports_and_writes_nothing() {
     assert_eq!(report.imported, 120);
     assert!(report.to_text().contains("would import"));
     assert_eq!(stored_count(&app).await, 0);
+    let staging_left: bool = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT to_regclass('import_months') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!staging_left, "what the import staged, committed, goes too");
 }
 
 #[tokio::test]
