@@ -302,8 +302,9 @@ const UNLOAD_NOT_NEW: &str = "DELETE FROM import_months m USING import_classes c
     WHERE c.whole_month AND c.class <> 'new' AND m.batch_id = c.batch_id";
 
 /// Counts the months loaded whole in the daily totals, as
-/// batch_totals_record (migration V9) counts the batches' inserts, moves
-/// them into the batches, and drops what only the import needed: the
+/// batch_totals_record (migration V9) counts the batches' inserts, keys
+/// them by the indexes built beside the import (V17), moves them into the
+/// batches, and drops what only the import needed: the
 /// staging tables and the months' [`BOUND_MONTHS`] checks. The totals are
 /// summed into a table of their own first, because PostgreSQL reads in
 /// parallel for CREATE TABLE AS but not for INSERT: a third less time.
@@ -316,6 +317,7 @@ const MOVE_MONTHS: &str = "DROP TABLE import_batches;
     GROUP BY 1, 2, 3, 4;
     INSERT INTO batch_total_changes (day, state, provider, model, batches, samples, tokens)
     SELECT day, state, provider, model, batches, samples, tokens FROM import_totals;
+    SELECT batches_key_months('import_months');
     SELECT batches_move_months('import_months');
     SELECT batches_unbound_months();
     DROP TABLE import_months";

@@ -684,6 +684,25 @@ async fn importing_again_adds_nothing_and_conflicts_fail_cleanly() {
 /// A call that registers one of the file's ids after the import sorted
 /// the file, and before the import registers it, makes that batch a
 /// conflict: the rest imports, and nothing is written twice.
+/// Returns once a statement whose text is `LIKE query` waits for a lock.
+async fn waits_for_a_lock(db: &tokio_postgres::Client, query: &str) {
+    loop {
+        let waiting: bool = db
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE $1)",
+                &[&query],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_id_taken_while_importing_is_a_conflict() {
     let app = TestApp::spawn().await;
@@ -707,21 +726,7 @@ async fn an_id_taken_while_importing_is_a_conflict() {
         .unwrap();
     let watcher = app.db.client().await;
     let commit_once_waited_on = async {
-        loop {
-            let waiting: bool = watcher
-                .query_one(
-                    "SELECT EXISTS (SELECT FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO batch_ids%')",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        waits_for_a_lock(&watcher, "INSERT INTO batch_ids%").await;
         rival.batch_execute("COMMIT").await.unwrap();
     };
     let (report, ()) = tokio::join!(
@@ -925,24 +930,12 @@ async fn a_write_into_a_month_an_import_stages_waits_for_it() {
         }
     };
     let moved_in_once_waited_on = async {
-        loop {
-            let waiting: bool = db
-                .query_one(
-                    "SELECT EXISTS (SELECT FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND query LIKE '%batches_add_month%')",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        waits_for_a_lock(&db, "%batches_add_month%").await;
         importing
             .batch_execute(
-                "SELECT batches_move_months('import_months'); DROP TABLE import_months; COMMIT",
+                "SELECT batches_key_months('import_months');
+                 SELECT batches_move_months('import_months');
+                 DROP TABLE import_months; COMMIT",
             )
             .await
             .unwrap();
