@@ -503,7 +503,7 @@ impl BulkLoad {
 
     /// Sorts the staged batches against the stored ones and writes those
     /// not stored yet, then commits if `commit` says so given what was
-    /// found, else rolls everything back.
+    /// found, else rolls everything back and drops what it staged.
     pub(crate) async fn finish(
         mut self,
         commit: impl FnOnce(&LoadOutcome) -> bool,
