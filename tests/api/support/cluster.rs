@@ -32,27 +32,19 @@ impl TempCluster {
     pub fn start(conf: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("bh-cluster-{:016x}", rand_u64()));
         std::fs::create_dir_all(&dir).unwrap();
-        let cluster = Self {
-            dir,
-            port: free_addr().port(),
-        };
+        let mut cluster = Self { dir, port: 0 };
         hand_over(&cluster.dir);
         cluster.run(
             "initdb",
             &["-A", "trust", "-U", "postgres", "--no-sync", "-D"],
             true,
         );
-        let settings = format!(
-            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+        cluster.configure(&format!(
+            "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              fsync = off\nmax_connections = 60\n{conf}\n",
-            cluster.port,
             cluster.dir.display()
-        );
-        let config = cluster.data().join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str(&settings);
-        std::fs::write(&config, text).unwrap();
-        cluster.resume();
+        ));
+        cluster.start_on_a_free_port();
         cluster
     }
 
@@ -60,10 +52,7 @@ impl TempCluster {
     pub fn standby_of(primary: &TempCluster) -> Self {
         let dir = std::env::temp_dir().join(format!("bh-cluster-{:016x}", rand_u64()));
         std::fs::create_dir_all(&dir).unwrap();
-        let standby = Self {
-            dir,
-            port: free_addr().port(),
-        };
+        let mut standby = Self { dir, port: 0 };
         hand_over(&standby.dir);
         let port = primary.port.to_string();
         standby.run(
@@ -86,15 +75,11 @@ impl TempCluster {
             true,
         );
         // The copied configuration names the primary's port and sockets.
-        let config = standby.data().join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        text.push_str(&format!(
-            "port = {}\nunix_socket_directories = '{}'\n",
-            standby.port,
+        standby.configure(&format!(
+            "unix_socket_directories = '{}'\n",
             standby.dir.display()
         ));
-        std::fs::write(&config, text).unwrap();
-        standby.resume();
+        standby.start_on_a_free_port();
         standby
     }
 
@@ -151,9 +136,52 @@ impl TempCluster {
 
     /// Starts the (stopped) server again.
     pub fn resume(&self) {
-        let log = self.dir.join("server.log");
-        let log = format!("{}", log.display());
-        self.run("pg_ctl", &["start", "-w", "-l", &log, "-D"], true);
+        let output = self.start_server();
+        assert!(
+            output.status.success(),
+            "pg_ctl start: {}",
+            self.server_log()
+        );
+    }
+
+    /// Appends `settings` to postgresql.conf (the last of a setting wins).
+    fn configure(&self, settings: &str) {
+        let config = self.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(settings);
+        std::fs::write(&config, text).unwrap();
+    }
+
+    /// Starts the server on a port that was free a moment before. Anyone
+    /// may take it meanwhile (a test binding port 0, an outgoing
+    /// connection), so a start that finds it taken tries another.
+    fn start_on_a_free_port(&mut self) {
+        for _ in 0..3 {
+            self.port = free_addr().port();
+            self.configure(&format!("port = {}\n", self.port));
+            if self.start_server().status.success() {
+                return;
+            }
+            let log = self.server_log();
+            assert!(
+                log.contains("Address already in use"),
+                "pg_ctl start: {log}"
+            );
+        }
+        panic!("three free ports were taken before the server bound them");
+    }
+
+    fn start_server(&self) -> std::process::Output {
+        let log = format!("{}", self.dir.join("server.log").display());
+        let mut command = tool("pg_ctl");
+        command
+            .args(["start", "-w", "-l", &log, "-D"])
+            .arg(self.data());
+        command.output().expect("PostgreSQL tools run")
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
     /// A connection config for database `dbname` on this cluster.
