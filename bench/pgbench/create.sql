@@ -17,5 +17,5 @@ SELECT batch_id, state, provider, model, current_model, topic_filter, difficulty
 UNION ALL
 SELECT batch_id, state, provider, model, current_model, topic_filter, difficulty_filter, reasoning_instruction, target_count, samples_generated, total_tokens, errors, error_count, model_switches, metadata, start_time, end_time, update_time, version, false AS created FROM batches
 WHERE batch_id = 'pgb-' || :client_id || '-' || :r
-  AND start_time = (SELECT start_time FROM batch_ids WHERE batch_id = 'pgb-' || :client_id || '-' || :r)
+  AND start_time = batch_start_time('pgb-' || :client_id || '-' || :r)
   AND NOT EXISTS (SELECT FROM inserted);

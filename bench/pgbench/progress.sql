@@ -12,11 +12,11 @@ WITH updated AS (
         update_time = now(),
         version = version + 1
     WHERE batch_id = 'seed-' || lpad(:n::text, greatest(7, length(:n::text)), '0')
-      AND start_time = (SELECT start_time FROM batch_ids WHERE batch_id = 'seed-' || lpad(:n::text, greatest(7, length(:n::text)), '0')) AND state = 'RUNNING'
+      AND start_time = batch_start_time('seed-' || lpad(:n::text, greatest(7, length(:n::text)), '0')) AND state = 'RUNNING'
     RETURNING batch_id, state, provider, model, current_model, topic_filter, difficulty_filter, reasoning_instruction, target_count, samples_generated, total_tokens, errors, error_count, model_switches, metadata, start_time, end_time, update_time, version
 )
 SELECT batch_id, state, provider, model, current_model, topic_filter, difficulty_filter, reasoning_instruction, target_count, samples_generated, total_tokens, errors, error_count, model_switches, metadata, start_time, end_time, update_time, version, true AS applied FROM updated
 UNION ALL
 SELECT batch_id, state, provider, model, current_model, topic_filter, difficulty_filter, reasoning_instruction, target_count, samples_generated, total_tokens, errors, error_count, model_switches, metadata, start_time, end_time, update_time, version, false AS applied FROM batches
 WHERE batch_id = 'seed-' || lpad(:n::text, greatest(7, length(:n::text)), '0')
-      AND start_time = (SELECT start_time FROM batch_ids WHERE batch_id = 'seed-' || lpad(:n::text, greatest(7, length(:n::text)), '0')) AND NOT EXISTS (SELECT FROM updated);
+      AND start_time = batch_start_time('seed-' || lpad(:n::text, greatest(7, length(:n::text)), '0')) AND NOT EXISTS (SELECT FROM updated);

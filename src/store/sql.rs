@@ -100,11 +100,11 @@ macro_rules! columns {
 }
 
 /// Finds batch `:batch_id` in its month alone: its start time, from the
-/// ids' registry (migration V11), prunes every other month at run time.
+/// ids' registry (migration V11), prunes every other month as the statement
+/// starts, before any is opened (migration V18).
 macro_rules! this_batch {
     () => {
-        "batch_id = :batch_id \
-         AND start_time = (SELECT start_time FROM batch_ids WHERE batch_id = :batch_id)"
+        "batch_id = :batch_id AND start_time = batch_start_time(:batch_id)"
     };
 }
 

@@ -15,7 +15,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::list::list_with;
-use crate::support::{Server, TestDb, column, serve_config, timestamp};
+use crate::support::{Server, TestDb, column, database_config, serve_config, timestamp};
 
 mod before_months {
     refinery::embed_migrations!("migrations");
@@ -137,6 +137,18 @@ async fn has_month(sql: &tokio_postgres::Client, year_month: &str) -> bool {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Whether the month `ahead` months from now is a partition now.
+async fn has_month_ahead(sql: &tokio_postgres::Client, ahead: i32) -> bool {
+    sql.query_one(
+        "SELECT to_regclass(to_char(now() AT TIME ZONE 'UTC' + make_interval(months => $1),
+                                    '\"batches_y\"YYYY\"m\"MM')) IS NOT NULL",
+        &[&ahead],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 async fn create_old(
@@ -334,5 +346,76 @@ async fn an_id_left_registered_to_no_batch_can_be_used_again() {
             ("saved".to_owned(), at(1_760_000_000))
         ]
     );
+    server.stop().await;
+}
+
+/// GetBatch opens its batch's month alone (migration V18): a month whose
+/// key is locked, here by a rebuild that has not committed, holds up no
+/// lookup of a batch in another month. It did when the lookup found the
+/// month by a subquery, which opens every month's key before it prunes.
+#[tokio::test]
+async fn a_lookup_opens_its_month_alone() {
+    const JAN_2020: i64 = 1_578_614_400;
+    const FEB_2020: i64 = 1_580_860_800;
+    let db = TestDb::create().await;
+    // Directly, not through a transaction pooler: the lookups below must
+    // reuse the plans that their first calls made, on the same sessions.
+    let timeout = Duration::from_secs(3);
+    let server = Server::start(serve_config(database_config(&db.url(None), timeout))).await;
+    let mut client = server.client().await;
+    create_old(&mut client, "january", JAN_2020, None).await;
+    create_old(&mut client, "february", FEB_2020, None).await;
+    let get = |batch_id: &str| GetBatchRequest {
+        batch_id: batch_id.into(),
+    };
+
+    // January holds enough batches that a plan reads it by its key, not
+    // by a scan of its few rows, which needs no index.
+    let sql = db.client().await;
+    sql.batch_execute(
+        "INSERT INTO batches (batch_id, state, provider, model, start_time, end_time, update_time)
+         SELECT 'january-' || g, 'COMPLETED', 'groq', 'llama', start_time, start_time, start_time
+         FROM generate_series(1, 2000) AS g,
+              LATERAL (SELECT timestamptz '2020-01-01 00:00:00+00' + g * interval '5 minutes')
+                  AS t (start_time)",
+    )
+    .await
+    .unwrap();
+    // Making a plan opens every month. A session plans its first five calls
+    // of a statement one by one, then keeps a plan for any id; and it plans
+    // anew after a change to any month's definition. So: the upkeep adds
+    // its months ahead, January's row count in the catalog is made current
+    // (a rebuild that changes it tells every session at once), and only
+    // then does each shared connection make its kept plan.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !has_month_ahead(&sql, 2).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upkeep added no months ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sql.batch_execute("ANALYZE batches_y2020m01").await.unwrap();
+    for _ in 0..16 {
+        client.get_batch(get("february")).await.unwrap();
+    }
+
+    let mut rebuild = db.client().await;
+    let rebuilding = rebuild.transaction().await.unwrap();
+    rebuilding
+        .batch_execute("REINDEX TABLE batches_y2020m01")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let found = client
+            .get_batch(get("february"))
+            .await
+            .unwrap_or_else(|status| panic!("the lookup waited for January: {status:?}"))
+            .into_inner();
+        assert_eq!(found.batch_id, "february");
+    }
+    rebuilding.rollback().await.unwrap();
+    let found = client.get_batch(get("january")).await.unwrap().into_inner();
+    assert_eq!(found.batch_id, "january");
     server.stop().await;
 }
