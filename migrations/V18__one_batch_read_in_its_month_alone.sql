@@ -4,8 +4,8 @@
 -- the statement runs, so PostgreSQL pruned the other months only after
 -- opening every month and its key's index: the statements' cost grew with
 -- the months kept. With 39 months of a few hundred rows each, pgbench ran
--- GetBatch's statement at 0.48 ms a call against 0.18 ms with 7 months
--- (docs/PERFORMANCE.md).
+-- GetBatch's statement at 0.38-0.40 ms a call, against 0.15-0.16 ms with
+-- 7 months (bench/month_count.sh, docs/PERFORMANCE.md).
 --
 -- A stable function's value is known as the statement starts: a plan made
 -- for any id prunes on it before opening a month, and so opens the
