@@ -4,6 +4,7 @@
 # (the month from batch_start_time) and as they were (the month from a
 # subquery), alternating, on two scratch databases of 27,777 batches: one a
 # hour over 39 months, one every 6 minutes over 7 (with the months ahead).
+# Migrates with the release binary, as bench/run.sh does.
 #
 #   bench/month_count.sh       # PGHOST/PGPORT/PGUSER as for bench/run.sh
 set -euo pipefail
@@ -16,9 +17,7 @@ seed() {
     local db=$1 seconds_apart=$2
     dropdb --if-exists "$db"
     createdb "$db"
-    for migration in $(ls migrations/V*__*.sql | sort -t V -k 2 -n); do
-        psql -q -1 -v ON_ERROR_STOP=1 -d "$db" -f "$migration" >/dev/null
-    done
+    DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$db" target/release/batch-history migrate >/dev/null
     psql -q -v ON_ERROR_STOP=1 -d "$db" -v apart="$seconds_apart" >/dev/null <<'SQL'
 SET batch_history.bulk_load = 'on';
 SELECT count(batches_add_month(day))

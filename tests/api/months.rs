@@ -139,18 +139,6 @@ async fn has_month(sql: &tokio_postgres::Client, year_month: &str) -> bool {
         .get(0)
 }
 
-/// Whether the month `ahead` months from now is a partition now.
-async fn has_month_ahead(sql: &tokio_postgres::Client, ahead: i32) -> bool {
-    sql.query_one(
-        "SELECT to_regclass(to_char(now() AT TIME ZONE 'UTC' + make_interval(months => $1),
-                                    '\"batches_y\"YYYY\"m\"MM')) IS NOT NULL",
-        &[&ahead],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 async fn create_old(
     client: &mut BatchHistoryClient<Channel>,
     batch_id: &str,
@@ -388,7 +376,13 @@ async fn a_lookup_opens_its_month_alone() {
     // (a rebuild that changes it tells every session at once), and only
     // then does each shared connection make its kept plan.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !has_month_ahead(&sql, 2).await {
+    let last_ahead = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .checked_add(jiff::Span::new().months(2))
+        .unwrap()
+        .strftime("%Y-%m")
+        .to_string();
+    while !has_month(&sql, &last_ahead).await {
         assert!(
             std::time::Instant::now() < deadline,
             "the upkeep added no months ahead"
