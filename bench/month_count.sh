@@ -17,7 +17,7 @@ seed() {
     local db=$1 seconds_apart=$2
     dropdb --if-exists "$db"
     createdb "$db"
-    DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$db" target/release/batch-history migrate >/dev/null
+    RUST_LOG=warn DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$db" target/release/batch-history migrate
     psql -q -v ON_ERROR_STOP=1 -d "$db" -v apart="$seconds_apart" >/dev/null <<'SQL'
 SET batch_history.bulk_load = 'on';
 SELECT count(batches_add_month(day))
